@@ -1,0 +1,2 @@
+class GiftError(Exception):
+    """A user mistake (bad file, bad option, incompatible models): the CLI prints it as one line, exit 2."""

@@ -1,0 +1,80 @@
+"""Loading models and tokenizers (Hub ids or local folders) through mlx-lm, with one-line errors."""
+
+import json
+from pathlib import Path
+
+from .errors import GiftError
+
+# Config keys that must agree for an adapter trained on one model to fit another.
+SHAPE_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "vocab_size",
+)
+
+
+def _check_exists(path_or_id):
+    p = Path(path_or_id)
+    # A local-looking path that does not exist must not be sent to the Hub as a repo id.
+    if not p.exists() and (p.is_absolute() or path_or_id.startswith(".") or path_or_id.count("/") != 1):
+        raise GiftError(f"{path_or_id}: no such model folder (and not a Hugging Face id 'org/name')")
+
+
+def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=False):
+    """mlx_lm.utils.load with clear errors; returns (model, tokenizer, config)."""
+    from mlx_lm.utils import load
+
+    _check_exists(str(path_or_id))
+    try:
+        return load(
+            str(path_or_id), adapter_path=adapter_path, lazy=lazy, return_config=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except GiftError:
+        raise
+    except Exception as e:  # mlx-lm raises many types; turn them into one line naming the model
+        raise GiftError(f"{path_or_id}: cannot load model: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def load_tokenizer(path_or_id):
+    """The tokenizer (with chat template) alone, without loading weights."""
+    from mlx_lm.utils import load_tokenizer as _load_tokenizer
+
+    _check_exists(str(path_or_id))
+    try:
+        return _load_tokenizer(str(path_or_id))
+    except Exception as e:
+        raise GiftError(f"{path_or_id}: cannot load tokenizer: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def local_path(path_or_id):
+    """A local folder for a Hub id (downloaded on first use) or the folder itself."""
+    p = Path(path_or_id)
+    if p.exists():
+        return p
+    from huggingface_hub import snapshot_download
+    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+    _check_exists(str(path_or_id))
+    try:  # the same files mlx_lm.utils.load fetches, so this is a cache hit after a load
+        return Path(snapshot_download(str(path_or_id), allow_patterns=DEFAULT_ALLOW_PATTERNS))
+    except Exception as e:
+        raise GiftError(f"{path_or_id}: cannot fetch from the Hugging Face Hub ({type(e).__name__})")
+
+
+def read_config(path_or_id):
+    path = local_path(path_or_id) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise GiftError(f"{path}: cannot read model config ({e})")
+
+
+def check_compatible(base_config, instruct_config, base_name="base", instruct_name="instruct"):
+    """Base and instruct must share architecture and tensor shapes for the transfer to mean anything."""
+    diffs = [
+        f"{k}: {base_config.get(k)} vs {instruct_config.get(k)}"
+        for k in SHAPE_KEYS
+        if base_config.get(k) != instruct_config.get(k)
+    ]
+    if diffs:
+        raise GiftError(f"{base_name} and {instruct_name} differ in architecture: " + "; ".join(diffs))

@@ -1,0 +1,145 @@
+"""Tiny, locally built model pairs: the test bed and the built-in default.
+
+Everything here is made on this machine (no Hub): a byte-level BPE tokenizer trained with `tokenizers`
+and given a ChatML chat template, and small decoders of real mlx-lm architectures (llama, qwen2) saved as
+ordinary model folders that `mlx_lm.utils.load` reads. The "instruct" model of a pair is its base with
+every weight perturbed, so the two share architecture and shapes but disagree on token probabilities.
+"""
+
+import importlib
+import json
+import random
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx_lm.utils import save_config, save_model
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+ARCHS = {
+    "llama": dict(model_type="llama", rope_theta=10000.0),
+    "qwen2": dict(model_type="qwen2", rope_theta=1000000.0),
+}
+
+
+def arithmetic_records(n, seed=0, hi=20):
+    """Short word-free arithmetic problems with a one-line chain of thought."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b, c = rng.randrange(hi), rng.randrange(hi), rng.randrange(10)
+        rows.append({
+            "prompt": f"What is {a}+{b}+{c}?",
+            "completion": f"{a}+{b}={a + b}. {a + b}+{c}={a + b + c}. #### {a + b + c}",
+        })
+    return rows
+
+
+def corpus(n=400, seed=0):
+    """Text to train the tokenizer on: the arithmetic task plus some plain words."""
+    words = "the answer is what how many add sum total please reason step by step and put your final".split()
+    rng = random.Random(seed)
+    text = [r["prompt"] + " " + r["completion"] for r in arithmetic_records(n, seed)]
+    text += [" ".join(rng.choice(words) for _ in range(12)) for _ in range(n // 4)]
+    return text
+
+
+def build_tokenizer(out_dir, vocab_size=384, seed=0):
+    """Train a byte-level BPE tokenizer and write it with a ChatML template (tokenizer.json + config)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(seed=seed), trainer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": CHATML,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "model_max_length": 4096,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return tok.get_vocab_size()
+
+
+def model_config(arch="llama", vocab_size=384, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128):
+    return {
+        **ARCHS[arch],
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": ffn,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,  # mlx-lm defaults to tied; say it explicitly
+        "eos_token_id": 2,
+    }
+
+
+def build_model(out_dir, config, tokenizer_dir, seed=0, weights=None, dtype=mx.float32):
+    """Write a model folder: config.json, safetensors weights and the tokenizer files."""
+    arch = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    mx.random.seed(seed)
+    model = arch.Model(arch.ModelArgs.from_dict(config))
+    if weights is not None:
+        model.update(tree_unflatten(list(weights.items())))
+    model.update(tree_map(lambda p: p.astype(dtype), model.parameters()))
+    mx.eval(model.parameters())
+    out = Path(out_dir)
+    save_model(out, model)
+    save_config(dict(config), out / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
+    return model
+
+
+def build_pair(root, arch="llama", seed=0, noise=0.5, **dims):
+    """Build base/ and instruct/ folders under root; return their paths."""
+    root = Path(root)
+    vocab = build_tokenizer(root / "tokenizer", seed=seed)
+    config = model_config(arch, vocab_size=vocab, **dims)
+    base = build_model(root / "base", config, root / "tokenizer", seed=seed)
+    mx.random.seed(seed + 1)
+    perturbed = {
+        k: v + noise * v.std() * mx.random.normal(v.shape) for k, v in tree_flatten(base.parameters())
+    }
+    build_model(root / "instruct", config, root / "tokenizer", weights=perturbed)
+    return root / "base", root / "instruct"
+
+
+def write_jsonl(path, rows):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_task_data(folder, n_train=64, n_valid=16, n_test=16, seed=0):
+    """train/valid/test.jsonl of the arithmetic task in the prompt/completion shape."""
+    rows = arithmetic_records(n_train + n_valid + n_test, seed=seed)
+    folder = Path(folder)
+    write_jsonl(folder / "train.jsonl", rows[:n_train])
+    write_jsonl(folder / "valid.jsonl", rows[n_train : n_train + n_valid])
+    write_jsonl(folder / "test.jsonl", rows[n_train + n_valid :])
+    return folder

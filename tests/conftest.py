@@ -1,0 +1,21 @@
+import gift_mlx  # noqa: F401  (preloads the optimized BLAS before mlx.core is imported)
+import pytest
+
+from gift_mlx import toy
+
+
+@pytest.fixture(scope="session")
+def llama_pair(tmp_path_factory):
+    """(base, instruct) folders of a tiny llama pair sharing one ChatML tokenizer."""
+    return toy.build_pair(tmp_path_factory.mktemp("llama"), "llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen2_pair(tmp_path_factory):
+    return toy.build_pair(tmp_path_factory.mktemp("qwen2"), "qwen2", seed=1)
+
+
+@pytest.fixture(scope="session")
+def task_data(tmp_path_factory):
+    """A data folder with train/valid/test.jsonl of the toy arithmetic task."""
+    return toy.write_task_data(tmp_path_factory.mktemp("data"))
