@@ -1,0 +1,206 @@
+"""Training data: read JSONL records, format them with the instruct chat template, mark the target tokens,
+and cut them into length-bucketed micro-batches."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mlx_lm.utils import common_prefix_len
+
+from .errors import GiftError
+
+SPLITS = ("train", "valid", "test")
+# Padded lengths come from this small set so the compiled step is traced only a few times.
+PAD_LENGTHS = [32 * 2**i for i in range(12)] + [48 * 2**i for i in range(12)]
+PAD_LENGTHS.sort()
+
+
+@dataclass
+class Example:
+    tokens: np.ndarray  # int32 (T,)
+    target: np.ndarray  # bool (T,): tokens[i] is a target (response token or end-of-turn)
+    truncated: bool = False
+
+    @property
+    def num_targets(self):
+        return int(self.target.sum())
+
+
+@dataclass
+class Dataset:
+    path: Path
+    sha256: str
+    examples: list
+    truncated: int = 0  # rows cut to max_seq_length
+    dropped: int = 0  # rows with no target left after truncation
+
+    def __len__(self):
+        return len(self.examples)
+
+
+def data_files(data):
+    """{split: path} for a folder with train/valid/test.jsonl, or {"train": path} for a single file."""
+    p = Path(data)
+    if p.is_file():
+        return {"train": p}
+    if not p.is_dir():
+        raise GiftError(f"{data}: no such data file or folder")
+    files = {s: p / f"{s}.jsonl" for s in SPLITS if (p / f"{s}.jsonl").is_file()}
+    if "train" not in files:
+        raise GiftError(f"{data}: data folder has no train.jsonl")
+    return files
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_jsonl(path):
+    """[(line_number, record)] with file:line errors for unreadable or malformed lines."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GiftError(f"{path}: cannot read ({e})")
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GiftError(f"{path}:{n}: malformed JSON ({e.msg})")
+        if not isinstance(record, dict):
+            raise GiftError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+        rows.append((n, record))
+    if not rows:
+        raise GiftError(f"{path}: no records")
+    return rows
+
+
+def _text(record, key, where):
+    value = record[key]
+    if not isinstance(value, str):
+        raise GiftError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def to_messages(record, where):
+    """Chat messages for one record in any supported shape; the assistant turns are the targets."""
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise GiftError(f"{where}: 'messages' must be a list of {{role, content}} string objects")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise GiftError(f"{where}: 'messages' has no assistant turn, so no target tokens")
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    for prompt_key, response_key in (("prompt", "completion"), ("instruction", "response"), ("instruction", "output")):
+        if prompt_key in record and response_key in record:
+            prompt = _text(record, prompt_key, where)
+            if record.get("input"):  # Alpaca-style extra context
+                prompt += "\n\n" + _text(record, "input", where)
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(record, response_key, where)}]
+            if record.get("system"):
+                messages.insert(0, {"role": "system", "content": _text(record, "system", where)})
+            return messages
+    raise GiftError(
+        f"{where}: unknown record shape (fields: {', '.join(sorted(record)) or 'none'}); "
+        "expected messages, prompt+completion or instruction+response"
+    )
+
+
+def tokenize(messages, tokenizer):
+    """Tokens of the whole conversation and the mask of its target tokens.
+
+    Each assistant turn's targets run from where the prompt (rendered with add_generation_prompt) stops
+    matching the full conversation, up to and including the turn's end-of-turn token; what the template
+    adds after it (e.g. a newline) is not a target.
+    """
+    tokens = list(tokenizer.apply_chat_template(messages, tokenize=True))
+    target = np.zeros(len(tokens), bool)
+    eos = set(tokenizer.eos_token_ids)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=True, add_generation_prompt=True)
+        turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=True)
+        start = common_prefix_len(prompt, tokens)
+        end = common_prefix_len(turn, tokens)
+        for j in range(start, end):
+            if tokens[j] in eos:
+                end = j + 1
+                break
+        target[start:end] = True
+    last = int(np.nonzero(target)[0][-1]) + 1 if target.any() else len(tokens)
+    return np.array(tokens[:last], np.int32), target[:last]  # nothing after the last target is needed
+
+
+def load_split(path, tokenizer, max_seq_length):
+    """Read, format and tokenize one JSONL file."""
+    examples, truncated, dropped = [], 0, 0
+    for n, record in read_jsonl(path):
+        where = f"{path}:{n}"
+        tokens, target = tokenize(to_messages(record, where), tokenizer)
+        target[0] = False  # the first token has no context to be predicted from
+        if not target.any():
+            raise GiftError(f"{where}: record has no target tokens")
+        cut = len(tokens) > max_seq_length
+        if cut:
+            tokens, target = tokens[:max_seq_length], target[:max_seq_length]
+            truncated += 1
+            if not target.any():
+                dropped += 1
+                continue
+        examples.append(Example(tokens, target, cut))
+    if not examples:
+        raise GiftError(f"{path}: no usable rows (all {dropped} prompts are longer than max_seq_length={max_seq_length})")
+    return Dataset(Path(path), file_sha256(path), examples, truncated, dropped)
+
+
+def load_data(data, tokenizer, max_seq_length, splits=("train", "valid")):
+    """{split: Dataset} for the requested splits that exist (train must)."""
+    files = data_files(data)
+    return {s: load_split(files[s], tokenizer, max_seq_length) for s in splits if s in files}
+
+
+def pad_length(n, max_len):
+    return min(next((p for p in PAD_LENGTHS if p >= n), n), max_len)
+
+
+def collate(examples, weights, max_len, pad_id=0):
+    """Padded (inputs, labels, w) arrays for next-token prediction.
+
+    w[b, i] is the weight of predicting labels[b, i] = tokens[i + 1]; zero for prompt and padding.
+    `weights` holds, per example, one value per target token (None: uniform weight 1).
+    """
+    length = pad_length(max(len(e.tokens) for e in examples) - 1, max_len)
+    inputs = np.full((len(examples), length), pad_id, np.int32)
+    labels = np.full((len(examples), length), pad_id, np.int32)
+    w = np.zeros((len(examples), length), np.float32)
+    for b, (e, wt) in enumerate(zip(examples, weights)):
+        n = len(e.tokens) - 1
+        inputs[b, :n] = e.tokens[:-1]
+        labels[b, :n] = e.tokens[1:]
+        w[b, :n][e.target[1:]] = 1.0 if wt is None else wt
+    return inputs, labels, w
+
+
+def batch_order(lengths, batch_size, rng, window=64):
+    """Micro-batches of example indices: shuffled, then sorted by length within windows of
+    `window` batches so rows of a batch have similar lengths (little padding), batch order shuffled."""
+    idx = rng.permutation(len(lengths))
+    span = batch_size * window
+    batches = []
+    for s in range(0, len(idx), span):
+        chunk = sorted(idx[s : s + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,157 @@
+"""Confidence scores: one batched, gradient-free pass of a frozen model over the training data, recording
+q_t = p(y_t | x, y_<t) for every target token, stored per split as safetensors (flat values + offsets)
+with the identity of the model, tokenizer output and data they belong to."""
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
+
+from . import __version__
+from .data import collate
+from .errors import GiftError
+from .models import local_path
+from .objective import confidence
+
+
+def weights_fingerprint(path_or_id):
+    """A cheap fingerprint of a model's weight files: names, sizes, headers and three 64 KiB samples each.
+
+    Hashing whole files would take minutes for a 7B model; any retraining or requantization changes
+    the sampled bytes or headers.
+    """
+    h = hashlib.sha256()
+    files = sorted(local_path(path_or_id).glob("*.safetensors"))
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            header = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(min(header, 1 << 24)))
+            for pos in (8 + header, max(8 + header, size // 2), max(8 + header, size - 65536)):
+                fh.seek(pos)
+                h.update(fh.read(65536))
+    return h.hexdigest()[:16]
+
+
+def tokens_fingerprint(dataset):
+    """Hash of every example's tokens and target mask: covers tokenizer, chat template and max length."""
+    h = hashlib.sha256()
+    for e in dataset.examples:
+        h.update(e.tokens.tobytes())
+        h.update(np.packbits(e.target).tobytes())
+    return h.hexdigest()[:16]
+
+
+def identity(model_id, dataset):
+    """What a score file must match to be reused."""
+    return {
+        "model": str(model_id),
+        "model_fingerprint": weights_fingerprint(model_id),
+        "data_file": str(dataset.path),
+        "data_sha256": dataset.sha256,
+        "tokens_sha256": tokens_fingerprint(dataset),
+        "num_examples": str(len(dataset)),
+    }
+
+
+def compute_scores(model, dataset, batch_tokens=8192, max_len=None, desc="scoring"):
+    """[q per target token] for every example, batched by length, no gradient."""
+    examples = dataset.examples
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
+    max_len = max_len or max(len(e.tokens) for e in examples)
+    scores = [None] * len(examples)
+    with tqdm(total=sum(e.num_targets for e in examples), desc=desc, unit="tok", leave=False) as bar:
+        i = 0
+        while i < len(order):
+            rows = max(1, batch_tokens // len(examples[order[i]].tokens))
+            batch = order[i : i + rows]
+            i += len(batch)
+            inputs, labels, w = collate([examples[j] for j in batch], [None] * len(batch), max_len)
+            q = np.array(confidence(model, mx.array(inputs), mx.array(labels)))
+            for b, j in enumerate(batch):
+                scores[j] = q[b][w[b] > 0]
+            bar.update(int((w > 0).sum()))
+    return scores
+
+
+def save_scores(path, scores, meta):
+    """Write atomically: a temporary file renamed into place, so a kill never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    offsets = np.cumsum([0] + [len(s) for s in scores]).astype(np.int64)
+    values = np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"values": values, "offsets": offsets}, str(tmp), metadata={**meta, "gift_mlx": __version__})
+    os.replace(tmp, path)
+
+
+def load_scores(path, meta):
+    """Per-example score arrays if `path` exists and matches `meta`; else None (missing or stale)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), "numpy") as f:
+            stored = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise GiftError(f"{path}: unreadable score file ({e}); delete it to recompute")
+    if any(stored.get(k) != v for k, v in meta.items() if k not in ("model", "data_file")):
+        return None
+    values, offsets = tensors["values"], tensors["offsets"]
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def scores_file(scores_dir, split, role):
+    return Path(scores_dir) / f"{split}-{role}.safetensors"
+
+
+def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print):
+    """{split: per-example scores}, reusing matching files and recomputing stale or missing ones.
+
+    The scoring model is loaded (once) only if something must be computed, and released afterwards.
+    """
+    out, todo = {}, {}
+    for split, ds in datasets.items():
+        meta = identity(model_id, ds)
+        path = scores_file(scores_dir, split, role)
+        cached = load_scores(path, meta)
+        if cached is not None and all(len(c) == e.num_targets for c, e in zip(cached, ds.examples)):
+            log(f"scores: reusing {path}")
+            out[split] = cached
+        else:
+            log(f"scores: {'recomputing stale' if path.exists() else 'computing'} {path}")
+            todo[split] = meta
+    if todo:
+        model = load_model_fn()
+        for split, meta in todo.items():
+            tic = time.perf_counter()
+            out[split] = compute_scores(model, datasets[split], desc=f"scoring {split}")
+            n = sum(len(s) for s in out[split])
+            log(f"scores: {split}: {n} target tokens in {time.perf_counter() - tic:.1f}s, "
+                f"mean q = {np.concatenate(out[split]).mean():.4f}")
+            save_scores(scores_file(scores_dir, split, role), out[split], meta)
+        del model
+        mx.clear_cache()
+    return out
+
+
+def score(cfg, log=print):
+    """`gift score`: compute (or confirm) the guide's confidences for every split of cfg.data."""
+    from .data import load_data
+    from .models import load_model, load_tokenizer
+
+    guide_id, role = (cfg.base, "base") if cfg.method == "gift-base" else (cfg.instruct, "instruct")
+    if not guide_id or not cfg.data:
+        raise GiftError("score needs --instruct (or --base with --method gift-base) and --data")
+    data = load_data(cfg.data, load_tokenizer(cfg.instruct or cfg.base), cfg.max_seq_length, splits=("train", "valid"))
+    scores_dir = Path(cfg.scores_path or Path(cfg.adapter_path) / "scores")
+    ensure_scores(data, scores_dir, guide_id, role, lambda: load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0], log)
+    return {split: scores_file(scores_dir, split, role) for split in data}

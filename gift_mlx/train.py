@@ -1,0 +1,257 @@
+"""Training: a LoRA adapter on the BASE model, data in the INSTRUCT chat template, loss Σ w·ℓ / Σ w.
+
+The whole step is `step()` inside `train()`: one compiled function that computes the weighted sums of a
+micro-batch (and, with online scoring, the guide's confidences), accumulates gradients and sums over the
+micro-batches of an optimizer step, and divides by the step's Σ w before the AdamW update.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.tuner.utils import linear_to_lora_layers
+from tqdm import tqdm
+
+from . import __version__
+from .config import TrainConfig
+from .data import batch_order, collate, load_data
+from .errors import GiftError
+from .models import check_compatible, load_model, load_tokenizer, read_config
+from .objective import confidence, token_weights, weighted_sums
+from .scoring import ensure_scores
+
+
+def add_lora(model, cfg):
+    """Freeze the model and put LoRA (or DoRA) layers on it with mlx-lm; return adapter_config.json."""
+    num_layers = len(model.layers) if cfg.num_layers < 0 else cfg.num_layers
+    if num_layers > len(model.layers):
+        raise GiftError(f"num_layers: {num_layers} but the model has {len(model.layers)} blocks")
+    model.freeze()
+    params = {"rank": cfg.lora_rank, "scale": cfg.lora_scale, "dropout": cfg.lora_dropout, "keys": cfg.lora_keys}
+    try:
+        linear_to_lora_layers(model, num_layers, params, use_dora=cfg.fine_tune_type == "dora")
+    except ValueError as e:
+        raise GiftError(f"lora_keys: {e}")
+    # Record the adapted keys explicitly so merge and PEFT export need not guess mlx-lm's defaults.
+    keys = sorted({k.rsplit(".", 1)[0][len(f"model.layers.{len(model.layers) - 1}."):]
+                   for k, _ in tree_flatten(model.trainable_parameters())
+                   if k.startswith(f"model.layers.{len(model.layers) - 1}.")})
+    if not keys:
+        raise GiftError(f"lora_keys: {cfg.lora_keys} matched no layer of the model")
+    return {"fine_tune_type": cfg.fine_tune_type, "num_layers": num_layers,
+            "lora_parameters": {**params, "keys": keys}}
+
+
+def checkpoint_layers(model):
+    """Gradient checkpointing for this model's blocks only (mlx-lm's version patches the class globally,
+    which would also reach a guide model of the same architecture)."""
+    classes = {}
+    for layer in model.layers:
+        base = type(layer)
+        if base not in classes:
+            def call(self, *args, _call=base.__call__, **kwargs):
+                def inner(params, *args, **kwargs):
+                    self.update(params)
+                    return _call(self, *args, **kwargs)
+                return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+            classes[base] = type(base.__name__, (base,), {"__call__": call})
+        layer.__class__ = classes[base]
+
+
+def lr_schedule(cfg, steps):
+    """Linear warmup for warmup_ratio of the steps, then cosine decay to zero (as the reference)."""
+    warmup = int(round(cfg.warmup_ratio * steps))
+    decay = optim.cosine_decay(cfg.learning_rate, max(steps - warmup, 1), 0.0)
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
+
+
+def guide_weights(guide, inputs, labels, w, floor, gamma):
+    """Online scoring: the guide's confidence weights on the target positions (w > 0), zero elsewhere."""
+    return mx.where(w > 0, token_weights(confidence(guide, inputs, labels), floor, gamma), 0.0)
+
+
+def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0):
+    """The compiled training step and the state it updates.
+
+    step(inputs, labels, w, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
+    [Σ w·ℓ, Σ w, Σ ℓ, n] to the accumulators; with update=True it applies AdamW to the accumulated gradient
+    divided by the step's Σ w, so that L = Σ w·ℓ / Σ w over every target token of the optimizer step.
+    """
+    loss_and_grad = nn.value_and_grad(model, weighted_sums)
+    state = [model.state, optimizer.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(inputs, labels, w, acc_grad, acc_sums, update):
+        if guide is not None:
+            w = guide_weights(guide, inputs, labels, w, floor, gamma)
+        (wl, (sw, l, n)), grad = loss_and_grad(model, inputs, labels, w)
+        sums = mx.stack([wl, sw, l, n.astype(mx.float32)])
+        if acc_grad is not None:
+            grad, sums = tree_map(mx.add, grad, acc_grad), sums + acc_sums
+        if update:
+            optimizer.update(model, tree_map(lambda g: g / sums[1], grad))
+            grad = None
+        return grad, sums
+
+    return step, state
+
+
+def micro_batches(dataset, weights, batch_size, max_len, pad_id, rng):
+    """Endless stream of collated micro-batches (numpy), epoch after epoch."""
+    lengths = [len(e.tokens) for e in dataset.examples]
+    while True:
+        for idx in batch_order(lengths, batch_size, rng):
+            yield collate([dataset.examples[i] for i in idx], [weights[i] for i in idx], max_len, pad_id)
+
+
+def save_adapter(model, path):
+    """Atomic write of the trainable (adapter) parameters."""
+    tmp = Path(path).with_name(Path(path).stem + ".tmp.safetensors")
+    mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, log=print):
+    """Score (if needed) and train; writes the adapter in mlx-lm's format; returns the run record."""
+    cfg.validate()
+    out = Path(cfg.adapter_path)
+    tokenizer = load_tokenizer(cfg.instruct)
+    if cfg.method != "direct":
+        check_compatible(read_config(cfg.base), read_config(cfg.instruct), cfg.base, cfg.instruct)
+    data = load_data(cfg.data, tokenizer, cfg.max_seq_length)
+    for split, ds in data.items():
+        log(f"data: {split}: {len(ds)} rows, {sum(e.num_targets for e in ds.examples)} target tokens"
+            + (f", {ds.truncated} truncated to {cfg.max_seq_length}" if ds.truncated else "")
+            + (f", {ds.dropped} dropped (no target left)" if ds.dropped else ""))
+    train_set, val_set = data["train"], data.get("valid")
+    global_batch = cfg.batch_size * cfg.grad_accumulation_steps
+    if len(train_set) < cfg.batch_size:
+        raise GiftError(f"batch_size: {cfg.batch_size} is more than the {len(train_set)} training rows")
+    steps = cfg.iters or max(1, math.ceil(cfg.epochs * len(train_set) / global_batch))
+
+    trained_id = cfg.instruct if cfg.method == "direct" else cfg.base
+    guide_id, role = {"gift": (cfg.instruct, "instruct"), "gift-base": (cfg.base, "base")}.get(cfg.method, (None, None))
+    weights = {s: [None] * len(ds) for s, ds in data.items()}  # None: uniform weight 1
+    out.mkdir(parents=True, exist_ok=True)
+    if guide_id and not cfg.online_scores:
+        scores = ensure_scores(data, cfg.scores_path or out / "scores", guide_id, role,
+                               lambda: load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0], log)
+        weights = {s: [token_weights(q, cfg.floor, cfg.gamma) for q in scores[s]] for s in data}
+
+    model, _, model_config = load_model(trained_id, trust_remote_code=cfg.trust_remote_code)
+    vocab_rows = model_config.get("vocab_size")
+    if vocab_rows and len(tokenizer) > vocab_rows:
+        raise GiftError(f"{trained_id}: vocabulary of {vocab_rows} rows, but the instruct tokenizer has {len(tokenizer)} tokens")
+    guide = None
+    if guide_id and cfg.online_scores:
+        guide = load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0]
+        guide.freeze()
+    mx.random.seed(cfg.seed)
+    adapter_config = add_lora(model, cfg)
+    if cfg.grad_checkpoint:
+        checkpoint_layers(model)
+    optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
+    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma)
+
+    def validate():
+        model.eval()
+        rng = np.random.default_rng(0)
+        batches = micro_batches(val_set, weights["valid"], cfg.batch_size, cfg.max_seq_length, pad_id, rng)
+        n_batches = len(val_set) // cfg.batch_size
+        if cfg.val_batches > 0:
+            n_batches = min(n_batches, cfg.val_batches)
+        total = mx.zeros(4)
+        for _ in range(n_batches):
+            inputs, labels, w = map(mx.array, next(batches))
+            if guide is not None:
+                w = guide_weights(guide, inputs, labels, w, cfg.floor, cfg.gamma)
+            wl, (sw, l, n) = weighted_sums(model, inputs, labels, w)
+            total = total + mx.stack([wl, sw, l, n.astype(mx.float32)])
+            mx.eval(total)
+        model.train()
+        wl, sw, l, n = total.tolist()
+        return {"val_loss": wl / max(sw, 1e-12), "val_plain_loss": l / max(n, 1)}
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rng = np.random.default_rng(cfg.seed)
+    batches = micro_batches(train_set, weights["train"], cfg.batch_size, cfg.max_seq_length, pad_id, rng)
+    if val_set is not None and len(val_set) < cfg.batch_size:
+        log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
+        val_set = None
+    write_json(out / "adapter_config.json", {**adapter_config, "model": trained_id, "base_model": cfg.base,
+                                             "instruct_model": cfg.instruct, "method": cfg.method})
+    metrics_file = open(out / "metrics.jsonl", "w")
+    n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    log(f"train: {cfg.method} on {trained_id}, {steps} steps of {global_batch} rows, "
+        f"{n_trainable / 1e6:.3f}M trainable parameters")
+
+    model.train()
+    final = {}
+    window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
+    bar = tqdm(range(1, steps + 1), desc="train", unit="step")
+    for it in bar:
+        tic = time.perf_counter()
+        acc_grad = acc_sums = None
+        for k in range(cfg.grad_accumulation_steps):
+            inputs, labels, w = next(batches)
+            window["tokens"] += int((labels != pad_id).sum())
+            acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w),
+                                      acc_grad, acc_sums, k == cfg.grad_accumulation_steps - 1)
+        mx.eval(state, acc_sums)
+        s = np.array(acc_sums)
+        if not np.isfinite(s[0]):
+            raise GiftError(f"step {it}: the loss is not finite; lower the learning rate (adapter of the last save kept)")
+        window["sums"] += s
+        window["time"] += time.perf_counter() - tic
+
+        if it % cfg.steps_per_report == 0 or it == steps:
+            wl, sw, l, n = window["sums"]
+            row = {"step": it, "loss": wl / sw, "plain_loss": l / n, "learning_rate": optimizer.learning_rate.item(),
+                   "target_tokens_per_sec": n / window["time"], "tokens_per_sec": window["tokens"] / window["time"],
+                   "peak_memory_gb": mx.get_peak_memory() / 1e9}
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['learning_rate']:.1e}",
+                            tok_s=f"{row['tokens_per_sec']:.0f}", mem=f"{row['peak_memory_gb']:.2f}GB")
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            final.update(row)
+            window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
+        if val_set is not None and (it % cfg.steps_per_eval == 0 or it == steps):
+            row = {"step": it, **validate()}
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            bar.write(f"step {it}: val_loss {row['val_loss']:.4f}, val_plain_loss {row['val_plain_loss']:.4f}")
+            final.update(row)
+        if it % cfg.save_every == 0 and it != steps:
+            save_adapter(model, out / "adapters.safetensors")
+            save_adapter(model, out / f"{it:07d}_adapters.safetensors")
+    bar.close()
+    metrics_file.close()
+
+    save_adapter(model, out / "adapters.safetensors")
+    record = {
+        "gift_mlx": __version__, "mlx": mx.__version__, "method": cfg.method, "base_model": cfg.base,
+        "instruct_model": cfg.instruct, "trained_model": trained_id,
+        "data": {s: {"file": str(ds.path), "sha256": ds.sha256, "rows": len(ds), "truncated": ds.truncated}
+                 for s, ds in data.items()},
+        "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "final": final,
+    }
+    write_json(out / "gift_run.json", record)
+    log(f"adapter: {out / 'adapters.safetensors'} (final loss {final['loss']:.4f})")
+    return record

@@ -1,0 +1,128 @@
+import json
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from gift_mlx import toy
+from gift_mlx.config import TrainConfig
+from gift_mlx.data import collate, load_split
+from gift_mlx.models import load_model
+from gift_mlx.train import add_lora, build_step, train
+
+FAST = dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0, batch_size=4, steps_per_report=1, steps_per_eval=5)
+
+
+def lora_model(path, seed=0):
+    model, tok, _ = load_model(path)
+    mx.random.seed(seed)
+    add_lora(model, TrainConfig(lora_rank=4, lora_alpha=8, lora_dropout=0.0))
+    return model, tok
+
+
+def batch_rows(tok, task_data, n):
+    ds = load_split(task_data / "train.jsonl", tok, 2048)
+    ex = ds.examples[:n]
+    scores = [np.random.default_rng(i).uniform(0.05, 1, e.num_targets).astype(np.float32) for i, e in enumerate(ex)]
+    return ex, scores
+
+
+def run_steps(model, micro):
+    """One optimizer step (SGD, so the update is proportional to the gradient) over the micro-batches."""
+    opt = optim.SGD(learning_rate=1.0)
+    step, state = build_step(model, opt)
+    acc_g = acc_s = None
+    for k, (ex, sc) in enumerate(micro):
+        inputs, labels, w = map(mx.array, collate(ex, sc, 2048))
+        acc_g, acc_s = step(inputs, labels, w, acc_g, acc_s, k == len(micro) - 1)
+    mx.eval(state, acc_s)
+    return dict(tree_flatten(model.trainable_parameters())), np.array(acc_s)
+
+
+def test_accumulating_4x1_equals_one_batch_of_4(llama_pair, task_data):
+    base, _ = llama_pair
+    m1, tok = lora_model(base)
+    m4, _ = lora_model(base)
+    ex, sc = batch_rows(tok, task_data, 4)
+    before = {k: np.array(v) for k, v in tree_flatten(m1.trainable_parameters())}
+    p1, s1 = run_steps(m1, [([e], [s]) for e, s in zip(ex, sc)])
+    p4, s4 = run_steps(m4, [(ex, sc)])
+    np.testing.assert_allclose(s1, s4, rtol=1e-5)
+    moved = 0
+    for k in p1:
+        np.testing.assert_allclose(np.array(p1[k]), np.array(p4[k]), rtol=1e-4, atol=1e-6)
+        moved += not np.allclose(np.array(p1[k]), before[k])
+    assert moved > 0
+
+
+@pytest.mark.parametrize("pair", ["llama_pair", "qwen2_pair"])
+def test_gift_training_lowers_loss_changes_only_lora_and_loads_in_mlx_lm(tmp_path, request, pair, task_data):
+    base, instruct = request.getfixturevalue(pair)
+    cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(task_data), adapter_path=str(tmp_path / "a"),
+                      iters=30, learning_rate=3e-3, **FAST)
+    record = train(cfg, log=lambda m: None)
+    rows = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert val[-1] < val[0] - 0.2, val
+    assert record["final"]["loss"] < rows[0]["loss"]
+
+    from mlx_lm.utils import load
+
+    adapted, _ = load(str(base), adapter_path=str(tmp_path / "a"))
+    plain, _ = load(str(base))
+    weights = dict(tree_flatten(adapted.parameters()))
+    stored = mx.load(str(tmp_path / "a" / "adapters.safetensors"))
+    assert stored and all(k.rsplit(".", 1)[-1] in ("lora_a", "lora_b") for k in stored)
+    for k, v in tree_flatten(plain.parameters()):  # frozen weights are the base's, unchanged
+        key = k if k in weights else "{}.linear.{}".format(*k.rsplit(".", 1))
+        assert mx.array_equal(weights[key], v), k
+    assert any(float(mx.abs(stored[k]).max()) > 0 for k in stored if k.endswith("lora_b"))
+    x = mx.array([[1, 5, 9, 13]])
+    assert not mx.allclose(adapted(x), plain(x))
+
+
+def test_online_scores_give_the_cached_result(tmp_path, llama_pair, task_data):
+    base, instruct = llama_pair
+    common = dict(base=str(base), instruct=str(instruct), data=str(task_data), iters=4, learning_rate=1e-3, **FAST)
+    cached = train(TrainConfig(adapter_path=str(tmp_path / "c"), **common), log=lambda m: None)
+    online = train(TrainConfig(adapter_path=str(tmp_path / "o"), online_scores=True, **common), log=lambda m: None)
+    assert not (tmp_path / "o" / "scores").exists()
+    assert np.isclose(online["final"]["val_loss"], cached["final"]["val_loss"], rtol=1e-4)
+    a, b = mx.load(str(tmp_path / "c" / "adapters.safetensors")), mx.load(str(tmp_path / "o" / "adapters.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, trained, scores", [
+    ("shadow-ft", "base", None), ("direct", "instruct", None), ("gift-base", "base", "train-base"),
+])
+def test_methods(tmp_path, llama_pair, task_data, method, trained, scores):
+    base, instruct = llama_pair
+    cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(task_data), adapter_path=str(tmp_path),
+                      method=method, iters=2, **FAST)
+    record = train(cfg, log=lambda m: None)
+    conf = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert conf["method"] == method and conf["model"] == str({"base": base, "instruct": instruct}[trained])
+    found = sorted(p.stem for p in (tmp_path / "scores").glob("*.safetensors")) if scores else []
+    assert (found[0] if found else None) == scores
+    if scores is None:  # uniform weights: the weighted loss is the plain token mean
+        assert np.isclose(record["final"]["loss"], record["final"]["plain_loss"], rtol=1e-6)
+
+
+def test_qlora_on_a_quantized_base(tmp_path, llama_pair, task_data):
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    base, instruct = llama_pair
+    model, _, config = load_model(base)
+    model, config = quantize_model(model, config, group_size=32, bits=4)
+    save_model(tmp_path / "q", model)
+    save_config(config, tmp_path / "q" / "config.json")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "q" / f).write_bytes((base / f).read_bytes())
+    cfg = TrainConfig(base=str(tmp_path / "q"), instruct=str(instruct), data=str(task_data),
+                      adapter_path=str(tmp_path / "a"), iters=3, **FAST)
+    record = train(cfg, log=lambda m: None)
+    assert np.isfinite(record["final"]["loss"])
+    assert mx.load(str(tmp_path / "a" / "adapters.safetensors"))
