@@ -93,6 +93,100 @@ def train(**options):
 
     run(make_config(**options), log=click.echo)
 
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, help="Folder for the world, adapters and report.")
+@click.option("--iters", default=60, show_default=True, help="Optimizer steps per method.")
+@click.option("--seed", default=0, show_default=True)
+def demo(out, iters, seed):
+    """Run every method end to end on a built-in tiny model pair (no download)."""
+    from .demo import demo as run
+
+    run(out, iters=iters, seed=seed, log=click.echo)
+
+
+@main.command()
+def doctor():
+    """Print the MLX version, device, BLAS in use and a one-second matmul speed."""
+    from .doctor import report
+
+    click.echo(report())
+
+
 # ---- merge / export (merge.py, export.py) ----
 
+DTYPE_CHOICE = click.Choice(["bfloat16", "float16", "float32"])
+
+
+@main.command()
+@click.option("--instruct", help="Instruct model (Hub id or folder); default: the adapter's instruct_model.")
+@click.option("--adapter-path", default="adapters", show_default=True, help="Adapter trained on the base model.")
+@click.option("--out", required=True, help="Output folder (written whole at the end, never half).")
+@click.option("--format", "fmt", type=click.Choice(["mlx", "hf"]), default="mlx", show_default=True,
+              help="mlx: for mlx_lm.load/server; hf: for transformers.")
+@click.option("--dtype", type=DTYPE_CHOICE, help="Float dtype of the output (default: the instruct's).")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="λ in W' = W_instruct + λ·ΔW.")
+@click.option("--base", help="The base model the adapter was trained on (required for DoRA adapters).")
+@click.option("--requantize", is_flag=True, help="Re-quantize merged layers of a quantized instruct (lossy).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
+def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, force):
+    """Add the adapter's update to the instruct model and save the merged model."""
+    from .merge import merge as run
+
+    run(instruct, adapter_path, out, fmt=fmt, dtype=dtype, scale=scale, base=base, requantize=requantize,
+        force=force, log=click.echo)
+
+
+@main.command("export-adapter")
+@click.option("--adapter-path", default="adapters", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
+@click.option("--out", required=True, help="Output folder.")
+@click.option("--instruct", help="base_model_name_or_path for PEFT; default: the adapter's instruct_model.")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="λ, folded into lora_alpha.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
+def export_adapter(adapter_path, fmt, out, instruct, scale, force):
+    """Write the adapter in PEFT's layout, to apply to the instruct model with transformers."""
+    from .export import export_peft
+
+    click.echo(f"wrote {export_peft(adapter_path, out, instruct=instruct, scale=scale, force=force)} ({fmt})")
+
 # ---- eval / chat (evaluate.py, chat.py) ----
+
+
+@main.command("eval")
+@click.option("--model", "models", multiple=True, required=True, help="Model folder or Hub id; repeat to compare.")
+@click.option("--data", required=True, type=click.Path(), help="JSONL of problems (GSM8K, MATH, generic, choices, chat).")
+@click.option("--out", default="results", show_default=True, type=click.Path(), help="Output folder.")
+@click.option("--samples", default=16, show_default=True, help="Samples per problem (n); 0 with --greedy: greedy only.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--max-tokens", default=512, show_default=True, help="Tokens per completion.")
+@click.option("--instruction", default=None, help="Appended to each question (default: step-by-step, \\boxed{} answer).")
+@click.option("--greedy", is_flag=True, help="Also measure greedy (temperature 0) accuracy.")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed: a rerun gives the same samples.")
+@click.option("--batch-size", default=64, show_default=True, help="Sequences decoded together.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N problems.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the Hub.")
+def eval_command(models, data, out, **options):
+    """Sample each model on a test set: Average@k, pass@k, maj@k (k = 1, 2, 4, ... samples) and a scaling plot."""
+    from .evaluate import evaluate
+
+    evaluate(list(models), data, out, log=click.echo, **options)
+    click.echo(f"results in {out}/ (summary.json, results.md, samples.jsonl, scaling.png)")
+
+
+@main.command("chat")
+@click.option("--model", required=True, help="Model folder or Hub id (with a chat template).")
+@click.option("--prompt", default=None, help="Answer this one message and exit.")
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--temperature", default=0.7, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--max-tokens", default=512, show_default=True, help="Tokens per reply.")
+@click.option("--seed", type=int, default=None, help="Sampling seed.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the Hub.")
+def chat_command(model, **options):
+    """Chat with a model: streaming replies, history, /reset, /system <text>, /quit; reads a pipe too."""
+    from .chat import chat
+
+    chat(model, **options)

@@ -1,0 +1,72 @@
+"""The `gift` command as a user runs it: real subprocesses, exit codes, files on disk."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from gift_mlx import toy
+
+
+def gift(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "gift_mlx", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+
+
+def test_score_then_train_from_yaml_with_overrides_then_mlx_lm_generate(tmp_path, llama_pair, task_data):
+    base, instruct = llama_pair
+    r = gift("score", "--instruct", instruct, "--data", task_data, "--adapter-path", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a" / "scores" / "train-instruct.safetensors").exists()
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "base": str(base), "instruct": str(instruct), "data": str(task_data), "adapter_path": str(tmp_path / "a"),
+        "lora_rank": 4, "lora_alpha": 8, "iters": 50, "batch_size": 2, "steps_per_report": 1,
+    }))
+    r = gift("train", "-c", config, "--iters", 3, "--lora-keys", "self_attn.q_proj,self_attn.v_proj")
+    assert r.returncode == 0, r.stderr
+    assert "scores: reusing" in r.stdout
+    conf = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert conf["lora_parameters"]["keys"] == ["self_attn.q_proj", "self_attn.v_proj"]
+    assert conf["lora_parameters"]["rank"] == 4 and conf["lora_parameters"]["scale"] == 2.0
+    run = json.loads((tmp_path / "a" / "gift_run.json").read_text())
+    assert run["config"]["iters"] == 3 and run["method"] == "gift"
+    assert len([l for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]) == 3
+
+    g = subprocess.run([sys.executable, "-m", "mlx_lm", "generate", "--model", str(instruct), "--adapter-path",
+                        str(tmp_path / "a"), "--prompt", "What is 1+2?", "--max-tokens", "4"],
+                       capture_output=True, text=True, timeout=120)
+    assert g.returncode == 0, g.stderr
+    assert "Generation:" in g.stdout + g.stderr
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda b, i, d, t: ["--instruct", i, "--data", d], "base: required for method 'gift'"),
+    (lambda b, i, d, t: ["--base", b, "--instruct", i, "--data", t / "nope"], "no such data file or folder"),
+    (lambda b, i, d, t: ["--base", t / "missing", "--instruct", i, "--data", d], "no such model folder"),
+    (lambda b, i, d, t: ["--base", b, "--instruct", i, "--data", d, "--batch-size", 0], "batch_size: must be at least 1"),
+    (lambda b, i, d, t: ["--base", b, "--instruct", i, "--data", d, "--learning-rate", -1], "learning_rate: must be positive"),
+    (lambda b, i, d, t: ["--base", b, "--instruct", i, "--data", d, "--batch-size", 100], "more than the 64 training rows"),
+    (lambda b, i, d, t: ["-c", t / "bad.yaml"], "unknown field(s): lora_rnk"),
+    (lambda b, i, d, t: ["--base", t / "other", "--instruct", i, "--data", d], "differ in architecture: hidden_size"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, llama_pair, task_data, make_args, message):
+    base, instruct = llama_pair
+    (tmp_path / "bad.yaml").write_text("lora_rnk: 8\n")
+    if "other" in str(make_args(base, instruct, task_data, tmp_path)):
+        vocab = toy.build_tokenizer(tmp_path / "tok")
+        toy.build_model(tmp_path / "other", toy.model_config("llama", vocab, hidden=32), tmp_path / "tok")
+    r = gift("train", *make_args(base, instruct, task_data, tmp_path), "--adapter-path", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith("error: ") and message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_doctor_reports_backend_and_blas():
+    r = gift("doctor")
+    assert r.returncode == 0, r.stderr
+    assert "mlx" in r.stdout and "GFLOP/s" in r.stdout and "BLAS" in r.stdout
