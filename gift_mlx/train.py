@@ -115,6 +115,26 @@ def micro_batches(dataset, weights, batch_size, max_len, pad_id, rng):
             yield collate([dataset.examples[i] for i in idx], [weights[i] for i in idx], max_len, pad_id)
 
 
+def validation_loss(model, dataset, weights, cfg, pad_id, guide=None):
+    """Weighted and plain loss over the first val_batches micro-batches of a fixed shuffle."""
+    model.eval()
+    batches = micro_batches(dataset, weights, cfg.batch_size, cfg.max_seq_length, pad_id, np.random.default_rng(0))
+    n_batches = len(dataset) // cfg.batch_size
+    if cfg.val_batches > 0:
+        n_batches = min(n_batches, cfg.val_batches)
+    total = mx.zeros(4)
+    for _ in range(n_batches):
+        inputs, labels, w = map(mx.array, next(batches))
+        if guide is not None:
+            w = guide_weights(guide, inputs, labels, w, cfg.floor, cfg.gamma)
+        wl, (sw, l, n) = weighted_sums(model, inputs, labels, w)
+        total = total + mx.stack([wl, sw, l, n.astype(mx.float32)])
+        mx.eval(total)
+    model.train()
+    wl, sw, l, n = total.tolist()
+    return {"val_loss": wl / max(sw, 1e-12), "val_plain_loss": l / max(n, 1)}
+
+
 def save_adapter(model, path):
     """Atomic write of the trainable (adapter) parameters."""
     tmp = Path(path).with_name(Path(path).stem + ".tmp.safetensors")
@@ -170,25 +190,6 @@ def train(cfg: TrainConfig, log=print):
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
     step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma)
 
-    def validate():
-        model.eval()
-        rng = np.random.default_rng(0)
-        batches = micro_batches(val_set, weights["valid"], cfg.batch_size, cfg.max_seq_length, pad_id, rng)
-        n_batches = len(val_set) // cfg.batch_size
-        if cfg.val_batches > 0:
-            n_batches = min(n_batches, cfg.val_batches)
-        total = mx.zeros(4)
-        for _ in range(n_batches):
-            inputs, labels, w = map(mx.array, next(batches))
-            if guide is not None:
-                w = guide_weights(guide, inputs, labels, w, cfg.floor, cfg.gamma)
-            wl, (sw, l, n) = weighted_sums(model, inputs, labels, w)
-            total = total + mx.stack([wl, sw, l, n.astype(mx.float32)])
-            mx.eval(total)
-        model.train()
-        wl, sw, l, n = total.tolist()
-        return {"val_loss": wl / max(sw, 1e-12), "val_plain_loss": l / max(n, 1)}
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rng = np.random.default_rng(cfg.seed)
     batches = micro_batches(train_set, weights["train"], cfg.batch_size, cfg.max_seq_length, pad_id, rng)
@@ -202,8 +203,14 @@ def train(cfg: TrainConfig, log=print):
     log(f"train: {cfg.method} on {trained_id}, {steps} steps of {global_batch} rows, "
         f"{n_trainable / 1e6:.3f}M trainable parameters")
 
-    model.train()
     final = {}
+
+    def emit(row):
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+        final.update(row)
+
+    model.train()
     window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
     bar = tqdm(range(1, steps + 1), desc="train", unit="step")
     for it in bar:
@@ -228,16 +235,12 @@ def train(cfg: TrainConfig, log=print):
                    "peak_memory_gb": mx.get_peak_memory() / 1e9}
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['learning_rate']:.1e}",
                             tok_s=f"{row['tokens_per_sec']:.0f}", mem=f"{row['peak_memory_gb']:.2f}GB")
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-            final.update(row)
+            emit(row)
             window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
         if val_set is not None and (it % cfg.steps_per_eval == 0 or it == steps):
-            row = {"step": it, **validate()}
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
+            row = {"step": it, **validation_loss(model, val_set, weights["valid"], cfg, pad_id, guide)}
+            emit(row)
             bar.write(f"step {it}: val_loss {row['val_loss']:.4f}, val_plain_loss {row['val_plain_loss']:.4f}")
-            final.update(row)
         if it % cfg.save_every == 0 and it != steps:
             save_adapter(model, out / "adapters.safetensors")
             save_adapter(model, out / f"{it:07d}_adapters.safetensors")

@@ -126,3 +126,24 @@ def test_qlora_on_a_quantized_base(tmp_path, llama_pair, task_data):
     record = train(cfg, log=lambda m: None)
     assert np.isfinite(record["final"]["loss"])
     assert mx.load(str(tmp_path / "a" / "adapters.safetensors"))
+
+
+def test_grad_checkpoint_gives_the_same_adapter_and_patches_only_this_model(tmp_path, llama_pair, task_data):
+    base, instruct = llama_pair
+    common = dict(base=str(base), instruct=str(instruct), data=str(task_data), iters=3, method="shadow-ft", **FAST)
+    train(TrainConfig(adapter_path=str(tmp_path / "p"), **common), log=lambda m: None)
+    train(TrainConfig(adapter_path=str(tmp_path / "c"), grad_checkpoint=True, **common), log=lambda m: None)
+    a, b = mx.load(str(tmp_path / "p" / "adapters.safetensors")), mx.load(str(tmp_path / "c" / "adapters.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-4, atol=1e-6)
+    fresh, _, _ = load_model(base)
+    assert type(fresh.layers[0]).__call__.__qualname__.startswith("TransformerBlock")
+
+
+def test_dora_adapter_trains_and_is_recorded(tmp_path, llama_pair, task_data):
+    base, instruct = llama_pair
+    cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(task_data), adapter_path=str(tmp_path),
+                      fine_tune_type="dora", iters=2, **FAST)
+    train(cfg, log=lambda m: None)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["fine_tune_type"] == "dora"
+    assert any(k.endswith(".m") for k in mx.load(str(tmp_path / "adapters.safetensors")))
