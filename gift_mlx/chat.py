@@ -1,0 +1,126 @@
+"""`gift chat`: a local multi-turn chat with streaming output, through the model's chat template.
+
+The KV cache is kept between turns: each turn the whole history is rendered through the template, the cache is
+trimmed back to the longest prefix it shares with the new prompt, and only the rest is prefilled. That is exact
+(the model sees the same tokens as a fresh run) and makes a long conversation cost only its new turn.
+"""
+
+import sys
+
+from .errors import GiftError
+
+HELP = "commands: /reset (clear history), /system <text> (set the system prompt; empty clears it), /quit"
+
+
+class Chat:
+    def __init__(self, model, tokenizer, system=None, temperature=0.7, top_p=1.0, max_tokens=512):
+        from mlx_lm.sample_utils import make_sampler
+
+        self.model, self.tokenizer, self.system, self.max_tokens = model, tokenizer, system, max_tokens
+        self.sampler = make_sampler(temperature, top_p)
+        self.reset()
+
+    def reset(self):
+        """Forget the conversation (the system prompt stays)."""
+        self.history, self.cache, self.cached = [], None, []
+
+    def messages(self):
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    def _new_tokens(self, tokens):
+        """The part of `tokens` the cache does not hold yet, after trimming the cache to their common prefix."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+        from mlx_lm.utils import common_prefix_len
+
+        if self.cache is None or not can_trim_prompt_cache(self.cache):
+            self.cache, self.cached = make_prompt_cache(self.model), []
+        keep = min(common_prefix_len(self.cached, tokens), len(tokens) - 1)  # at least one token must be fed
+        trim_prompt_cache(self.cache, len(self.cached) - keep)
+        self.cached = tokens[:keep]
+        return tokens[keep:]
+
+    def reply(self, text, write=None):
+        """Answer a user turn, streaming text pieces to write(); the reply joins the history."""
+        from mlx_lm.generate import stream_generate
+
+        self.history.append({"role": "user", "content": text})
+        tokens = list(self.tokenizer.apply_chat_template(self.messages(), add_generation_prompt=True))
+        pieces, generated = [], []
+        for r in stream_generate(self.model, self.tokenizer, self._new_tokens(tokens), max_tokens=self.max_tokens,
+                                 sampler=self.sampler, prompt_cache=self.cache):
+            generated.append(r.token)
+            pieces.append(r.text)
+            if write and r.text:
+                write(r.text)
+        # The cache holds the prompt and (some of) the generated tokens; keep exactly the ones it holds.
+        self.cached = (tokens + generated)[: self.cache[0].size()]
+        reply = "".join(pieces)
+        self.history.append({"role": "assistant", "content": reply})
+        return reply
+
+
+def input_lines(interactive):
+    """User lines: with a prompt and line editing at a terminal, plain lines from a pipe."""
+    if interactive:
+        while True:
+            try:
+                yield input(">> ")
+            except EOFError:
+                return
+    else:
+        for line in sys.stdin:
+            yield line.rstrip("\n")
+
+
+def repl(chat, lines, write, note):
+    """Run the chat over user lines: commands start with '/', anything else is a user turn."""
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return
+        if text == "/reset":
+            chat.reset()
+            note("[history cleared]")
+        elif text == "/system" or text.startswith("/system "):
+            chat.system = text[len("/system"):].strip() or None
+            note(f"[system prompt {'set' if chat.system else 'cleared'}]")
+        elif text.startswith("/"):
+            note(HELP)
+        else:
+            chat.reply(text, write)
+            write("\n")
+
+
+def chat(model_path, prompt=None, system=None, temperature=0.7, top_p=1.0, max_tokens=512, seed=None,
+         trust_remote_code=False):
+    """The `gift chat` command: one-shot with prompt, else a REPL over stdin (a terminal or a pipe)."""
+    import mlx.core as mx
+
+    from .models import load_model
+
+    if temperature < 0 or not 0 < top_p <= 1 or max_tokens < 1:
+        raise GiftError("chat needs --temperature >= 0, --top-p in (0, 1] and --max-tokens >= 1")
+    model, tokenizer, _ = load_model(model_path, trust_remote_code=trust_remote_code)
+    if not getattr(tokenizer, "has_chat_template", False):
+        raise GiftError(f"{model_path}: tokenizer has no chat template (chat needs an instruct/chat model)")
+    if seed is not None:
+        mx.random.seed(seed)
+    session = Chat(model, tokenizer, system, temperature, top_p, max_tokens)
+
+    def write(s):
+        sys.stdout.write(s)
+        sys.stdout.flush()  # stream each piece as it is generated
+
+    def note(s):
+        print(s, file=sys.stderr)
+
+    if prompt is not None:
+        session.reply(prompt, write)
+        write("\n")
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        note(HELP)
+    repl(session, input_lines(interactive), write, note)
