@@ -1,0 +1,334 @@
+"""Merge an adapter trained on the base model into the instruct model (gift-method.md, step 4).
+
+W' = W_instruct + λ·ΔW for every adapted linear layer, added in float32.
+- LoRA: ΔW = scale · (B A) comes from the adapter alone.
+- DoRA: its update rescales the rows of (W_base + scale·B A) to the learned magnitudes m, so it is not a
+  low-rank delta and means something only against the weights it was trained on. It is transferred as the
+  dense task vector ΔW = fused(W_base) − W_base, which needs the base model (`--base`); without it the merge
+  stops with a message instead of guessing.
+Quantized instruct layers are dequantized, merged and written as float (default) or re-quantized on request,
+with the re-quantization error printed (rounding can swallow a small update: mlx-lm issue #1172).
+The instruct model is loaded lazily and written shard by shard, so a merge needs about one model's memory.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from . import export
+from .errors import GiftError
+from .models import check_compatible, load_model, local_path, read_config
+
+FORMATS = ("mlx", "hf")
+LEAVES = ("lora_a", "lora_b", "m")
+LINEARS = (nn.Linear, nn.QuantizedLinear)
+QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
+
+
+@dataclass
+class Adapter:
+    path: Path
+    config: dict
+    kind: str  # lora | dora
+    scale: float  # mlx-lm's LoRA scale (alpha / rank)
+    layers: dict  # module path -> {"lora_a": (in, r), "lora_b": (r, out), "m": (out,) for DoRA}
+
+
+def read_adapter(path):
+    """Read and check an mlx-lm adapter folder (adapter_config.json + adapters.safetensors)."""
+    folder = Path(path)
+    cfg_file, weights_file = folder / "adapter_config.json", folder / "adapters.safetensors"
+    if not (cfg_file.is_file() and weights_file.is_file()):
+        raise GiftError(f"{folder}: not an adapter folder (needs adapter_config.json and adapters.safetensors)")
+    try:
+        config = json.loads(cfg_file.read_text())
+        weights = mx.load(str(weights_file))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise GiftError(f"{folder}: cannot read adapter ({str(e).splitlines()[0]})")
+    kind = config.get("fine_tune_type", "lora")
+    if kind not in ("lora", "dora"):
+        raise GiftError(f"{cfg_file}: fine_tune_type '{kind}' cannot be merged (only lora and dora)")
+    params = config.get("lora_parameters") or {}
+    if "rank" not in params or "scale" not in params:
+        raise GiftError(f"{cfg_file}: lora_parameters needs 'rank' and 'scale'")
+    layers = {}
+    for name, w in weights.items():
+        module, _, leaf = name.rpartition(".")
+        if leaf not in LEAVES:
+            raise GiftError(f"{weights_file}: tensor {name} is not a LoRA/DoRA tensor")
+        layers.setdefault(module, {})[leaf] = w
+    _check_layers(layers, kind, int(params["rank"]), weights_file)
+    return Adapter(folder, config, kind, float(params["scale"]), layers)
+
+
+def _check_layers(layers, kind, rank, weights_file):
+    needed = {"lora_a", "lora_b"} | ({"m"} if kind == "dora" else set())
+    if not layers:
+        raise GiftError(f"{weights_file}: holds no adapter tensors")
+    for module, t in layers.items():
+        if set(t) != needed:
+            raise GiftError(f"{weights_file}: {module} has {sorted(t)}, expected {sorted(needed)}")
+        if t["lora_a"].ndim != 2 or t["lora_a"].shape[1] != rank or t["lora_b"].shape[0] != rank:
+            raise GiftError(f"{weights_file}: {module}: lora_a {tuple(t['lora_a'].shape)} and lora_b "
+                            f"{tuple(t['lora_b'].shape)} do not have rank {rank}")
+
+
+# ---- the arithmetic ----
+
+def dims(module):
+    """(out, in) of a linear layer, quantized or not."""
+    if isinstance(module, nn.QuantizedLinear):
+        return module.weight.shape[0], module.scales.shape[-1] * module.group_size
+    return tuple(module.weight.shape)
+
+
+def float_weight(module):
+    """The weight in float32, dequantized when the layer is quantized."""
+    if isinstance(module, nn.QuantizedLinear):
+        w = mx.dequantize(module.weight, module.scales, getattr(module, "biases", None),
+                          group_size=module.group_size, bits=module.bits, mode=module.mode)
+        return w.astype(mx.float32)
+    return module.weight.astype(mx.float32)
+
+
+def float_dtype(module):
+    """The float dtype a layer computes in (its scales' dtype when quantized)."""
+    return module.scales.dtype if isinstance(module, nn.QuantizedLinear) else module.weight.dtype
+
+
+def lowrank(adapter, path):
+    t = adapter.layers[path]
+    return adapter.scale * (t["lora_b"].astype(mx.float32).T @ t["lora_a"].astype(mx.float32).T)
+
+
+def delta(adapter, path, base_module=None):
+    """ΔW (out, in) in float32: scale·B A for LoRA, fused(W_base) − W_base for DoRA."""
+    if adapter.kind == "lora":
+        return lowrank(adapter, path)
+    w0 = float_weight(base_module)
+    v = w0 + lowrank(adapter, path)
+    m = adapter.layers[path]["m"].astype(mx.float32)
+    return (m / mx.linalg.norm(v, axis=1))[:, None] * v - w0
+
+
+def fit_errors(modules, adapter, label):
+    """One line per adapted layer that is missing from, or does not fit, a model's layers."""
+    errors = []
+    for path, t in adapter.layers.items():
+        module = modules.get(path)
+        if module is None:
+            errors.append(f"{path}: no such layer in {label}")
+            continue
+        if not isinstance(module, LINEARS):
+            errors.append(f"{path}: {type(module).__name__} layers cannot be merged (only linear layers)")
+            continue
+        out_dims, in_dims = dims(module)
+        wanted = {"lora_a": (in_dims, t["lora_a"].shape[1]), "lora_b": (t["lora_b"].shape[0], out_dims),
+                  "m": (out_dims,)}
+        errors += [f"{path}.{leaf}: adapter {tuple(w.shape)} vs {label} {wanted[leaf]}"
+                   for leaf, w in t.items() if tuple(w.shape) != wanted[leaf]]
+    return errors
+
+
+def fuse_layer(module, w, dtype=None, requantize=False):
+    """A linear layer like `module` holding the merged float32 weight w, in `dtype` or re-quantized."""
+    out_dtype = dtype or float_dtype(module)
+    has_bias = "bias" in module
+    layer = nn.Linear(w.shape[1], w.shape[0], bias=has_bias)
+    layer.weight = w.astype(out_dtype)
+    if has_bias:
+        layer.bias = module.bias.astype(out_dtype)
+    if requantize and isinstance(module, nn.QuantizedLinear):
+        layer = nn.QuantizedLinear.from_linear(layer, module.group_size, module.bits, mode=module.mode)
+    return layer
+
+
+def requantization_error(layer, merged, update):
+    """‖Q(W') − W'‖ / ‖λΔW‖: near or above 1 means rounding has swallowed the update."""
+    w = mx.dequantize(layer.weight, layer.scales, getattr(layer, "biases", None),
+                      group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
+    return (mx.linalg.norm(w.astype(mx.float32) - merged) / mx.linalg.norm(update)).item()
+
+
+# ---- checks ----
+
+DORA_NEEDS_BASE = (
+    "{path}: DoRA adapter: its update rescales the base weights' rows, so it cannot be added to another "
+    "model as a low-rank delta; pass --base {base} (the model it was trained on) to transfer "
+    "ΔW = fused(base) − base"
+)
+
+
+def _known_config(name):
+    """The config of a model if it is on this machine (a folder or the Hub cache); never downloads."""
+    if not name:
+        return None
+    if Path(name).is_dir():
+        return read_config(name) if (Path(name) / "config.json").is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(name), "config.json")
+    except Exception:  # not a valid repo id: nothing to compare against
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def _check_architecture(adapter, instruct, instruct_config, base):
+    """The adapter's base and the instruct model must share architecture (checked when its config is at hand)."""
+    name = base or adapter.config.get("base_model")
+    base_config = _known_config(name)
+    if base_config:
+        check_compatible(base_config, instruct_config, f"adapter's base {name}", f"instruct {instruct}")
+
+
+def _fit(model, adapter, label):
+    errors = fit_errors(dict(model.named_modules()), adapter, label)
+    if errors:
+        more = f"; and {len(errors) - 8} more" if len(errors) > 8 else ""
+        raise GiftError(f"adapter {adapter.path} does not fit {label}: " + "; ".join(errors[:8]) + more)
+
+
+# ---- the merge ----
+
+def fuse_model(model, adapter, scale=1.0, base_model=None, dtype=None, requantize=False, log=print):
+    """Replace every adapted layer of `model` by its merged layer (lazily); return the merged paths."""
+    modules = dict(model.named_modules())
+    base_modules = dict(base_model.named_modules()) if base_model is not None else {}
+    fused, errors = [], []
+    for path in adapter.layers:
+        update = scale * delta(adapter, path, base_modules.get(path))
+        merged = float_weight(modules[path]) + update
+        layer = fuse_layer(modules[path], merged, dtype, requantize)
+        if isinstance(layer, nn.QuantizedLinear):  # measured now, so the warning can give numbers
+            mx.eval(layer.parameters())
+            errors.append(requantization_error(layer, merged, update))
+            q = layer
+        fused.append((path, layer))
+    model.update_modules(tree_unflatten(fused))
+    if errors:
+        log(f"warning: re-quantized {len(errors)} merged layers ({q.bits}-bit, group {q.group_size}, {q.mode}): "
+            f"the rounding error is {sum(errors) / len(errors):.2f}x the adapter's update on average "
+            f"(max {max(errors):.2f}x), so part of the update is lost; merge without --requantize to keep it")
+    return [p for p, _ in fused], (sum(errors) / len(errors) if errors else None)
+
+
+def _cast(model, dtype):
+    """Cast float parameters to dtype, leaving quantized layers (packed weights, scales) as they are."""
+    def keep(m, k, v):
+        return nn.Module.valid_parameter_filter(m, k, v) and not isinstance(v, QUANTIZED)
+
+    model.apply(lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x, keep)
+
+
+def _has_quantized(model):
+    return any(isinstance(m, QUANTIZED) for _, m in model.named_modules())
+
+
+def _mlx_config(raw, loaded, model, fused, requantized):
+    """The instruct config; quantization kept for the layers still quantized (mlx-lm reads both keys)."""
+    config = {k: v for k, v in raw.items() if k not in export.QUANT_KEYS}
+    quant = loaded.get("quantization")
+    if quant and _has_quantized(model):
+        if not requantized:  # merged layers are float now: drop any per-layer entry that says otherwise
+            quant = {k: v for k, v in quant.items() if k not in fused}
+        config["quantization"] = config["quantization_config"] = quant
+    return config
+
+
+def _take_weights(model):
+    """All parameters, with the model emptied so the writer holds the only references (shards get freed)."""
+    weights = dict(tree_flatten(model.parameters()))
+    model.update(tree_map(lambda _: mx.array([]), model.parameters()))
+    return weights
+
+
+def _dominant_float(model):
+    counts = {}
+    for _, v in tree_flatten(model.parameters()):
+        if mx.issubdtype(v.dtype, mx.floating):
+            counts[v.dtype] = counts.get(v.dtype, 0) + v.size
+    return max(counts, key=counts.get)
+
+
+def _check_options(adapter, instruct, fmt, dtype, base, requantize):
+    """Cheap checks before anything is loaded; return the instruct model to merge into."""
+    instruct = instruct or adapter.config.get("instruct_model")
+    if not instruct:
+        raise GiftError(f"{adapter.path}/adapter_config.json: names no instruct_model; pass --instruct")
+    if fmt not in FORMATS:
+        raise GiftError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
+    if dtype is not None and dtype not in export.DTYPES:
+        raise GiftError(f"--dtype: '{dtype}' is not one of {', '.join(export.DTYPES)}")
+    if requantize and fmt == "hf":
+        raise GiftError("--requantize: Hugging Face output is always float (transformers cannot read MLX quantization)")
+    if adapter.kind == "dora" and not base:
+        raise GiftError(DORA_NEEDS_BASE.format(path=adapter.path, base=adapter.config.get("base_model") or "<model>"))
+    return instruct
+
+
+def _load_checked(adapter, instruct, raw, base, requantize):
+    """The instruct model (and for DoRA the base), lazily loaded, after checking the adapter fits them."""
+    _check_architecture(adapter, instruct, raw, base)
+    model, _, loaded = load_model(instruct, lazy=True)
+    _fit(model, adapter, f"instruct {instruct}")
+    if requantize and not _has_quantized(model):
+        raise GiftError(f"--requantize: instruct {instruct} is not quantized")
+    base_model = load_model(base, lazy=True)[0] if adapter.kind == "dora" else None
+    if base_model is not None:
+        _fit(base_model, adapter, f"base {base}")
+    return model, loaded, base_model
+
+
+def _output_config(model, raw, loaded, fused, fmt, dtype, requantize):
+    """(dtype to cast to or None, config to write) for the merged model in `fmt`."""
+    if fmt == "mlx":
+        return dtype, _mlx_config(raw, loaded, model, fused, requantize)
+    from mlx_lm.utils import dequantize_model
+
+    dequantize_model(model)  # transformers reads float weights only
+    dtype = dtype or _dominant_float(model)  # and one dtype for the whole model
+    return dtype, export.hf_config(raw, export.dtype_name(dtype))
+
+
+def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dtype=None, scale=1.0, base=None,
+          requantize=False, force=False, log=print):
+    """Merge the adapter into the instruct model and write it to `out` in `fmt` (mlx | hf); return out."""
+    adapter = read_adapter(adapter_path)
+    instruct = _check_options(adapter, instruct, fmt, dtype, base, requantize)
+    raw = read_config(instruct)
+    if fmt == "hf":
+        export.check_hf(raw)
+    with export.output_folder(out, [instruct, adapter.path, base], force) as tmp:
+        model, loaded, base_model = _load_checked(adapter, instruct, raw, base, requantize)
+        mx_dtype = export.DTYPES[dtype] if dtype else None
+        fused, rq_error = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
+        mx_dtype, config = _output_config(model, raw, loaded, fused, fmt, mx_dtype, requantize)
+        if mx_dtype is not None:
+            _cast(model, mx_dtype)
+        export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx")
+        export.write_json(tmp / "config.json", config)
+        export.copy_tokenizer(local_path(instruct), tmp, raw)
+        _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale,
+                    dtype=export.dtype_name(mx_dtype) if mx_dtype is not None else "as instruct",
+                    requantized={"mean_error_over_update": rq_error} if requantize else None)
+    log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out} ({fmt})")
+    return Path(out)
+
+
+def _write_card(folder, adapter, instruct, fmt, out, **extra):
+    record = export.build_record(adapter, "merged-model", fmt, instruct_model=instruct, **extra)
+    if fmt == "hf":
+        usage = (f"python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                 f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+                 f"tokenizer = AutoTokenizer.from_pretrained({str(out)!r})\n")
+    else:
+        usage = f"bash\nmlx_lm.generate --model {out} --prompt \"...\"\nmlx_lm.server --model {out}\n"
+    what = (f"`{instruct}` with the update of a {adapter.kind.upper()} adapter trained on "
+            f"`{record['base_model']}` (method `{record['method']}`, GIFT transfer) added to it: "
+            f"W' = W_instruct + {extra['merge_scale']}·ΔW.")
+    export.write_card(folder, Path(out).name, record, what, usage, "transformers" if fmt == "hf" else "mlx")
