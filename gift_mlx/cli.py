@@ -14,6 +14,9 @@ class Group(click.Group):
         except GiftError as e:  # a user mistake: one line, exit 2, no traceback
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=Group)
@@ -56,7 +59,10 @@ TRAIN_OPTIONS = [
     click.option("--steps-per-report", type=int),
     click.option("--steps-per-eval", type=int),
     click.option("--val-batches", type=int),
-    click.option("--save-every", type=int),
+    click.option("--save-every", type=int, help="Steps between checkpoints (default 100)."),
+    click.option("--keep-checkpoints", type=int, help="Checkpoints kept for --resume (default 3)."),
+    click.option("--resume", is_flag=True, default=None, help="Continue from the latest checkpoint."),
+    click.option("--skip-nonfinite", is_flag=True, default=None, help="Skip steps with a NaN/Inf loss."),
     click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the Hub."),
 ]
 
@@ -155,13 +161,13 @@ def export_adapter(adapter_path, fmt, out, instruct, scale, force):
 
 @main.command("eval")
 @click.option("--model", "models", multiple=True, required=True, help="Model folder or Hub id; repeat to compare.")
-@click.option("--data", required=True, type=click.Path(), help="JSONL of problems (GSM8K, MATH, generic, choices, chat).")
+@click.option("--data", required=True, type=click.Path(), help="JSONL of problems (GSM8K, MATH, choices, chat...).")
 @click.option("--out", default="results", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("--samples", default=16, show_default=True, help="Samples per problem (n); 0 with --greedy: greedy only.")
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--max-tokens", default=512, show_default=True, help="Tokens per completion.")
-@click.option("--instruction", default=None, help="Appended to each question (default: step-by-step, \\boxed{} answer).")
+@click.option("--instruction", default=None, help="Appended to each question (default: reason, answer in \\boxed{}).")
 @click.option("--greedy", is_flag=True, help="Also measure greedy (temperature 0) accuracy.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed: a rerun gives the same samples.")
 @click.option("--batch-size", default=64, show_default=True, help="Sequences decoded together.")
@@ -172,8 +178,10 @@ def eval_command(models, data, out, **options):
     """Sample each model on a test set: Average@k, pass@k, maj@k (k = 1, 2, 4, ... samples) and a scaling plot."""
     from .evaluate import evaluate
 
+    from pathlib import Path
+
     evaluate(list(models), data, out, log=click.echo, **options)
-    click.echo(f"results in {out}/ (summary.json, results.md, samples.jsonl, scaling.png)")
+    click.echo(f"wrote {out}: " + ", ".join(sorted(p.name for p in Path(out).iterdir())))
 
 
 @main.command("chat")

@@ -49,6 +49,9 @@ class TrainConfig:
     steps_per_eval: int = 50
     val_batches: int = 25  # -1: the whole validation set
     save_every: int = 100
+    keep_checkpoints: int = 3  # full-state checkpoints (adapter + optimizer + RNG) kept for --resume
+    resume: bool = False  # continue from the latest checkpoint in adapter_path
+    skip_nonfinite: bool = False  # skip a step whose loss is NaN/Inf instead of stopping
     trust_remote_code: bool = False
     extra: dict = field(default_factory=dict)  # free-form notes copied into the run record
 
@@ -64,7 +67,7 @@ class TrainConfig:
         if self.fine_tune_type not in ("lora", "dora"):
             raise GiftError(f"fine_tune_type: '{self.fine_tune_type}' is not lora or dora")
         for name in ("batch_size", "grad_accumulation_steps", "lora_rank", "max_seq_length",
-                     "steps_per_report", "steps_per_eval", "save_every"):
+                     "steps_per_report", "steps_per_eval", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise GiftError(f"{name}: must be at least 1, got {getattr(self, name)}")
         for name in ("learning_rate", "lora_alpha", "epochs", "gamma", "floor"):

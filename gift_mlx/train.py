@@ -6,6 +6,8 @@ micro-batches of an optimizer step, and divides by the step's Σ w before the Ad
 """
 
 import dataclasses
+import hashlib
+import itertools
 import json
 import math
 import os
@@ -17,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tqdm import tqdm
 
@@ -107,18 +109,24 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0):
     return step, state
 
 
-def micro_batches(dataset, weights, batch_size, max_len, pad_id, rng):
-    """Endless stream of collated micro-batches (numpy), epoch after epoch."""
+def micro_batches(dataset, weights, batch_size, max_len, pad_id, seed, start=0):
+    """Endless stream of collated micro-batches (numpy), epoch after epoch, skipping the first `start`.
+
+    Each epoch's order depends only on (seed, epoch), so a resumed run sees exactly the same stream.
+    """
     lengths = [len(e.tokens) for e in dataset.examples]
-    while True:
-        for idx in batch_order(lengths, batch_size, rng):
+    for epoch in itertools.count():
+        for idx in batch_order(lengths, batch_size, np.random.default_rng([seed, epoch])):
+            if start > 0:
+                start -= 1
+                continue
             yield collate([dataset.examples[i] for i in idx], [weights[i] for i in idx], max_len, pad_id)
 
 
 def validation_loss(model, dataset, weights, cfg, pad_id, guide=None):
     """Weighted and plain loss over the first val_batches micro-batches of a fixed shuffle."""
     model.eval()
-    batches = micro_batches(dataset, weights, cfg.batch_size, cfg.max_seq_length, pad_id, np.random.default_rng(0))
+    batches = micro_batches(dataset, weights, cfg.batch_size, cfg.max_seq_length, pad_id, seed=0)
     n_batches = len(dataset) // cfg.batch_size
     if cfg.val_batches > 0:
         n_batches = min(n_batches, cfg.val_batches)
@@ -140,6 +148,67 @@ def save_adapter(model, path):
     tmp = Path(path).with_name(Path(path).stem + ".tmp.safetensors")
     mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
     os.replace(tmp, path)
+
+
+# Settings a resumed run must share with the run that wrote the checkpoint.
+RESUME_FIELDS = ("base", "instruct", "data", "method", "online_scores", "floor", "gamma", "fine_tune_type",
+                 "lora_rank", "lora_alpha", "lora_dropout", "lora_keys", "num_layers", "iters", "epochs",
+                 "batch_size", "grad_accumulation_steps", "learning_rate", "warmup_ratio", "weight_decay",
+                 "max_seq_length", "seed")
+
+
+def settings_hash(cfg):
+    return hashlib.sha256(json.dumps([getattr(cfg, f) for f in RESUME_FIELDS]).encode()).hexdigest()[:16]
+
+
+def set_rng(key):
+    """mx.random.state cannot be assigned to; seeding with the key's two words restores it exactly."""
+    hi, lo = np.array(key).tolist()
+    mx.random.seed((hi << 32) | lo)
+
+
+def snapshot(model, optimizer):
+    """References to the state after the last completed step (MLX arrays are immutable: no copy)."""
+    return dict(tree_flatten(model.trainable_parameters())), tree_map(lambda x: x, optimizer.state), mx.random.state[0]
+
+
+def restore(model, optimizer, snap):
+    params, opt_state, rng = snap
+    model.update(tree_unflatten(list(params.items())))
+    optimizer.state.update(opt_state)  # in place: the compiled step holds this very dict
+    set_rng(rng)
+
+
+def save_checkpoint(out, step, model, optimizer, cfg, keep):
+    """Adapter, optimizer state and RNG of a completed step in one file, written atomically;
+    the adapter alone goes to adapters.safetensors too. Only the last `keep` checkpoints stay."""
+    tensors = {f"adapter.{k}": v for k, v in tree_flatten(model.trainable_parameters())}
+    tensors.update({f"optimizer.{k}": v for k, v in tree_flatten(optimizer.state)})
+    tensors["rng"] = mx.random.state[0]
+    path = out / f"checkpoint-{step:07d}.safetensors"
+    tmp = path.with_name(path.stem + ".tmp.safetensors")
+    mx.save_safetensors(str(tmp), tensors, metadata={"step": str(step), "settings": settings_hash(cfg)})
+    os.replace(tmp, path)
+    save_adapter(model, out / "adapters.safetensors")
+    for old in sorted(out.glob("checkpoint-*.safetensors"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(out, model, optimizer, cfg):
+    """Restore the latest checkpoint in `out`; return its step (0 when there is none)."""
+    found = sorted(out.glob("checkpoint-[0-9]*[0-9].safetensors"))
+    if not found:
+        return 0
+    tensors, meta = mx.load(str(found[-1]), return_metadata=True)
+    if meta.get("settings") != settings_hash(cfg):
+        raise GiftError(f"{found[-1]}: written with other settings; resume with the same arguments "
+                        f"({', '.join(RESUME_FIELDS)}) or use a new --adapter-path")
+    part = lambda prefix: [(k[len(prefix):], v) for k, v in tensors.items() if k.startswith(prefix)]
+    model.update(tree_unflatten(part("adapter.")))
+    optimizer.state.update(tree_unflatten(part("optimizer.")))  # in place, as in restore()
+    set_rng(tensors["rng"])
+    return int(meta["step"])
 
 
 def write_json(path, obj):
@@ -190,20 +259,22 @@ def train(cfg: TrainConfig, log=print):
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
     step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma)
 
+    start = load_checkpoint(out, model, optimizer, cfg) if cfg.resume else 0
+    if cfg.resume:
+        log(f"resume: from step {start}" if start else "resume: no checkpoint found, starting at step 0")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rng = np.random.default_rng(cfg.seed)
-    batches = micro_batches(train_set, weights["train"], cfg.batch_size, cfg.max_seq_length, pad_id, rng)
+    batches = micro_batches(train_set, weights["train"], cfg.batch_size, cfg.max_seq_length, pad_id, cfg.seed,
+                            start=start * cfg.grad_accumulation_steps)
     if val_set is not None and len(val_set) < cfg.batch_size:
         log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
         val_set = None
     write_json(out / "adapter_config.json", {**adapter_config, "model": trained_id, "base_model": cfg.base,
                                              "instruct_model": cfg.instruct, "method": cfg.method})
-    metrics_file = open(out / "metrics.jsonl", "w")
+    metrics_file = open(out / "metrics.jsonl", "a" if start else "w")
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"train: {cfg.method} on {trained_id}, {steps} steps of {global_batch} rows, "
         f"{n_trainable / 1e6:.3f}M trainable parameters")
-
-    final = {}
+    final, skipped = {}, 0
 
     def emit(row):
         metrics_file.write(json.dumps(row) + "\n")
@@ -212,42 +283,61 @@ def train(cfg: TrainConfig, log=print):
 
     model.train()
     window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
-    bar = tqdm(range(1, steps + 1), desc="train", unit="step")
-    for it in bar:
-        tic = time.perf_counter()
-        acc_grad = acc_sums = None
-        for k in range(cfg.grad_accumulation_steps):
-            inputs, labels, w = next(batches)
-            window["tokens"] += int((labels != pad_id).sum())
-            acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w),
-                                      acc_grad, acc_sums, k == cfg.grad_accumulation_steps - 1)
-        mx.eval(state, acc_sums)
-        s = np.array(acc_sums)
-        if not np.isfinite(s[0]):
-            raise GiftError(f"step {it}: the loss is not finite; lower the learning rate (adapter of the last save kept)")
-        window["sums"] += s
-        window["time"] += time.perf_counter() - tic
+    bar = tqdm(range(start + 1, steps + 1), desc="train", unit="step", initial=start, total=steps)
+    last_good, it = snapshot(model, optimizer), start + 1
+    try:
+        for it in bar:
+            tic = time.perf_counter()
+            acc_grad = acc_sums = None
+            for k in range(cfg.grad_accumulation_steps):
+                inputs, labels, w = next(batches)
+                window["tokens"] += int((labels != pad_id).sum())
+                acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w),
+                                          acc_grad, acc_sums, k == cfg.grad_accumulation_steps - 1)
+            mx.eval(state, acc_sums)
+            s = np.array(acc_sums)
+            if not np.isfinite(s[0]) or not np.isfinite(s[2]):
+                restore(model, optimizer, last_good)
+                if not cfg.skip_nonfinite:
+                    raise GiftError(f"step {it}: the loss is not finite; the last checkpoint is kept "
+                                    "(lower the learning rate, or pass --skip-nonfinite to skip such batches)")
+                skipped += 1
+                bar.write(f"step {it}: non-finite loss, batch skipped ({skipped} so far)")
+                continue
+            last_good = snapshot(model, optimizer)
+            window["sums"] += s
+            window["time"] += time.perf_counter() - tic
 
-        if it % cfg.steps_per_report == 0 or it == steps:
-            wl, sw, l, n = window["sums"]
-            row = {"step": it, "loss": wl / sw, "plain_loss": l / n, "learning_rate": optimizer.learning_rate.item(),
-                   "target_tokens_per_sec": n / window["time"], "tokens_per_sec": window["tokens"] / window["time"],
-                   "peak_memory_gb": mx.get_peak_memory() / 1e9}
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['learning_rate']:.1e}",
-                            tok_s=f"{row['tokens_per_sec']:.0f}", mem=f"{row['peak_memory_gb']:.2f}GB")
-            emit(row)
-            window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
-        if val_set is not None and (it % cfg.steps_per_eval == 0 or it == steps):
-            row = {"step": it, **validation_loss(model, val_set, weights["valid"], cfg, pad_id, guide)}
-            emit(row)
-            bar.write(f"step {it}: val_loss {row['val_loss']:.4f}, val_plain_loss {row['val_plain_loss']:.4f}")
-        if it % cfg.save_every == 0 and it != steps:
-            save_adapter(model, out / "adapters.safetensors")
-            save_adapter(model, out / f"{it:07d}_adapters.safetensors")
-    bar.close()
-    metrics_file.close()
+            if it % cfg.steps_per_report == 0 or it == steps:
+                wl, sw, l, n = window["sums"]
+                row = {"step": it, "loss": wl / max(sw, 1e-12), "plain_loss": l / max(n, 1),
+                       "learning_rate": optimizer.learning_rate.item(),
+                       "target_tokens_per_sec": n / window["time"], "tokens_per_sec": window["tokens"] / window["time"],
+                       "peak_memory_gb": mx.get_peak_memory() / 1e9, "skipped_steps": skipped}
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['learning_rate']:.1e}",
+                                tok_s=f"{row['tokens_per_sec']:.0f}", mem=f"{row['peak_memory_gb']:.2f}GB")
+                emit(row)
+                window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
+            if val_set is not None and (it % cfg.steps_per_eval == 0 or it == steps):
+                row = {"step": it, **validation_loss(model, val_set, weights["valid"], cfg, pad_id, guide)}
+                emit(row)
+                bar.write(f"step {it}: val_loss {row['val_loss']:.4f}, val_plain_loss {row['val_plain_loss']:.4f}")
+            if it % cfg.save_every == 0 and it != steps:
+                save_checkpoint(out, it, model, optimizer, cfg, cfg.keep_checkpoints)
+    except KeyboardInterrupt:
+        bar.close()
+        restore(model, optimizer, last_good)  # the step in flight is dropped whole
+        done = it - 1
+        if done > start:
+            path = save_checkpoint(out, done, model, optimizer, cfg, cfg.keep_checkpoints)
+            log(f"interrupted: saved {path}; run the same command with --resume to continue from step {done}")
+        raise
+    finally:
+        bar.close()
+        metrics_file.close()
 
-    save_adapter(model, out / "adapters.safetensors")
+    if start < steps:
+        save_checkpoint(out, steps, model, optimizer, cfg, cfg.keep_checkpoints)
     record = {
         "gift_mlx": __version__, "mlx": mx.__version__, "method": cfg.method, "base_model": cfg.base,
         "instruct_model": cfg.instruct, "trained_model": trained_id,
@@ -256,5 +346,5 @@ def train(cfg: TrainConfig, log=print):
         "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "final": final,
     }
     write_json(out / "gift_run.json", record)
-    log(f"adapter: {out / 'adapters.safetensors'} (final loss {final['loss']:.4f})")
+    log(f"adapter: {out / 'adapters.safetensors'}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record
