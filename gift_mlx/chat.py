@@ -46,12 +46,17 @@ class Chat:
         self.history.append({"role": "user", "content": text})
         tokens = list(self.tokenizer.apply_chat_template(self.messages(), add_generation_prompt=True))
         pieces, generated = [], []
-        for r in stream_generate(self.model, self.tokenizer, self._new_tokens(tokens), max_tokens=self.max_tokens,
-                                 sampler=self.sampler, prompt_cache=self.cache):
-            generated.append(r.token)
-            pieces.append(r.text)
-            if write and r.text:
-                write(r.text)
+        try:
+            for r in stream_generate(self.model, self.tokenizer, self._new_tokens(tokens), max_tokens=self.max_tokens,
+                                     sampler=self.sampler, prompt_cache=self.cache):
+                generated.append(r.token)
+                pieces.append(r.text)
+                if write and r.text:
+                    write(r.text)
+        except KeyboardInterrupt:  # a stopped reply leaves no half turn; the cache is rebuilt next turn
+            self.history.pop()
+            self.cache = None
+            raise
         # The cache holds the prompt and (some of) the generated tokens; keep exactly the ones it holds.
         self.cached = (tokens + generated)[: self.cache[0].size()]
         reply = "".join(pieces)
@@ -89,7 +94,11 @@ def repl(chat, lines, write, note):
         elif text.startswith("/"):
             note(HELP)
         else:
-            chat.reply(text, write)
+            try:
+                chat.reply(text, write)
+            except KeyboardInterrupt:  # Ctrl-C stops a reply, not the chat
+                note("\n[stopped]")
+                continue
             write("\n")
 
 

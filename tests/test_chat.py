@@ -52,6 +52,19 @@ def test_repl_commands(instruct):
     assert out.count("\n") == 2  # two replies, each ended by a newline; "never read" was not answered
 
 
+def test_ctrl_c_stops_a_reply_not_the_chat(instruct):
+    model, tokenizer = instruct
+    chat, notes, calls = Chat(model, tokenizer, temperature=0.0, max_tokens=6), [], []
+
+    def write(piece):
+        calls.append(piece)
+        if len(calls) == 1:  # the first turn is interrupted while it streams
+            raise KeyboardInterrupt
+    repl(chat, ["first", "second"], write, notes.append)
+    assert notes == ["\n[stopped]"]
+    assert [m["content"] for m in chat.history if m["role"] == "user"] == ["second"]
+
+
 def test_piped_two_turns_and_reset(llama_pair):
     """Greedy replies: after /reset the same message gets the same reply as a one-shot --prompt."""
     one_shot = gift_chat(llama_pair[1], "--prompt", "hello")
