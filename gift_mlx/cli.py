@@ -103,12 +103,13 @@ def train(**options):
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for the world, adapters and report.")
 @click.option("--iters", default=60, show_default=True, help="Optimizer steps per method.")
+@click.option("--samples", default=4, show_default=True, help="Samples per test problem.")
 @click.option("--seed", default=0, show_default=True)
-def demo(out, iters, seed):
-    """Run every method end to end on a built-in tiny model pair (no download)."""
+def demo(out, iters, samples, seed):
+    """Train, merge and evaluate every method on a built-in tiny model pair (no download)."""
     from .demo import demo as run
 
-    run(out, iters=iters, seed=seed, log=click.echo)
+    run(out, iters=iters, samples=samples, seed=seed, log=click.echo)
 
 
 @main.command()

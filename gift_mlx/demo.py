@@ -1,14 +1,17 @@
 """`gift demo`: the whole pipeline on a built-in default that needs no download.
 
-It builds a tiny local base/instruct pair (gift_mlx.toy) and an arithmetic task, then runs every method
-with the same budget and seed. The pair is randomly initialised, so the numbers check the pipeline, not
-the method: they say nothing about GIFT versus Shadow-FT on real models.
+It builds a tiny local base/instruct pair (gift_mlx.toy) and an arithmetic task, trains every method with
+the same budget and seed, merges each adapter into the instruct model and evaluates all of them by
+sampling. The pair is randomly initialised, so the numbers check the pipeline, not the method: they say
+nothing about GIFT versus Shadow-FT on real models.
 """
 
 from pathlib import Path
 
 from . import toy
 from .config import TrainConfig
+from .evaluate import evaluate
+from .merge import merge
 from .train import train
 
 METHODS = ("shadow-ft", "gift", "direct")
@@ -23,8 +26,8 @@ def build_world(root, seed=0):
     return root / "base", root / "instruct", root / "data"
 
 
-def demo(out="runs/demo", iters=60, seed=0, methods=METHODS, log=print):
-    """Train each method on the tiny pair; return {method: run record}."""
+def demo(out="runs/demo", iters=60, samples=4, seed=0, methods=METHODS, log=print):
+    """Train, merge and evaluate each method on the tiny pair; return the evaluation summary."""
     out = Path(out)
     base, instruct, data = build_world(out / "world", seed)
     log(f"demo: tiny llama pair and arithmetic task in {out / 'world'} (random weights: a pipeline check)")
@@ -39,4 +42,14 @@ def demo(out="runs/demo", iters=60, seed=0, methods=METHODS, log=print):
     for method, record in runs.items():
         final = record["final"]
         log(f"{method:<11} {final['val_loss']:>17.4f}   {final['val_plain_loss']:>14.4f}")
-    return runs
+
+    merged = [instruct]
+    for method in methods:  # every adapter goes into the instruct model (direct's was trained on it)
+        log(f"\n== merge {method} ==")
+        merged.append(merge(str(instruct), str(out / method), str(out / "merged" / method), force=True, log=log))
+    log(f"\n== evaluate: {len(merged)} models, {samples} samples per problem ==")
+    summary = evaluate([str(m) for m in merged], data / "test.jsonl", out / "eval", overwrite=True, log=log,
+                       samples=samples, max_tokens=32, seed=seed, instruction="")
+    log((out / "eval" / "results.md").read_text())
+    log(f"report: {out / 'eval'} (results.md, summary.json, samples.jsonl, scaling.png)")
+    return summary
