@@ -15,6 +15,8 @@ from .merge import merge
 from .train import train
 
 METHODS = ("shadow-ft", "gift", "direct")
+# The demo's training settings; configs/demo.yaml holds the same (a test keeps them equal).
+SETTINGS = dict(batch_size=8, lora_rank=8, lora_alpha=16.0, learning_rate=2e-3, seed=0)
 
 
 def build_world(root, seed=0):
@@ -35,8 +37,8 @@ def demo(out="runs/demo", iters=60, samples=4, seed=0, methods=METHODS, log=prin
     for method in methods:
         log(f"\n== {method} ==")
         cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(data), method=method,
-                          adapter_path=str(out / method), iters=iters, batch_size=8, lora_rank=8, lora_alpha=16,
-                          learning_rate=2e-3, steps_per_eval=max(iters // 3, 1), seed=seed)
+                          adapter_path=str(out / method), iters=iters, steps_per_eval=max(iters // 3, 1),
+                          **{**SETTINGS, "seed": seed})
         runs[method] = train(cfg, log=log)
     log("\nmethod      weighted val loss   plain val loss")
     for method, record in runs.items():

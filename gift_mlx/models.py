@@ -12,6 +12,10 @@ SHAPE_KEYS = (
 )
 
 
+def _first_line(e):
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def _check_exists(path_or_id):
     p = Path(path_or_id)
     # A local-looking path that does not exist must not be sent to the Hub as a repo id.
@@ -32,7 +36,7 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
     except GiftError:
         raise
     except Exception as e:  # mlx-lm raises many types; turn them into one line naming the model
-        raise GiftError(f"{path_or_id}: cannot load model: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise GiftError(f"{path_or_id}: cannot load model: {_first_line(e)}")
 
 
 def load_tokenizer(path_or_id):
@@ -43,7 +47,7 @@ def load_tokenizer(path_or_id):
     try:
         return _load_tokenizer(str(path_or_id))
     except Exception as e:
-        raise GiftError(f"{path_or_id}: cannot load tokenizer: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise GiftError(f"{path_or_id}: cannot load tokenizer: {_first_line(e)}")
 
 
 def local_path(path_or_id):

@@ -13,3 +13,13 @@ def test_demo_trains_merges_and_evaluates_every_method(tmp_path):
     assert (tmp_path / "gift" / "scores" / "train-instruct.safetensors").exists()
     for f in ("results.md", "summary.json", "samples.jsonl", "scaling.png"):
         assert (tmp_path / "eval" / f).stat().st_size > 0
+
+
+def test_demo_config_matches_the_demo_settings():
+    from pathlib import Path
+
+    from gift_mlx.config import load_config
+    from gift_mlx.demo import SETTINGS
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    assert {k: getattr(cfg, k) for k in SETTINGS} == SETTINGS and cfg.iters == 60
