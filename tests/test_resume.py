@@ -1,6 +1,5 @@
 """Exact resume after a real SIGKILL, Ctrl-C-free; non-finite losses stop or skip cleanly."""
 
-import os
 import signal
 import subprocess
 import sys

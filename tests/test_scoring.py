@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 from mlx_lm.utils import load
 
 from gift_mlx import toy

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from gift_mlx import toy
 from gift_mlx.config import TrainConfig
 from gift_mlx.data import collate, load_split
 from gift_mlx.models import load_model
