@@ -61,24 +61,40 @@ def identity(model_id, dataset):
     }
 
 
-def compute_scores(model, dataset, batch_tokens=8192, max_len=None, desc="scoring"):
-    """[q per target token] for every example, batched by length, no gradient."""
+def score_batches(dataset, batch_tokens=8192):
+    """Example indices in batches of similar length, about batch_tokens tokens each."""
     examples = dataset.examples
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
-    max_len = max_len or max(len(e.tokens) for e in examples)
-    scores = [None] * len(examples)
-    with tqdm(total=sum(e.num_targets for e in examples), desc=desc, unit="tok", leave=False) as bar:
-        i = 0
-        while i < len(order):
-            rows = max(1, batch_tokens // len(examples[order[i]].tokens))
-            batch = order[i : i + rows]
-            i += len(batch)
+    batches, i = [], 0
+    while i < len(order):
+        rows = max(1, batch_tokens // len(examples[order[i]].tokens))
+        batches.append(order[i : i + rows])
+        i += rows
+    return batches
+
+
+def compute_scores(model, dataset, batch_tokens=8192, desc="scoring", world=None):
+    """[q per target token] for every example, batched by length, no gradient.
+
+    Under mlx.launch each process scores every size-th batch of the single-process plan, so every value
+    is computed exactly as one process would, and the processes sum their shares of one flat vector.
+    """
+    rank, size = (world.rank(), world.size()) if world is not None else (0, 1)
+    examples = dataset.examples
+    max_len = max(len(e.tokens) for e in examples)
+    offsets = np.cumsum([0] + [e.num_targets for e in examples])
+    flat = np.zeros(offsets[-1], np.float32)
+    batches = score_batches(dataset, batch_tokens)[rank::size]
+    with tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=rank > 0) as bar:
+        for batch in batches:
             inputs, labels, w = collate([examples[j] for j in batch], [None] * len(batch), max_len)
             q = np.array(confidence(model, mx.array(inputs), mx.array(labels)))
             for b, j in enumerate(batch):
-                scores[j] = q[b][w[b] > 0]
-            bar.update(int((w > 0).sum()))
-    return scores
+                flat[offsets[j] : offsets[j + 1]] = q[b][w[b] > 0]
+            bar.update()
+    if size > 1:
+        flat = np.array(mx.distributed.all_sum(mx.array(flat), group=world))
+    return [flat[offsets[j] : offsets[j + 1]] for j in range(len(examples))]
 
 
 def save_scores(path, scores, meta):
@@ -117,13 +133,19 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
     """{split: per-example scores}, reusing matching files and recomputing stale or missing ones.
 
     The scoring model is loaded (once) only if something must be computed, and released afterwards.
+    Under mlx.launch the processes agree on what to compute (a split is recomputed when any process lacks
+    it), share the work, and rank 0 alone writes the files.
     """
+    world = mx.distributed.init()
     out, todo = {}, {}
     for split, ds in datasets.items():
         meta = identity(model_id, ds)
         path = scores_file(scores_dir, split, role)
         cached = load_scores(path, meta)
-        if cached is not None and all(len(c) == e.num_targets for c, e in zip(cached, ds.examples)):
+        fresh = cached is not None and all(len(c) == e.num_targets for c, e in zip(cached, ds.examples))
+        if world.size() > 1:
+            fresh = mx.distributed.all_sum(mx.array(int(not fresh)), group=world).item() == 0
+        if fresh:
             log(f"scores: reusing {path}")
             out[split] = cached
         else:
@@ -133,11 +155,12 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
         model = load_model_fn()
         for split, meta in todo.items():
             tic = time.perf_counter()
-            out[split] = compute_scores(model, datasets[split], desc=f"scoring {split}")
+            out[split] = compute_scores(model, datasets[split], desc=f"scoring {split}", world=world)
             n = sum(len(s) for s in out[split])
             log(f"scores: {split}: {n} target tokens in {time.perf_counter() - tic:.1f}s, "
                 f"mean q = {np.concatenate(out[split]).mean():.4f}")
-            save_scores(scores_file(scores_dir, split, role), out[split], meta)
+            if world.rank() == 0:
+                save_scores(scores_file(scores_dir, split, role), out[split], meta)
         del model
         mx.clear_cache()
     return out
@@ -148,6 +171,8 @@ def score(cfg, log=print):
     from .data import load_data
     from .models import load_model, load_tokenizer
 
+    if mx.distributed.init().rank():
+        log = lambda message: None  # noqa: E731  (rank 0 speaks for all processes)
     guide_id, role = (cfg.base, "base") if cfg.method == "gift-base" else (cfg.instruct, "instruct")
     if not guide_id or not cfg.data:
         raise GiftError("score needs --instruct (or --base with --method gift-base) and --data")

@@ -18,6 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx.nn.utils import average_gradients
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -83,13 +84,15 @@ def guide_weights(guide, inputs, labels, w, floor, gamma):
     return mx.where(w > 0, token_weights(confidence(guide, inputs, labels), floor, gamma), 0.0)
 
 
-def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0):
+def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None):
     """The compiled training step and the state it updates.
 
     step(inputs, labels, w, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
     [Σ w·ℓ, Σ w, Σ ℓ, n] to the accumulators; with update=True it applies AdamW to the accumulated gradient
     divided by the step's Σ w, so that L = Σ w·ℓ / Σ w over every target token of the optimizer step.
+    Under mlx.launch the gradient and the sums are summed over all processes first: Σ w is global.
     """
+    distributed = world is not None and world.size() > 1
     loss_and_grad = nn.value_and_grad(model, weighted_sums)
     state = [model.state, optimizer.state, mx.random.state]
 
@@ -102,17 +105,23 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0):
         if acc_grad is not None:
             grad, sums = tree_map(mx.add, grad, acc_grad), sums + acc_sums
         if update:
-            optimizer.update(model, tree_map(lambda g: g / sums[1], grad))
+            norm = sums[1]
+            if distributed:  # mean gradient / mean Σ w = global Σ gradient / global Σ w
+                grad = average_gradients(grad, group=world)  # MLX packs small tensors into few all-reduces
+                sums = mx.distributed.all_sum(sums, group=world)
+                norm = sums[1] / world.size()
+            optimizer.update(model, tree_map(lambda g: g / norm, grad))
             grad = None
         return grad, sums
 
     return step, state
 
 
-def micro_batches(dataset, weights, batch_size, max_len, pad_id, seed, start=0):
+def micro_batches(dataset, weights, batch_size, max_len, pad_id, seed, start=0, rank=0, size=1):
     """Endless stream of collated micro-batches (numpy), epoch after epoch, skipping the first `start`.
 
-    Each epoch's order depends only on (seed, epoch), so a resumed run sees exactly the same stream.
+    Each epoch's order depends only on (seed, epoch), so a resumed run sees exactly the same stream, and
+    under mlx.launch every process sees the same batches and takes its share of rows (rank::size).
     """
     lengths = [len(e.tokens) for e in dataset.examples]
     for epoch in itertools.count():
@@ -120,13 +129,15 @@ def micro_batches(dataset, weights, batch_size, max_len, pad_id, seed, start=0):
             if start > 0:
                 start -= 1
                 continue
+            idx = idx[rank::size]
             yield collate([dataset.examples[i] for i in idx], [weights[i] for i in idx], max_len, pad_id)
 
 
-def validation_loss(model, dataset, weights, cfg, pad_id, guide=None):
+def validation_loss(model, dataset, weights, cfg, pad_id, guide=None, world=None):
     """Weighted and plain loss over the first val_batches micro-batches of a fixed shuffle."""
     model.eval()
-    batches = micro_batches(dataset, weights, cfg.batch_size, cfg.max_seq_length, pad_id, seed=0)
+    rank, size = (world.rank(), world.size()) if world is not None else (0, 1)
+    batches = micro_batches(dataset, weights, cfg.batch_size, cfg.max_seq_length, pad_id, seed=0, rank=rank, size=size)
     n_batches = len(dataset) // cfg.batch_size
     if cfg.val_batches > 0:
         n_batches = min(n_batches, cfg.val_batches)
@@ -139,6 +150,8 @@ def validation_loss(model, dataset, weights, cfg, pad_id, guide=None):
         total = total + mx.stack([wl, sw, l, n.astype(mx.float32)])
         mx.eval(total)
     model.train()
+    if size > 1:
+        total = mx.distributed.all_sum(total, group=world)
     wl, sw, l, n = total.tolist()
     return {"val_loss": wl / max(sw, 1e-12), "val_plain_loss": l / max(n, 1)}
 
@@ -179,12 +192,18 @@ def restore(model, optimizer, snap):
     set_rng(rng)
 
 
-def save_checkpoint(out, step, model, optimizer, cfg, keep):
-    """Adapter, optimizer state and RNG of a completed step in one file, written atomically;
-    the adapter alone goes to adapters.safetensors too. Only the last `keep` checkpoints stay."""
+def save_checkpoint(out, step, model, optimizer, cfg, keep, world):
+    """Adapter, optimizer state and every process's RNG key after a completed step, in one file written
+    atomically by rank 0; the adapter alone goes to adapters.safetensors too. The last `keep` stay."""
+    rngs = mx.random.state[0][None]
+    if world.size() > 1:
+        rngs = mx.distributed.all_gather(rngs, group=world)
+        mx.eval(rngs)  # collectives are lazy: evaluate now, in the same order on every process
+    if world.rank() != 0:
+        return None
     tensors = {f"adapter.{k}": v for k, v in tree_flatten(model.trainable_parameters())}
     tensors.update({f"optimizer.{k}": v for k, v in tree_flatten(optimizer.state)})
-    tensors["rng"] = mx.random.state[0]
+    tensors["rng"] = rngs
     path = out / f"checkpoint-{step:07d}.safetensors"
     tmp = path.with_name(path.stem + ".tmp.safetensors")
     mx.save_safetensors(str(tmp), tensors, metadata={"step": str(step), "settings": settings_hash(cfg)})
@@ -195,20 +214,43 @@ def save_checkpoint(out, step, model, optimizer, cfg, keep):
     return path
 
 
-def load_checkpoint(out, model, optimizer, cfg):
-    """Restore the latest checkpoint in `out`; return its step (0 when there is none)."""
+def read_checkpoint(out, cfg, processes):
+    """(step, tensors) of the latest checkpoint in `out`, or (0, {})."""
     found = sorted(out.glob("checkpoint-[0-9]*[0-9].safetensors"))
     if not found:
-        return 0
+        return 0, {}
     tensors, meta = mx.load(str(found[-1]), return_metadata=True)
     if meta.get("settings") != settings_hash(cfg):
         raise GiftError(f"{found[-1]}: written with other settings; resume with the same arguments "
                         f"({', '.join(RESUME_FIELDS)}) or use a new --adapter-path")
+    if tensors["rng"].shape[0] != processes:
+        raise GiftError(f"{found[-1]}: written by {tensors['rng'].shape[0]} processes; resume with as many")
+    return int(meta["step"]), tensors
+
+
+def load_checkpoint(out, model, optimizer, cfg, world):
+    """Restore the latest checkpoint; return its step (0 when there is none). Rank 0 reads the file and
+    the other processes take its state, so their disks need not hold the checkpoint."""
+    rank, size = world.rank(), world.size()
+    step, tensors = read_checkpoint(out, cfg, size) if rank == 0 else (0, {})
+    if size > 1:
+        share = lambda x: mx.distributed.all_sum(x if rank == 0 else mx.zeros_like(x), group=world)
+        step = share(mx.array(step)).item()
+        if step == 0:
+            return 0
+        optimizer.init(model.trainable_parameters())  # the same state tree on every process
+        template = {f"adapter.{k}": v for k, v in tree_flatten(model.trainable_parameters())}
+        template.update({f"optimizer.{k}": v for k, v in tree_flatten(optimizer.state)})
+        template["rng"] = mx.zeros((size, 2), mx.uint32)
+        tensors = {k: share(tensors.get(k, v).astype(v.dtype)) for k, v in template.items()}
+        mx.eval(tensors)
+    if step == 0:
+        return 0
     part = lambda prefix: [(k[len(prefix):], v) for k, v in tensors.items() if k.startswith(prefix)]
     model.update(tree_unflatten(part("adapter.")))
     optimizer.state.update(tree_unflatten(part("optimizer.")))  # in place, as in restore()
-    set_rng(tensors["rng"])
-    return int(meta["step"])
+    set_rng(tensors["rng"][rank])
+    return step
 
 
 def write_json(path, obj):
@@ -218,8 +260,17 @@ def write_json(path, obj):
 
 
 def train(cfg: TrainConfig, log=print):
-    """Score (if needed) and train; writes the adapter in mlx-lm's format; returns the run record."""
+    """Score (if needed) and train; writes the adapter in mlx-lm's format; returns the run record.
+
+    Under mlx.launch, every process takes its share of each micro-batch and rank 0 alone writes and logs.
+    """
     cfg.validate()
+    world = mx.distributed.init()
+    rank, size = world.rank(), world.size()
+    if rank:
+        log = lambda message: None  # noqa: E731
+    if cfg.batch_size % size:
+        raise GiftError(f"batch_size: {cfg.batch_size} is not a multiple of the {size} processes")
     out = Path(cfg.adapter_path)
     tokenizer = load_tokenizer(cfg.instruct)
     if cfg.method != "direct":
@@ -252,25 +303,28 @@ def train(cfg: TrainConfig, log=print):
     if guide_id and cfg.online_scores:
         guide = load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0]
         guide.freeze()
-    mx.random.seed(cfg.seed)
+    mx.random.seed(cfg.seed)  # the same LoRA initialisation in every process
     adapter_config = add_lora(model, cfg)
+    if rank:
+        mx.random.seed(cfg.seed * 1000 + rank)  # but independent dropout masks
     if cfg.grad_checkpoint:
         checkpoint_layers(model)
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
-    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma)
+    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world)
 
-    start = load_checkpoint(out, model, optimizer, cfg) if cfg.resume else 0
+    start = load_checkpoint(out, model, optimizer, cfg, world) if cfg.resume else 0
     if cfg.resume:
         log(f"resume: from step {start}" if start else "resume: no checkpoint found, starting at step 0")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = micro_batches(train_set, weights["train"], cfg.batch_size, cfg.max_seq_length, pad_id, cfg.seed,
-                            start=start * cfg.grad_accumulation_steps)
+                            start=start * cfg.grad_accumulation_steps, rank=rank, size=size)
     if val_set is not None and len(val_set) < cfg.batch_size:
         log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
         val_set = None
-    write_json(out / "adapter_config.json", {**adapter_config, "model": trained_id, "base_model": cfg.base,
-                                             "instruct_model": cfg.instruct, "method": cfg.method})
-    metrics_file = open(out / "metrics.jsonl", "a" if start else "w")
+    if rank == 0:
+        write_json(out / "adapter_config.json", {**adapter_config, "model": trained_id, "base_model": cfg.base,
+                                                 "instruct_model": cfg.instruct, "method": cfg.method})
+    metrics_file = open(out / "metrics.jsonl" if rank == 0 else os.devnull, "a" if start else "w")
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"train: {cfg.method} on {trained_id}, {steps} steps of {global_batch} rows, "
         f"{n_trainable / 1e6:.3f}M trainable parameters")
@@ -283,7 +337,7 @@ def train(cfg: TrainConfig, log=print):
 
     model.train()
     window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
-    bar = tqdm(range(start + 1, steps + 1), desc="train", unit="step", initial=start, total=steps)
+    bar = tqdm(range(start + 1, steps + 1), desc="train", unit="step", initial=start, total=steps, disable=rank > 0)
     last_good, it = snapshot(model, optimizer), start + 1
     try:
         for it in bar:
@@ -310,6 +364,8 @@ def train(cfg: TrainConfig, log=print):
 
             if it % cfg.steps_per_report == 0 or it == steps:
                 wl, sw, l, n = window["sums"]
+                if size > 1:
+                    window["tokens"] = mx.distributed.all_sum(mx.array(window["tokens"]), group=world).item()
                 row = {"step": it, "loss": wl / max(sw, 1e-12), "plain_loss": l / max(n, 1),
                        "learning_rate": optimizer.learning_rate.item(),
                        "target_tokens_per_sec": n / window["time"], "tokens_per_sec": window["tokens"] / window["time"],
@@ -319,17 +375,17 @@ def train(cfg: TrainConfig, log=print):
                 emit(row)
                 window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
             if val_set is not None and (it % cfg.steps_per_eval == 0 or it == steps):
-                row = {"step": it, **validation_loss(model, val_set, weights["valid"], cfg, pad_id, guide)}
+                row = {"step": it, **validation_loss(model, val_set, weights["valid"], cfg, pad_id, guide, world)}
                 emit(row)
                 bar.write(f"step {it}: val_loss {row['val_loss']:.4f}, val_plain_loss {row['val_plain_loss']:.4f}")
             if it % cfg.save_every == 0 and it != steps:
-                save_checkpoint(out, it, model, optimizer, cfg, cfg.keep_checkpoints)
+                save_checkpoint(out, it, model, optimizer, cfg, cfg.keep_checkpoints, world)
     except KeyboardInterrupt:
         bar.close()
         restore(model, optimizer, last_good)  # the step in flight is dropped whole
         done = it - 1
-        if done > start:
-            path = save_checkpoint(out, done, model, optimizer, cfg, cfg.keep_checkpoints)
+        if done > start and size == 1:  # saving is collective: under mlx.launch the last checkpoint stands
+            path = save_checkpoint(out, done, model, optimizer, cfg, cfg.keep_checkpoints, world)
             log(f"interrupted: saved {path}; run the same command with --resume to continue from step {done}")
         raise
     finally:
@@ -337,7 +393,7 @@ def train(cfg: TrainConfig, log=print):
         metrics_file.close()
 
     if start < steps:
-        save_checkpoint(out, steps, model, optimizer, cfg, cfg.keep_checkpoints)
+        save_checkpoint(out, steps, model, optimizer, cfg, cfg.keep_checkpoints, world)
     record = {
         "gift_mlx": __version__, "mlx": mx.__version__, "method": cfg.method, "base_model": cfg.base,
         "instruct_model": cfg.instruct, "trained_model": trained_id,
@@ -345,6 +401,7 @@ def train(cfg: TrainConfig, log=print):
                  for s, ds in data.items()},
         "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "final": final,
     }
-    write_json(out / "gift_run.json", record)
+    if rank == 0:
+        write_json(out / "gift_run.json", record)
     log(f"adapter: {out / 'adapters.safetensors'}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record
