@@ -14,6 +14,9 @@ class Group(click.Group):
         except GiftError as e:  # a user mistake: one line, exit 2, no traceback
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:  # unwritable output, a file where a folder should be, a full disk...
+            click.echo(f"error: {e.filename or ''}: {e.strerror or e}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

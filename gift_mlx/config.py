@@ -56,6 +56,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # free-form notes copied into the run record
 
     def validate(self):
+        """Every field, for training."""
+        self.validate_options()
         if self.method not in METHODS:
             raise GiftError(f"method: '{self.method}' is not one of {', '.join(METHODS)}")
         if not self.data:
@@ -64,8 +66,14 @@ class TrainConfig:
             raise GiftError("instruct: required (its chat template formats the data for every method)")
         if self.method != "direct" and not self.base:
             raise GiftError(f"base: required for method '{self.method}'")
+        return self
+
+    def validate_options(self):
+        """The numeric and choice fields (all that scoring needs besides the models and data)."""
         if self.fine_tune_type not in ("lora", "dora"):
             raise GiftError(f"fine_tune_type: '{self.fine_tune_type}' is not lora or dora")
+        if self.num_layers == 0 or self.num_layers < -1:
+            raise GiftError(f"num_layers: must be -1 (all) or at least 1, got {self.num_layers}")
         for name in ("batch_size", "grad_accumulation_steps", "lora_rank", "max_seq_length",
                      "steps_per_report", "steps_per_eval", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:

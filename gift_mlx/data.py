@@ -101,6 +101,8 @@ def to_messages(record, where):
             raise GiftError(f"{where}: 'messages' must be a list of {{role, content}} string objects")
         if not any(m["role"] == "assistant" for m in messages):
             raise GiftError(f"{where}: 'messages' has no assistant turn, so no target tokens")
+        if messages[0]["role"] == "assistant":
+            raise GiftError(f"{where}: 'messages' starts with an assistant turn; a response needs a prompt before it")
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     for prompt_key, response_key in (("prompt", "completion"), ("instruction", "response"), ("instruction", "output")):
         if prompt_key in record and response_key in record:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import toy
 from .config import TrainConfig
+from .errors import GiftError
 from .evaluate import evaluate
 from .merge import merge
 from .train import train
@@ -30,6 +31,8 @@ def build_world(root, seed=0):
 
 def demo(out="runs/demo", iters=60, samples=4, seed=0, methods=METHODS, log=print):
     """Train, merge and evaluate each method on the tiny pair; return the evaluation summary."""
+    if iters < 1 or samples < 1:  # before any work is done
+        raise GiftError(f"--iters and --samples must be at least 1, got {iters} and {samples}")
     out = Path(out)
     base, instruct, data = build_world(out / "world", seed)
     log(f"demo: tiny llama pair and arithmetic task in {out / 'world'} (random weights: a pipeline check)")

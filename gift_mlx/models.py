@@ -16,9 +16,9 @@ def _first_line(e):
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _check_exists(path_or_id):
+def check_model_arg(path_or_id):
+    """A local-looking path that does not exist is an error here, not sent to the Hub as a repo id."""
     p = Path(path_or_id)
-    # A local-looking path that does not exist must not be sent to the Hub as a repo id.
     if not p.exists() and (p.is_absolute() or path_or_id.startswith(".") or path_or_id.count("/") != 1):
         raise GiftError(f"{path_or_id}: no such model folder (and not a Hugging Face id 'org/name')")
 
@@ -27,7 +27,7 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
     """mlx_lm.utils.load with clear errors; returns (model, tokenizer, config)."""
     from mlx_lm.utils import load
 
-    _check_exists(str(path_or_id))
+    check_model_arg(str(path_or_id))
     try:
         return load(
             str(path_or_id), adapter_path=adapter_path, lazy=lazy, return_config=True,
@@ -43,7 +43,7 @@ def load_tokenizer(path_or_id):
     """The tokenizer (with chat template) alone, without loading weights."""
     from mlx_lm.utils import load_tokenizer as _load_tokenizer
 
-    _check_exists(str(path_or_id))
+    check_model_arg(str(path_or_id))
     try:
         return _load_tokenizer(str(path_or_id))
     except Exception as e:
@@ -58,7 +58,7 @@ def local_path(path_or_id):
     from huggingface_hub import snapshot_download
     from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
 
-    _check_exists(str(path_or_id))
+    check_model_arg(str(path_or_id))
     try:  # the same files mlx_lm.utils.load fetches, so this is a cache hit after a load
         return Path(snapshot_download(str(path_or_id), allow_patterns=DEFAULT_ALLOW_PATTERNS))
     except Exception as e:

@@ -152,6 +152,8 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
             log(f"scores: {'recomputing stale' if path.exists() else 'computing'} {path}")
             todo[split] = meta
     if todo:
+        if world.rank() == 0:
+            Path(scores_dir).mkdir(parents=True, exist_ok=True)  # fail on an unusable path before the work
         model = load_model_fn()
         for split, meta in todo.items():
             tic = time.perf_counter()
@@ -173,6 +175,7 @@ def score(cfg, log=print):
 
     if mx.distributed.init().rank():
         log = lambda message: None  # noqa: E731  (rank 0 speaks for all processes)
+    cfg.validate_options()
     guide_id, role = (cfg.base, "base") if cfg.method == "gift-base" else (cfg.instruct, "instruct")
     if not guide_id or not cfg.data:
         raise GiftError("score needs --instruct (or --base with --method gift-base) and --data")

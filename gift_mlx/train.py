@@ -205,7 +205,7 @@ def save_checkpoint(out, step, model, optimizer, cfg, keep, world):
     tensors.update({f"optimizer.{k}": v for k, v in tree_flatten(optimizer.state)})
     tensors["rng"] = rngs
     path = out / f"checkpoint-{step:07d}.safetensors"
-    tmp = path.with_name(path.stem + ".tmp.safetensors")
+    tmp = out / f".{path.stem}.tmp.safetensors"  # hidden: never mistaken for a checkpoint
     mx.save_safetensors(str(tmp), tensors, metadata={"step": str(step), "settings": settings_hash(cfg)})
     os.replace(tmp, path)
     save_adapter(model, out / "adapters.safetensors")
@@ -289,24 +289,28 @@ def train(cfg: TrainConfig, log=print):
     trained_id = cfg.instruct if cfg.method == "direct" else cfg.base
     guide_id, role = {"gift": (cfg.instruct, "instruct"), "gift-base": (cfg.base, "base")}.get(cfg.method, (None, None))
     weights = {s: [None] * len(ds) for s, ds in data.items()}  # None: uniform weight 1
+
+    # Lazily loaded: the weights are read when training starts, after any scoring pass is done and gone,
+    # while LoRA options are checked before anything is written.
+    model, _, model_config = load_model(trained_id, lazy=True, trust_remote_code=cfg.trust_remote_code)
+    vocab_rows = model_config.get("vocab_size")
+    if vocab_rows and len(tokenizer) > vocab_rows:
+        raise GiftError(f"{trained_id}: vocabulary of {vocab_rows} rows, but the instruct tokenizer has {len(tokenizer)} tokens")
+    mx.random.seed(cfg.seed)  # the same LoRA initialisation in every process
+    adapter_config = add_lora(model, cfg)
+    if rank:
+        mx.random.seed(cfg.seed * 1000 + rank)  # but independent dropout masks
+
     out.mkdir(parents=True, exist_ok=True)
     if guide_id and not cfg.online_scores:
         scores = ensure_scores(data, cfg.scores_path or out / "scores", guide_id, role,
                                lambda: load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0], log)
         weights = {s: [token_weights(q, cfg.floor, cfg.gamma) for q in scores[s]] for s in data}
 
-    model, _, model_config = load_model(trained_id, trust_remote_code=cfg.trust_remote_code)
-    vocab_rows = model_config.get("vocab_size")
-    if vocab_rows and len(tokenizer) > vocab_rows:
-        raise GiftError(f"{trained_id}: vocabulary of {vocab_rows} rows, but the instruct tokenizer has {len(tokenizer)} tokens")
     guide = None
     if guide_id and cfg.online_scores:
         guide = load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0]
         guide.freeze()
-    mx.random.seed(cfg.seed)  # the same LoRA initialisation in every process
-    adapter_config = add_lora(model, cfg)
-    if rank:
-        mx.random.seed(cfg.seed * 1000 + rank)  # but independent dropout masks
     if cfg.grad_checkpoint:
         checkpoint_layers(model)
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)

@@ -210,5 +210,5 @@ def test_interrupted_run_leaves_no_output(tmp_path, monkeypatch, task_data):
 
     monkeypatch.setattr(ev, "evaluate_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ev.evaluate(["m"], task_data, tmp_path / "out", samples=2, progress=False, log=lambda s: None)
+        ev.evaluate([str(task_data)], task_data, tmp_path / "out", samples=2, progress=False, log=lambda s: None)
     assert list(tmp_path.iterdir()) == []

@@ -35,11 +35,11 @@ def test_sigkill_then_resume_gives_the_same_adapter_bit_for_bit(tmp_path, llama_
     proc = subprocess.Popen(gift(*args(base, instruct, task_data, out, iters)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not list(out.glob("checkpoint-*.safetensors")) and time.time() < deadline and proc.poll() is None:
+    while not list(out.glob("checkpoint-[0-9]*[0-9].safetensors")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    steps = sorted(int(p.stem.split("-")[1]) for p in out.glob("checkpoint-*.safetensors"))
+    steps = sorted(int(p.stem.split("-")[1]) for p in out.glob("checkpoint-[0-9]*[0-9].safetensors"))
     assert steps and steps[-1] < iters, "the run finished before it could be killed"
 
     resumed = subprocess.run(gift(*args(base, instruct, task_data, out, iters), "--resume"),
@@ -94,7 +94,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, llama_pair, 
     proc = subprocess.Popen(gift(*args(base, instruct, task_data, out, 400)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while not list(out.glob("checkpoint-*.safetensors")) and time.time() < deadline and proc.poll() is None:
+    while not list(out.glob("checkpoint-[0-9]*[0-9].safetensors")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
