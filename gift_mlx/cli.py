@@ -104,15 +104,18 @@ def train(**options):
 
 
 @main.command()
-@click.option("--out", default="runs/demo", show_default=True, help="Folder for the world, adapters and report.")
-@click.option("--iters", default=60, show_default=True, help="Optimizer steps per method.")
-@click.option("--samples", default=4, show_default=True, help="Samples per test problem.")
-@click.option("--seed", default=0, show_default=True)
-def demo(out, iters, samples, seed):
-    """Train, merge and evaluate every method on a built-in tiny model pair (no download)."""
+@click.option("--out", default="runs/demo", show_default=True, help="Folder for the adapters, merged models and report.")
+@click.option("--iters", type=int, default=None, help="Optimizer steps per method (default: configs/demo.yaml's, 100).")
+@click.option("--samples", default=4, show_default=True, help="Samples per problem (Average@k, pass@k, maj@k).")
+@click.option("--seed", default=0, show_default=True, help="Seed of LoRA init, data order and sampling.")
+@click.option("--gift-base", is_flag=True, help="Also run the paper's ablation (base model's own confidences).")
+@click.option("--world", type=click.Path(), help="A toy world folder (default: the built-in one).")
+@click.option("--limit", type=int, help="Evaluate only the first N problems of each set (a quick check).")
+def demo(out, iters, samples, seed, gift_base, world, limit):
+    """Train, merge and evaluate every method on the built-in toy world (no download, minutes on a CPU)."""
     from .demo import demo as run
 
-    run(out, iters=iters, samples=samples, seed=seed, log=click.echo)
+    run(out, iters=iters, samples=samples, seed=seed, gift_base=gift_base, world=world, limit=limit, log=click.echo)
 
 
 @main.command()

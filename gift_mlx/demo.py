@@ -1,60 +1,127 @@
-"""`gift demo`: the whole pipeline on a built-in default that needs no download.
+"""`gift demo`: the whole method, end to end, on the built-in toy world (no download).
 
-It builds a tiny local base/instruct pair (gift_mlx.toy) and an arithmetic task, trains every method with
-the same budget and seed, merges each adapter into the instruct model and evaluates all of them by
-sampling. The pair is randomly initialised, so the numbers check the pipeline, not the method: they say
-nothing about GIFT versus Shadow-FT on real models.
+The world (gift_mlx/world/, built by scripts/build_toy_world.py) is a character-level base model pretrained
+from scratch on arithmetic facts and short number stories, its instruct model (the base tuned on chat
+instructions: it follows them and ends its turn), a two-step arithmetic word-problem TASK with a short
+chain of thought and '#### N', and a RETENTION set of held-out general instructions.
+
+With one budget and seed the demo trains `direct` (LoRA on the instruct model), `shadow-ft` and `gift`
+(LoRA on the base model; uniform vs instruct-confidence token weights) and optionally `gift-base`, merges
+every adapter into the instruct model, and evaluates the instruct model and every merged model by sampling:
+Average@k, pass@k and maj@k on the task test set, Average@k on the retention set.
 """
 
+import json
+import time
 from pathlib import Path
 
-from . import toy
 from .config import TrainConfig
 from .errors import GiftError
 from .evaluate import evaluate
 from .merge import merge
 from .train import train
 
-METHODS = ("shadow-ft", "gift", "direct")
+WORLD = Path(__file__).parent / "world"
+METHODS = ("direct", "shadow-ft", "gift")
 # The demo's training settings; configs/demo.yaml holds the same (a test keeps them equal).
-SETTINGS = dict(batch_size=8, lora_rank=8, lora_alpha=16.0, learning_rate=2e-3, seed=0)
+SETTINGS = dict(iters=100, batch_size=16, lora_rank=8, lora_alpha=16.0, learning_rate=1e-3, max_seq_length=256,
+                seed=0)
+MAX_TOKENS = dict(task=64, retention=64)  # answers are under 60 characters (one token each)
 
 
-def build_world(root, seed=0):
-    """Tiny pair + task data under root (reused when already there)."""
-    root = Path(root)
-    if not (root / "instruct" / "config.json").exists():
-        toy.build_pair(root, "llama", seed=seed)
-        toy.write_task_data(root / "data", n_train=128, n_valid=32, n_test=32, seed=seed)
-    return root / "base", root / "instruct", root / "data"
+def world_paths(world=None):
+    """(base, instruct, task data folder, retention file) of a world folder (default: the built-in one)."""
+    root = Path(world) if world else WORLD
+    paths = root / "base", root / "instruct", root / "data" / "task", root / "data" / "retention.jsonl"
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise GiftError(f"{root}: not a toy world (missing {', '.join(missing)}); "
+                        "build one with scripts/build_toy_world.py")
+    return paths
 
 
-def demo(out="runs/demo", iters=60, samples=4, seed=0, methods=METHODS, log=print):
-    """Train, merge and evaluate each method on the tiny pair; return the evaluation summary."""
+def _row(entry, k):
+    return {"average": entry["average@k"][k], "pass": entry["pass@k"][k], "maj": entry["maj@k"][k],
+            "truncated": entry["sampling"]["truncated"]}
+
+
+def report_markdown(summary):
+    k, lines = summary["samples"], []
+    lines += [
+        f"# gift demo — toy world, seed {summary['seed']}",
+        "",
+        f"{summary['task_problems']} task problems and {summary['retention_problems']} retention instructions, "
+        f"{k} samples each at temperature 1.0; every adapter trained {summary['settings']['iters']} steps "
+        f"(batch {summary['settings']['batch_size']}, LoRA rank {summary['settings']['lora_rank']}, "
+        f"lr {summary['settings']['learning_rate']}) and merged into the instruct model.",
+        "",
+        f"| model | task Average@{k} | task pass@{k} | task maj@{k} | retention Average@{k} | final val loss |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in summary["models"]:
+        loss = f"{m['val_plain_loss']:.3f}" if m.get("val_plain_loss") is not None else "–"
+        lines.append(f"| {m['name']} | {m['task']['average']:.3f} | {m['task']['pass']:.3f} | "
+                     f"{m['task']['maj']:.3f} | {m['retention']['average']:.3f} | {loss} |")
+    lines += ["", "Stage times (s): " + ", ".join(f"{s} {t:.0f}" for s, t in summary["seconds"].items()), "",
+              "Details: `task/` and `retention/` hold each evaluation's results.md, summary.json, every sample "
+              "(samples.jsonl) and the accuracy-vs-k plot (scaling.png).", ""]
+    return "\n".join(lines)
+
+
+def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_base=False, world=None, limit=None,
+         log=print):
+    """Train, merge and evaluate each method on the toy world; write <out>/eval/report.md; return the summary."""
+    iters = SETTINGS["iters"] if iters is None else iters
     if iters < 1 or samples < 1:  # before any work is done
         raise GiftError(f"--iters and --samples must be at least 1, got {iters} and {samples}")
+    methods = tuple(methods) + (("gift-base",) if gift_base and "gift-base" not in methods else ())
+    base, instruct, task, retention = world_paths(world)
     out = Path(out)
-    base, instruct, data = build_world(out / "world", seed)
-    log(f"demo: tiny llama pair and arithmetic task in {out / 'world'} (random weights: a pipeline check)")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {**SETTINGS, "iters": iters, "seed": seed}
+    seconds, start = {}, time.perf_counter()
+    log(f"demo: toy world {base.parent} — methods {', '.join(methods)}; {iters} steps each, seed {seed}")
+
     runs = {}
-    for method in methods:
-        log(f"\n== {method} ==")
-        cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(data), method=method,
-                          adapter_path=str(out / method), iters=iters, steps_per_eval=max(iters // 3, 1),
-                          **{**SETTINGS, "seed": seed})
+    for n, method in enumerate(methods, 1):
+        log(f"\n== [{n}/{len(methods)}] train {method} ==")
+        t = time.perf_counter()
+        cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(task), method=method,
+                          adapter_path=str(out / method), steps_per_eval=max(iters // 2, 1),
+                          steps_per_report=max(iters // 5, 1), save_every=max(iters, 1), val_batches=-1,
+                          **settings)
         runs[method] = train(cfg, log=log)
-    log("\nmethod      weighted val loss   plain val loss")
-    for method, record in runs.items():
-        final = record["final"]
-        log(f"{method:<11} {final['val_loss']:>17.4f}   {final['val_plain_loss']:>14.4f}")
+        seconds[f"train {method}"] = time.perf_counter() - t
 
     merged = [instruct]
+    t = time.perf_counter()
     for method in methods:  # every adapter goes into the instruct model (direct's was trained on it)
-        log(f"\n== merge {method} ==")
+        log(f"\n== merge {method} into the instruct model ==")
         merged.append(merge(str(instruct), str(out / method), str(out / "merged" / method), force=True, log=log))
-    log(f"\n== evaluate: {len(merged)} models, {samples} samples per problem ==")
-    summary = evaluate([str(m) for m in merged], data / "test.jsonl", out / "eval", overwrite=True, log=log,
-                       samples=samples, max_tokens=32, seed=seed, instruction="")
-    log((out / "eval" / "results.md").read_text())
-    log(f"report: {out / 'eval'} (results.md, summary.json, samples.jsonl, scaling.png)")
+    seconds["merge"] = time.perf_counter() - t
+
+    evals = {}
+    for name, data in (("task", task / "test.jsonl"), ("retention", retention)):
+        log(f"\n== evaluate on the {name} set: {len(merged)} models, {samples} samples per problem ==")
+        t = time.perf_counter()
+        evals[name] = evaluate([str(m) for m in merged], data, out / "eval" / name, overwrite=True, log=log,
+                               samples=samples, max_tokens=MAX_TOKENS[name], seed=seed, instruction="",
+                               limit=limit)
+        seconds[f"eval {name}"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - start
+
+    names = ["instruct", *methods]
+    summary = {"world": str(base.parent), "seed": seed, "samples": samples, "settings": settings,
+               "task_problems": evals["task"]["problems"], "retention_problems": evals["retention"]["problems"],
+               "seconds": {k: round(v, 1) for k, v in seconds.items()}, "models": []}
+    for i, name in enumerate(names):
+        final = runs[name]["final"] if name in runs else {}
+        summary["models"].append({"name": name, "task": _row(evals["task"]["models"][i], samples),
+                                  "retention": _row(evals["retention"]["models"][i], samples),
+                                  "val_loss": final.get("val_loss"), "val_plain_loss": final.get("val_plain_loss")})
+    (out / "eval" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = report_markdown(summary)
+    (out / "eval" / "report.md").write_text(report)
+    log("\n" + report)
+    log(f"report: {out / 'eval'} (report.md, summary.json; task/ and retention/ with samples and scaling.png)")
     return summary

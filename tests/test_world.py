@@ -1,0 +1,86 @@
+"""The committed toy world (gift_mlx/world/): it loads as ordinary model folders, its data is gradable, and the
+instruct model really is an instruction-tuned version of the base."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gift_mlx import grading
+from gift_mlx.demo import WORLD
+
+WORLD_JSON = json.loads((WORLD / "world.json").read_text())
+
+
+def rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["base", "instruct"])
+def test_models_load_with_mlx_lm_and_share_a_chatml_tokenizer(name):
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import load
+
+    model, tokenizer = load(str(WORLD / name))
+    config = json.loads((WORLD / name / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["tie_word_embeddings"] is True
+    params = dict(tree_flatten(model.parameters()))
+    assert all(v.dtype == mx.float16 for v in params.values())
+    assert sum(v.size for v in params.values()) == WORLD_JSON["parameters"]
+    assert tokenizer.eos_token == "<|im_end|>"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 3+4?"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == "<|im_start|>user\nWhat is 3+4?<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text and len(ids) == len("user\nWhat is 3+4?\n") + 3 + len("assistant\n")
+
+
+def test_world_is_small_and_described():
+    size = sum(p.stat().st_size for p in WORLD.rglob("*") if p.is_file())
+    assert size < 10e6
+    for key in ("seed", "command", "parameters", "pretraining", "instruction_tuning", "accuracy", "build_seconds"):
+        assert key in WORLD_JSON
+    assert WORLD_JSON["build_seconds"] < 30 * 60
+
+
+def test_task_splits_are_gradable_and_disjoint():
+    splits = {s: rows(WORLD / "data" / "task" / f"{s}.jsonl") for s in ("train", "valid", "test")}
+    assert {s: len(r) for s, r in splits.items()} == WORLD_JSON["data"]["task"]
+    for r in splits["test"]:
+        a, b, c = map(int, re.findall(r"\d+", r["prompt"]))
+        assert r["completion"].endswith(f"#### {a + b - c}")
+        assert grading.grade(r["completion"], str(a + b - c))[1]
+    prompts = [{r["prompt"] for r in split} for split in splits.values()]
+    assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
+    retention = rows(WORLD / "data" / "retention.jsonl")
+    assert len(retention) == WORLD_JSON["data"]["retention"]
+    assert all(grading.to_number(r["answer"]) is not None for r in retention)
+
+
+def test_instruct_follows_instructions_and_ends_its_turn_where_the_base_does_not(tmp_path):
+    """Greedy answers to 20 retention instructions: the instruct model stops and is right far more often."""
+    from gift_mlx.evaluate import evaluate
+
+    summary = evaluate([str(WORLD / "base"), str(WORLD / "instruct")], WORLD / "data" / "retention.jsonl",
+                       tmp_path / "eval", progress=False, log=lambda m: None, samples=0, greedy=True,
+                       max_tokens=64, instruction="", limit=20)
+    base, instruct = summary["models"]
+    assert instruct["greedy"]["truncated"] < 0.2 < 0.8 < base["greedy"]["truncated"]
+    assert instruct["greedy_accuracy"] >= 0.6 and instruct["greedy_accuracy"] > base["greedy_accuracy"] + 0.3
+
+
+def test_recorded_accuracies_leave_room_for_transfer():
+    """The instruct model is weak on the task but not at zero, and does well on the retention set."""
+    acc = WORLD_JSON["accuracy"]
+    assert 0 < acc["instruct"]["task"]["average@k"] < 0.5
+    assert acc["instruct"]["retention"]["average@k"] > acc["base"]["retention"]["average@k"]
+    assert acc["instruct"]["retention"]["average@k"] >= 0.5
+
+
+def test_package_data_ships_the_world():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert "world/**/*" in pyproject["tool"]["setuptools"]["package-data"]["gift_mlx"]
