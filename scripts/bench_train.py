@@ -1,0 +1,751 @@
+"""Benchmark: `gift train` (cached and online scores) and `gift score` side by side with `mlx_lm.lora`.
+
+    python scripts/bench_train.py            # full run (~10-15 min on 2 CPU cores), rewrites docs/benchmarks.md
+    python scripts/bench_train.py --quick    # smoke run (< 2 min), written to <out>/benchmarks.md only
+
+Everything is built locally (no Hub): a llama-architecture base model and its "instruct" twin
+(gift_mlx.toy.build_pair) and prompt/completion data of long arithmetic chains whose responses vary from a
+few dozen to a few hundred tokens. Each configuration runs in its own subprocess, one after the other:
+
+  peer-openblas   mlx_lm.lora with OpenBLAS preloaded (LD_PRELOAD): the same BLAS as gift
+  peer-wheel      mlx_lm.lora as it installs (the mlx-cpu wheel's reference BLAS): "out of the box"
+  gift-score      gift score (the instruct model's confidences, cached for gift-cached)
+  gift-cached     gift train with the cached scores (gift preloads OpenBLAS itself)
+  gift-online     gift train --online-scores (the instruct model scores inside the step)
+  gift-wheel      (--gift-wheel) gift train, cached scores, GIFT_BLAS=0: gift on the wheel's BLAS
+
+Same model, data, LoRA rank/scale/dropout on every linear layer of every block, batch size, learning rate and
+schedule (AdamW, warmup then cosine), max_seq_length and seed; mlx_lm.lora gets --mask-prompt so both train
+on completions only. mlx_lm.lora runs unmodified through its own `main()`; this script only observes it: it
+passes a TrainingCallback (what --report-to would) and wraps iterate_batches to record each batch's shape,
+row lengths and prompt offsets. Both trainers report every step; per-step seconds come from mlx_lm's
+callback (iterations_per_second) and from gift's metrics.jsonl (tokens / tokens_per_sec, with each step's
+tokens from a replay of gift's batch stream, checked against the reported target/all ratio of every step).
+
+Tokens are counted the same way for both: "all" = non-padding input positions, "target" = response tokens
+plus the end-of-turn token (mlx_lm's own tok/s counts prompt-masked positions including the template's
+trailing newline and one padding position per row; it is shown for reference only). The first quarter of
+every run's steps (at least step 1: compilation, allocator growth) is never counted; "steady" also leaves out
+every step whose batch shape that process sees for the first time (a retrace of the compiled step) and any
+step slowed over twice the median time per token by other work on the shared cores. --abba runs the
+same-BLAS pair again in reverse order and pools both rounds. Peak memory: MLX's peak (mx.get_peak_memory) as
+each trainer reports it, and the maximum resident set size of each subprocess (os.wait4), with its CPU
+seconds as a cross-check that other processes on the cores disturb less than wall time (the full profile
+is one epoch: both trainers see every training row once).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OPENBLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib64/libopenblasp.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+)
+BEGIN, END = "<!-- bench_train:begin -->", "<!-- bench_train:end -->"
+
+PROFILES = {
+    # ~22M parameters (blocks 22.4M + embeddings), sequences of ~60-500 tokens.
+    "full": {"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 4, "ffn": 1376, "n_train": 96, "n_valid": 8,
+             "terms": (4, 38), "max_seq_length": 512, "batch_size": 4, "iters": 24, "wheel_iters": 2, "rank": 16,
+             "alpha": 32.0},
+    "quick": {"hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 256, "n_train": 40, "n_valid": 8,
+              "terms": (4, 16), "max_seq_length": 256, "batch_size": 4, "iters": 10, "wheel_iters": 3, "rank": 8,
+              "alpha": 16.0},
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The peer, run in its own process: `python bench_train.py _peer RECORD.json -- <mlx_lm.lora arguments>`.
+# Imports nothing of gift_mlx (that would preload OpenBLAS); the BLAS is whatever the environment gives.
+
+
+def blas_gflops(n=512, seconds=0.5):
+    import mlx.core as mx
+
+    a = mx.random.normal((n, n))
+    mx.eval(a @ a)
+    count, tic = 0, time.perf_counter()
+    while time.perf_counter() - tic < seconds:
+        mx.eval(a @ a)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - tic) / 1e9
+
+
+def peer_main(record, args):
+    import functools
+
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import lora
+    from mlx_lm.tuner import trainer
+    from mlx_lm.tuner.callbacks import TrainingCallback
+
+    events = {"blas_gflops": blas_gflops(), "batches": [], "train": [], "val": []}
+    original = trainer.iterate_batches
+
+    def recording_iterate_batches(*a, **k):
+        for batch, lengths in original(*a, **k):
+            if k.get("loop"):  # the training stream (validation iterates without loop)
+                lo = np.array(lengths)
+                events["batches"].append({"shape": list(batch.shape), "offsets": lo[:, 0].tolist(),
+                                          "lengths": lo[:, 1].tolist()})
+            yield batch, lengths
+
+    class Recorder(TrainingCallback):
+        def on_train_loss_report(self, info):
+            events["train"].append({k: float(v) for k, v in info.items()})
+
+        def on_val_loss_report(self, info):
+            events["val"].append({k: float(v) for k, v in info.items()})
+
+    lora.get_reporting_callbacks = lambda *a, **k: Recorder()
+    lora.train = functools.partial(trainer.train, iterate_batches=recording_iterate_batches)
+    sys.argv = ["mlx_lm.lora", *args]
+    try:
+        lora.main()
+    finally:
+        events["exit_peak_memory_gb"] = mx.get_peak_memory() / 1e9
+        Path(record).write_text(json.dumps(events))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building the model pair and the data.
+
+
+def chain_record(rng, terms):
+    """A long arithmetic chain: 'What is a+b+...?' answered step by step."""
+    xs = [rng.randrange(100) for _ in range(terms)]
+    total, steps = xs[0], []
+    for x in xs[1:]:
+        steps.append(f"{total}+{x}={total + x}.")
+        total += x
+    return {"prompt": "What is " + "+".join(map(str, xs)) + "?",
+            "completion": "Step by step: " + " ".join(steps) + f" #### {total}"}
+
+
+def build(root, p):
+    from gift_mlx import toy
+
+    dims = {k: p[k] for k in ("hidden", "layers", "heads", "kv_heads", "ffn")}
+    base, instruct = toy.build_pair(root / "models", "llama", seed=0, noise=0.5, **dims)
+    rng = random.Random(0)
+    rows = [chain_record(rng, rng.randint(*p["terms"])) for _ in range(p["n_train"] + p["n_valid"])]
+    toy.write_jsonl(root / "data" / "train.jsonl", rows[: p["n_train"]])
+    toy.write_jsonl(root / "data" / "valid.jsonl", rows[p["n_train"]:])
+    return base, instruct, root / "data"
+
+
+def count_parameters(model_dir):
+    import numpy as np
+    from safetensors import safe_open
+
+    n = 0
+    for f in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(f), "numpy") as fh:
+            for k in fh.keys():  # noqa: SIM118  (a safe_open handle is not a mapping)
+                n += int(np.prod(fh.get_slice(k).get_shape()))
+    return n
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What each trainer's batching does to this data (computed from the data, no training).
+
+
+def gift_stream(data_dir, instruct, p, n_steps):
+    """Gift's first n_steps micro-batches (same code path as gift train): tokens, targets, shape."""
+    import inspect
+
+    import numpy as np
+
+    from gift_mlx.data import load_data
+    from gift_mlx.models import load_tokenizer
+    from gift_mlx.train import micro_batches
+
+    tok = load_tokenizer(instruct)
+    ds = load_data(data_dir, tok, p["max_seq_length"])["train"]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    weights = [None] * len(ds)
+    if "seed" in inspect.signature(micro_batches).parameters:
+        stream = micro_batches(ds, weights, p["batch_size"], p["max_seq_length"], pad_id, 0)
+    else:  # older signature: an rng
+        stream = micro_batches(ds, weights, p["batch_size"], p["max_seq_length"], pad_id, np.random.default_rng(0))
+    steps = []
+    for _ in range(n_steps):
+        inputs, labels, w = next(stream)
+        steps.append({"tokens": int((labels != pad_id).sum()), "targets": int((w > 0).sum()),
+                      "shape": list(inputs.shape)})
+    return ds, steps
+
+
+def padding_shares(data_dir, instruct, p, gift_ds):
+    """Padded share of the model's input positions over one epoch, for each trainer's batching."""
+    import numpy as np
+    from mlx_lm.tuner.datasets import CacheDataset, CompletionsDataset
+    from mlx_lm.tuner.trainer import iterate_batches
+
+    from gift_mlx.data import PAD_LENGTHS, batch_order, collate
+    from gift_mlx.models import load_tokenizer
+
+    tok = load_tokenizer(instruct)
+    rows = [json.loads(x) for x in (Path(data_dir) / "train.jsonl").read_text().splitlines()]
+    peer_ds = CacheDataset(CompletionsDataset(rows, tok, "prompt", "completion", mask_prompt=True))
+    bs, max_len = p["batch_size"], p["max_seq_length"]
+    n_batches = len(rows) // bs
+
+    real = total = 0
+    shapes = set()
+    for _, (batch, lengths) in zip(range(n_batches), iterate_batches(peer_ds, bs, max_len, loop=False)):
+        lo = np.array(lengths)
+        real += int((lo[:, 1] - 1).sum())
+        total += batch.shape[0] * (batch.shape[1] - 1)
+        shapes.add(batch.shape[1] - 1)
+    out = {"mlx_lm.lora": {"padded_share": 1 - real / total, "widths": sorted(shapes)}}
+
+    lengths = [len(e.tokens) for e in gift_ds.examples]
+    real = total = 0
+    shapes = set()
+    for idx in batch_order(lengths, bs, np.random.default_rng(0)):
+        inputs, _, _ = collate([gift_ds.examples[i] for i in idx], [None] * len(idx), max_len)
+        real += int(sum(lengths[i] - 1 for i in idx))
+        total += inputs.size
+        shapes.add(inputs.shape[1])
+    out["gift"] = {"padded_share": 1 - real / total, "widths": sorted(shapes)}
+
+    try:  # the scoring pass's own batching (gift score, and gift train when it must score first)
+        from gift_mlx.scoring import score_batches
+    except ImportError:
+        score_batches = None
+    if score_batches is not None:
+        real = total = 0
+        shapes = set()
+        longest = max(lengths)
+        batches = score_batches(gift_ds)
+        for idx in batches:
+            inputs, _, _ = collate([gift_ds.examples[i] for i in idx], [None] * len(idx), longest)
+            real += int(sum(lengths[i] - 1 for i in idx))
+            total += inputs.size
+            shapes.add(f"{inputs.shape[0]}×{inputs.shape[1]}")
+        out["gift score (scoring.score_batches)"] = {"padded_share": 1 - real / total, "widths": sorted(shapes)}
+
+    # Lower bounds: sorted batches padded to the longest row only (no bucket set); one row per batch.
+    order = sorted(lengths)
+    real = sum(n - 1 for n in order[: n_batches * bs])
+    total = sum(bs * (max(order[i: i + bs]) - 1) for i in range(0, n_batches * bs, bs))
+    out["sorted, exact lengths"] = {"padded_share": 1 - real / total, "widths": None}
+    out["_pad_lengths"] = [x for x in PAD_LENGTHS if x <= max_len]
+    return out, peer_ds
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running one configuration.
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GIFT_BLAS")}
+    env.update(extra)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+PROCESSES = []  # every subprocess run: name, wall seconds, load averages, command
+
+
+def run(name, cmd, env, log_path):
+    """Run cmd to completion; wall seconds, max RSS (GiB) of that one process, its output."""
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {shlex.join(map(str, cmd))}", flush=True)
+    load_before = os.getloadavg()[0]
+    tic = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - tic
+    text = Path(log_path).read_text(errors="replace")
+    if proc.returncode != 0:
+        sys.exit(f"{name} failed (exit {proc.returncode}); last lines of {log_path}:\n" + "\n".join(text.splitlines()[-25:]))
+    info = {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_gb": usage.ru_maxrss * 1024 / 1e9,
+            "load_before": load_before,
+            "load_after": os.getloadavg()[0], "command": shlex.join(map(str, cmd))}
+    PROCESSES.append({"name": name, **info})
+    print(f"    {wall:.0f}s, max RSS {info['maxrss_gb']:.2f} GB, load {load_before:.1f} -> {info['load_after']:.1f}",
+          flush=True)
+    return info, text
+
+
+def warmup_steps(n):
+    """Steps left out at the start of every run: the first compilation and the allocator's warm-up
+    (a quarter of the run, at least step 1)."""
+    return max(1, n // 4)
+
+
+def summarize(parts):
+    """tokens/s (all, target) and s/step over the steps of one or more runs (each a fresh process) after their
+    warm-up ('warm'), and over those whose batch shape that process had already compiled ('steady')."""
+    out, warm, shapes = {}, [], 0
+    for steps in parts:
+        skip = warmup_steps(len(steps))
+        seen = set()
+        for s in steps:
+            s["new_shape"] = tuple(s["shape"]) not in seen
+            seen.add(tuple(s["shape"]))
+        shapes = max(shapes, len(seen))
+        warm += steps[skip:]
+    steady = [s for s in warm if not s["new_shape"]]
+    # A step that took over twice the median time per token was slowed by something else on the shared
+    # cores (not by its shape, which is already compiled): counted in "warm", left out of "steady".
+    per_token = sorted(s["time"] / s["tokens"] for s in steady)
+    for steps in parts:
+        for s in steps:
+            s["disturbed"] = bool(per_token) and s["time"] / s["tokens"] > 2 * per_token[len(per_token) // 2]
+    out["disturbed"] = sum(s["disturbed"] for s in steady)
+    steady = [s for s in steady if not s["disturbed"]]
+    for label, chosen in (("warm", warm), ("steady", steady)):
+        t = sum(s["time"] for s in chosen)
+        if not chosen or t <= 0:
+            out[label] = None
+            continue
+        out[label] = {"steps": len(chosen), "seconds": t, "s_per_step": t / len(chosen),
+                      "tokens_per_s": sum(s["tokens"] for s in chosen) / t,
+                      "target_tokens_per_s": sum(s["targets"] for s in chosen) / t}
+    # A retrace's cost: a new-shape step's time beyond what its tokens take at the steady rate.
+    retraced = [s for s in warm if s["new_shape"]]
+    if out.get("steady") and retraced:
+        per = out["steady"]["seconds"] / sum(s["tokens"] for s in steady)
+        out["retrace_s"] = sum(s["time"] - s["tokens"] * per for s in retraced) / len(retraced)
+    out["shapes"] = shapes
+    out["first_step_s"] = sum(steps[0]["time"] for steps in parts) / len(parts)
+    out["rounds"] = len(parts)
+    return out
+
+
+def combine(first, second):
+    """One configuration measured in two processes (rounds A..B then B..A): pooled steps."""
+    out = {**first, **summarize([first["_steps"], second["_steps"]])}
+    for k in ("peak_memory_gb", "maxrss_gb", "exit_peak_memory_gb"):
+        if k in first:
+            out[k] = max(first[k], second[k])
+    for k in ("replay_matches", "stdout_matches_callback", "own_token_count_matches"):
+        if k in first:
+            out[k] = first[k] and second[k]
+    out["wall_s"] = first["wall_s"] + second["wall_s"]
+    out["cpu_s"] = (first["cpu_s"] + second["cpu_s"]) / 2  # per process
+    out["_steps"] = first["_steps"] + second["_steps"]
+    return out
+
+
+def peer_config(work, p, iters):
+    warmup = round(0.1 * iters)
+    cfg = {
+        "lora_parameters": {"rank": p["rank"], "scale": p["alpha"] / p["rank"], "dropout": 0.05},
+        "optimizer_config": {"adamw": {"weight_decay": 0.0}},
+        "lr_schedule": {"name": "cosine_decay", "warmup": warmup, "warmup_init": 0.0,
+                        "arguments": [2e-4, max(iters - warmup, 1), 0.0]},
+    }
+    path = work / f"peer-{iters}.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+def run_peer(name, work, base, data, p, iters, openblas):
+    out = work / name
+    record = work / f"{name}.record.json"
+    cmd = [sys.executable, Path(__file__).resolve(), "_peer", record, "--",
+           "--model", base, "--train", "--data", data, "-c", peer_config(work, p, iters),
+           "--fine-tune-type", "lora", "--optimizer", "adamw", "--mask-prompt", "--num-layers", "-1",
+           "--batch-size", p["batch_size"], "--iters", iters, "--learning-rate", "2e-4",
+           "--max-seq-length", p["max_seq_length"], "--steps-per-report", 1, "--steps-per-eval", 10**6,
+           "--val-batches", 0, "--save-every", 10**6, "--seed", 0, "--adapter-path", out]
+    env = clean_env(**({"LD_PRELOAD": openblas} if openblas else {}))
+    info, text = run(name, cmd, env, work / f"{name}.log")
+    rec = json.loads(record.read_text())
+    reports = rec["train"]
+    if len(reports) != iters or len(rec["batches"]) < iters:
+        sys.exit(f"{name}: expected {iters} per-step reports, got {len(reports)}")
+    steps, own_counts = [], []
+    for r, b in zip(reports, rec["batches"]):
+        lengths = [min(n, p["max_seq_length"]) for n in b["lengths"]]
+        seconds = 1.0 / r["iterations_per_second"]  # steps_per_report = 1
+        steps.append({"time": seconds, "shape": [b["shape"][0], b["shape"][1] - 1],
+                      "tokens": sum(n - 1 for n in lengths),
+                      "targets": sum(n - o - 1 for n, o in zip(lengths, b["offsets"]))})
+        own_counts.append(r["tokens_per_second"] * seconds)
+    # Cross-check: mlx_lm's own count is (length - offset + 1) per row (see module docstring).
+    expect = [sum(n - o + 1 for n, o in zip(b["lengths"], b["offsets"])) for b in rec["batches"][:iters]]
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    printed = [float(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*\d+\s+[\d.]+\s+[▼▲]\s+([\d,]+)\s", plain, re.MULTILINE)]
+    s, k = summarize([steps]), warmup_steps(iters)
+    s.update(info, blas_gflops=rec["blas_gflops"], peak_memory_gb=max(r["peak_memory"] for r in reports),
+             exit_peak_memory_gb=rec["exit_peak_memory_gb"],
+             own_token_count_matches=all(abs(a - b) < 0.5 for a, b in zip(own_counts, expect)),
+             own_tokens_per_s_warm=sum(own_counts[k:]) / sum(x["time"] for x in steps[k:]) if iters > 1 else None,
+             stdout_tok_s_lines=len(printed), stdout_matches_callback=len(printed) == iters and all(
+                 abs(a - r["tokens_per_second"]) <= 1 for a, r in zip(printed, reports)))
+    return s, steps
+
+
+def gift_cmd(*args):
+    return [sys.executable, "-m", "gift_mlx", *args]
+
+
+def gift_train_args(base, instruct, data, p, iters, adapter, scores):
+    return ["train", "--base", base, "--instruct", instruct, "--data", data, "--adapter-path", adapter,
+            "--scores-path", scores, "--method", "gift", "--fine-tune-type", "lora", "--lora-rank", p["rank"],
+            "--lora-alpha", p["alpha"], "--lora-dropout", 0.05, "--num-layers", -1, "--batch-size", p["batch_size"],
+            "--iters", iters, "--learning-rate", "2e-4", "--warmup-ratio", 0.1, "--weight-decay", 0.0,
+            "--max-seq-length", p["max_seq_length"], "--seed", 0, "--steps-per-report", 1,
+            "--steps-per-eval", 10**6, "--val-batches", 1, "--save-every", 10**6]
+
+
+def run_gift_train(name, work, base, instruct, data, p, iters, replay, extra=(), env=None):
+    adapter = work / name
+    cmd = gift_cmd(*gift_train_args(base, instruct, data, p, iters, adapter, work / "scores"), *extra)
+    info, _ = run(name, cmd, env or clean_env(), work / f"{name}.log")
+    rows = [json.loads(x) for x in (adapter / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "tokens_per_sec" in r]
+    if len(rows) != iters:
+        sys.exit(f"{name}: expected {iters} per-step metrics rows, got {len(rows)}")
+    steps, replay_ok = [], True
+    for r, b in zip(rows, replay):
+        if "seconds" in r:
+            seconds = r["seconds"]
+        else:
+            seconds = b["tokens"] / r["tokens_per_sec"]
+        # the replayed batch must be the trained one: same target/all ratio as reported for this step
+        replay_ok &= abs(r["target_tokens_per_sec"] / r["tokens_per_sec"] - b["targets"] / b["tokens"]) < 1e-6
+        steps.append({**b, "time": seconds})
+    s = summarize([steps])
+    s.update(info, peak_memory_gb=max(r["peak_memory_gb"] for r in rows), replay_matches=replay_ok)
+    return s, steps
+
+
+def run_gift_score(name, work, instruct, data, p, train_ds, env=None):
+    cmd = gift_cmd("score", "--instruct", instruct, "--data", data, "--scores-path", work / "scores",
+                   "--max-seq-length", p["max_seq_length"])
+    info, text = run(name, cmd, env or clean_env(), work / f"{name}.log")
+    m = re.search(r"scores: train: (\d+) target tokens in ([\d.]+)s", text)
+    if not m:
+        sys.exit(f"{name}: no 'scores: train: ...' line in its output")
+    n, seconds = int(m.group(1)), float(m.group(2))
+    tokens = sum(len(e.tokens) - 1 for e in train_ds.examples)
+    return {**info, "target_tokens": n, "seconds": seconds, "target_tokens_per_s": n / seconds,
+            "tokens_per_s": tokens / seconds}
+
+
+def gift_doctor(env):
+    out = subprocess.run(gift_cmd("doctor"), env=env, capture_output=True, text=True, cwd=REPO, check=False).stdout
+    m = re.search(r"([\d.]+) GFLOP/s", out)
+    blas = re.search(r"BLAS: (.*)", out)
+    return float(m.group(1)) if m else None, blas.group(1) if blas else "?"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report.
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import mlx.core as mx
+    import mlx_lm
+
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = float("nan")
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO, check=False).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--", "gift_mlx")
+    return {"cpu": cpu, "nproc": os.cpu_count(), "memory_gib": mem, "os": f"{platform.system()} {platform.machine()}",
+            "python": platform.python_version(), "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__,
+            "device": str(mx.default_device()), "commit": commit + (" (gift_mlx/ with uncommitted changes)" if dirty else "")}
+
+
+def fmt(x, d=0):
+    return "–" if x is None else f"{x:,.{d}f}"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def report(res):
+    p, m, runs, pad = res["profile"], res["machine"], res["runs"], res["padding"]
+    L = []
+    w = L.append
+    w(f"## Training throughput against mlx_lm.lora ({res['mode']} run)")
+    w("")
+    w(f"- Date: {res['date']}; wall time of the whole benchmark {res['wall_s'] / 60:.1f} min")
+    w(f"- Command: `{res['command']}`")
+    w(f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, {m['os']}, device {m['device']}; "
+      f"Python {m['python']}, mlx {m['mlx']}, mlx-lm {m['mlx_lm']}; gift-mlx at {m['commit']}")
+    w(f"- GPU: {res['gpu']}")
+    w(f"- Load average (1 min) at start / end: {res['load'][0]:.2f} / {res['load'][1]:.2f} "
+      "(the cores are shared; per-run load is in the table at the end)")
+    w(f"- BLAS: gift's preload {res['blas']['gift'][1]} → {fmt(res['blas']['gift'][0], 1)} GFLOP/s (`gift doctor`, "
+      f"1024² matmul); GIFT_BLAS=0 (the wheel's) → {fmt(res['blas']['wheel'][0], 1)} GFLOP/s. Inside the mlx_lm.lora "
+      f"processes (512² matmul): with LD_PRELOAD={res['openblas']} {fmt(runs['peer-openblas']['blas_gflops'], 1)} GFLOP/s, "
+      f"as installed {fmt(runs['peer-wheel']['blas_gflops'], 1)} GFLOP/s.")
+    w(f"- Model: llama, hidden {p['hidden']}, {p['layers']} layers, {p['heads']} heads ({p['kv_heads']} KV), "
+      f"FFN {p['ffn']}, vocabulary {res['vocab']}: {res['parameters'] / 1e6:.1f}M parameters (float32); "
+      f"the instruct model is the same shape.")
+    w(f"- Data: {p['n_train']} training rows of arithmetic chains ({p['terms'][0]}-{p['terms'][1]} terms), "
+      f"{res['data']['min']}-{res['data']['max']} tokens (mean {res['data']['mean']:.0f}, "
+      f"{res['data']['target_share'] * 100:.0f}% targets); max_seq_length {p['max_seq_length']}.")
+    w(f"- Hyperparameters (both trainers): LoRA rank {p['rank']}, scale {p['alpha'] / p['rank']:g}, dropout 0.05, "
+      f"every linear layer of all {p['layers']} blocks; batch {p['batch_size']}; AdamW lr 2e-4, weight decay 0, "
+      f"10% warmup then cosine; seed 0. Steps: {p['iters']} with OpenBLAS, {p['wheel_iters']} with the wheel's BLAS "
+      f"(over ten times slower per step). Warm-up left out of every figure: the first {warmup_steps(p['iters'])} steps "
+      f"of a {p['iters']}-step run (compilation, allocator growth), step 1 of a {p['wheel_iters']}-step run. "
+      "Validation (not timed): "
+      "gift 1 batch at the end, mlx_lm.lora --val-batches 0.")
+    w("")
+    w("### Results")
+    w("")
+    w("| configuration | BLAS | runs × steps; counted (steady) | s/step | target tok/s | all tok/s | "
+      "target tok/s, steady | s/step, steady | batch shapes | retrace s (est.) | step 1 (s) | MLX peak GB | max RSS GB |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    names = [n for n in ("peer-openblas", "peer-wheel", "gift-cached", "gift-online", "gift-wheel") if n in runs]
+    blas_of = {"peer-openblas": "OpenBLAS (LD_PRELOAD)", "peer-wheel": "wheel (reference)",
+               "gift-cached": "OpenBLAS (gift preload)", "gift-online": "OpenBLAS (gift preload)",
+               "gift-wheel": "wheel (GIFT_BLAS=0)"}
+    label = {"peer-openblas": "mlx_lm.lora", "peer-wheel": "mlx_lm.lora", "gift-cached": "gift train, cached scores",
+             "gift-online": "gift train --online-scores", "gift-wheel": "gift train, cached scores"}
+    for n in names:
+        r = runs[n]
+        wm, st = r["warm"] or {}, r["steady"] or {}
+        dist = f", {r['disturbed']} disturbed left out" if r.get("disturbed") else ""
+        w(f"| {label[n]} | {blas_of[n]} | {r['rounds']} × {len(r['_steps']) // r['rounds']}; {wm.get('steps', 0)} ({st.get('steps', 0)}{dist}) | {fmt(wm.get('s_per_step'), 2)} | "
+          f"{fmt(wm.get('target_tokens_per_s'))} | {fmt(wm.get('tokens_per_s'))} | {fmt(st.get('target_tokens_per_s'))} | "
+          f"{fmt(st.get('s_per_step'), 2)} | {r['shapes']} | {fmt(r.get('retrace_s'), 1)} | {fmt(r['first_step_s'], 1)} | {fmt(r['peak_memory_gb'], 3)} | "
+          f"{fmt(r['maxrss_gb'], 3)} |")
+    sc = runs["gift-score"]
+    w(f"| gift score (train split) | OpenBLAS (gift preload) | – | – | {fmt(sc['target_tokens_per_s'])} | "
+      f"{fmt(sc['tokens_per_s'])} | – | – | – | – | – | – | {fmt(sc['maxrss_gb'], 3)} |")
+    w("")
+    w("Columns: \"s/step\", \"target tok/s\" and \"all tok/s\" count every step after the warm-up (they include the retraces "
+      "of the compiled step for batch shapes not seen before; \"retrace s\" estimates one retrace: a new shape's step "
+      "time beyond its tokens at the steady rate); the \"steady\" columns count only steps whose batch "
+      "shape was already compiled (the long-run rate), less any step that took over twice the run's median time per "
+      "token (slowed by other work on the shared cores; counted as \"disturbed\"). Target tokens = response tokens + end-of-turn; all tokens = "
+      "non-padding positions; both counted the same way for both trainers. "
+      f"mlx_lm.lora's own tok/s (prompt-masked positions, its count) after the warm-up, first run: "
+      f"{fmt(runs['peer-openblas']['own_tokens_per_s_warm'])} (OpenBLAS). "
+      f"gift score: {sc['target_tokens']:,} target tokens in {sc['seconds']:.1f} s (its own log line; one uncompiled "
+      "forward pass per length-sorted batch).")
+    w("")
+    w("### Ratios and targets")
+    w("")
+    w("| target | measured | met? |")
+    w("|---|---|---|")
+    for t in res["targets"]:
+        met = "–" if t["met"] is None else "yes" if t["met"] else "**no**"
+        w(f"| {t['name']} | {t['text']} | {met} |")
+    w("")
+    w("### Padding (one epoch of this data, computed from the data)")
+    w("")
+    w("| batching | padded share of input positions | padded widths |")
+    w("|---|---|---|")
+    for k in ("mlx_lm.lora", "gift", "sorted, exact lengths", "gift score (scoring.score_batches)"):
+        if k not in pad:
+            continue
+        widths = pad[k]["widths"]
+        w(f"| {k} | {pad[k]['padded_share'] * 100:.1f}% | {', '.join(map(str, widths)) if widths else '–'} |")
+    w("")
+    w("mlx_lm.lora sorts by `len()` of the raw record (a dict of 2 keys for prompt/completion data), so its batches "
+      "are consecutive rows of the file, shuffled, each padded to a multiple of 32 of its longest row. gift sorts "
+      f"by token length within shuffled windows of 64 batches and pads to data.PAD_LENGTHS ({', '.join(map(str, pad['_pad_lengths']))}). "
+      "\"sorted, exact lengths\": the same sorted batches padded to their longest row (no bucket set): the floor "
+      "for batch-level padding. The last row is the scoring pass (forward only), widths shown as rows×length.")
+    w("")
+    w("### Runs")
+    w("")
+    w("| run | wall s | CPU s | load before → after | command |")
+    w("|---|---|---|---|---|")
+    for r in res["processes"]:
+        cmd = r["command"].replace(str(res["work"]), "$WORK").replace(sys.executable, "python")
+        w(f"| {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} | `{cmd}` |")
+    w("")
+    checks = [f"mlx_lm.lora stdout tok/s lines match its callback: {runs['peer-openblas']['stdout_matches_callback']}",
+              f"mlx_lm.lora's own token count = Σ(length − offset + 1): {runs['peer-openblas']['own_token_count_matches']}"]
+    for n in names:
+        if n.startswith("gift"):
+            checks.append(f"{n}: replayed batches match every reported step: {runs[n]['replay_matches']}")
+    w("Checks: " + "; ".join(checks) + ". `$WORK` is the benchmark's scratch folder.")
+    return "\n".join(L) + "\n"
+
+
+def targets(runs, pad):
+    def steady(n, key):
+        r = runs.get(n)
+        return ((r.get("steady") or r.get("warm") or {}).get(key)) if r else None
+
+    def warm(n, key):
+        r = runs.get(n)
+        return (r.get("warm") or {}).get(key) if r else None
+
+    out = []
+
+    def add(name, value, ok, text):
+        out.append({"name": name, "value": value, "met": bool(value is not None and ok(value)), "text": text})
+
+    r1 = ratio(steady("gift-cached", "target_tokens_per_s"), steady("peer-openblas", "target_tokens_per_s"))
+    r1w = ratio(warm("gift-cached", "target_tokens_per_s"), warm("peer-openblas", "target_tokens_per_s"))
+    r1a = ratio(steady("gift-cached", "tokens_per_s"), steady("peer-openblas", "tokens_per_s"))
+    add("gift cached ≥ 1.0× mlx_lm.lora tokens/s, same BLAS (OpenBLAS both)", r1, lambda v: v >= 1.0,
+        f"{fmt(r1, 2)}× target tok/s steady ({fmt(r1a, 2)}× all tok/s; {fmt(r1w, 2)}× target tok/s incl. retraces)")
+    if "gift-wheel" in runs:
+        r = ratio(warm("gift-wheel", "target_tokens_per_s"), warm("peer-wheel", "target_tokens_per_s"))
+        ra = ratio(warm("gift-wheel", "tokens_per_s"), warm("peer-wheel", "tokens_per_s"))
+        add("gift cached ≥ 1.0× mlx_lm.lora tokens/s, same BLAS (wheel's reference BLAS both)", r, lambda v: v >= 1.0,
+            f"{fmt(r, 2)}× target tok/s ({fmt(ra, 2)}× all tok/s), steps after step 1")
+    r2 = ratio(steady("gift-cached", "target_tokens_per_s"), warm("peer-wheel", "target_tokens_per_s"))
+    r2a = ratio(steady("gift-cached", "tokens_per_s"), warm("peer-wheel", "tokens_per_s"))
+    add("out of the box on Linux CPU: gift cached ≥ 3× mlx_lm.lora as installed", r2, lambda v: v >= 3.0,
+        f"{fmt(r2, 1)}× target tok/s ({fmt(r2a, 1)}× all tok/s)")
+    # online vs cached: the same seed gives the same batches, so compare step times over the same steps
+    ca = runs["gift-cached"]
+    skip = warmup_steps(len(runs["gift-online"]["_steps"]))
+    pairs = [(o["time"], c["time"]) for o, c in zip(runs["gift-online"]["_steps"][skip:], ca["_steps"][skip:])
+             if not (o["new_shape"] or c["new_shape"] or o["disturbed"] or c["disturbed"])]
+    r3 = ratio(sum(o for o, _ in pairs), sum(c for _, c in pairs)) if pairs else None
+    r3w = ratio(warm("gift-online", "s_per_step"), warm("gift-cached", "s_per_step"))
+    add("online scoring ≤ 1.4× the time of a cached-score step", r3, lambda v: v <= 1.4,
+        f"{fmt(r3, 2)}× s/step over the {len(pairs)} steady steps of both runs (the same batches: same seed); "
+        f"{fmt(r3w, 2)}× over all steps after the warm-up")
+    sc = runs["gift-score"]
+    r4 = ratio(sc["target_tokens_per_s"], steady("gift-cached", "target_tokens_per_s"))
+    add("scoring pass ≥ 2.5× training tokens/s", r4, lambda v: v >= 2.5,
+        f"{fmt(r4, 2)}× ({fmt(sc['target_tokens_per_s'])} vs {fmt(steady('gift-cached', 'target_tokens_per_s'))} target tok/s)")
+    r5 = ratio(ca["peak_memory_gb"], runs["peer-openblas"]["peak_memory_gb"])
+    r5r = ratio(ca["maxrss_gb"], runs["peer-openblas"]["maxrss_gb"])
+    add("peak memory, cached scores ≤ 1.1× mlx_lm.lora", r5, lambda v: v <= 1.1,
+        f"{fmt(r5, 2)}× MLX peak ({fmt(ca['peak_memory_gb'], 3)} vs {fmt(runs['peer-openblas']['peak_memory_gb'], 3)} GB); "
+        f"max RSS {fmt(r5r, 2)}× ({fmt(ca['maxrss_gb'], 3)} vs {fmt(runs['peer-openblas']['maxrss_gb'], 3)} GB)")
+    # Cross-check less sensitive to other processes on the cores: CPU seconds of the whole process (load,
+    # compilation, every step, validation, save). Both trainers see every training row once in an epoch.
+    cpu = {n: runs[n]["cpu_s"] for n in ("peer-openblas", "gift-cached", "gift-online") if n in runs}
+    out.append({"name": "cross-check: CPU seconds per process (lower is faster)", "value": None, "met": None,
+                "text": f"mlx_lm.lora {cpu['peer-openblas']:.0f} s, gift cached {cpu['gift-cached']:.0f} s "
+                        f"({cpu['peer-openblas'] / cpu['gift-cached']:.2f}× less), gift online {cpu['gift-online']:.0f} s "
+                        f"({cpu['gift-online'] / cpu['gift-cached']:.2f}× cached)"})
+    rp = pad["gift"]["padded_share"], pad["mlx_lm.lora"]["padded_share"]
+    add("less padding than mlx_lm.lora's batching", rp[0], lambda v: v < rp[1],
+        f"{rp[0] * 100:.1f}% vs {rp[1] * 100:.1f}% padded positions")
+    rs = runs["gift-cached"]["shapes"], runs["peer-openblas"]["shapes"]
+    add("compiled step traced for only a few batch shapes", rs[0], lambda v: v <= 8,
+        f"gift {rs[0]} shapes in {len(runs['gift-cached']['_steps'])} steps (mlx_lm.lora {rs[1]})")
+    return out
+
+
+def write_doc(path, section):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    block = f"{BEGIN}\n{section}{END}\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.write_text(new)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke run (< 2 min)")
+    ap.add_argument("--work", help="scratch folder (default: a fresh one under /tmp)")
+    ap.add_argument("--doc", help="markdown file to (re)write the results section of "
+                                  "(default: docs/benchmarks.md for a full run; <work>/benchmarks.md for --quick)")
+    ap.add_argument("--iters", type=int, help="steps per OpenBLAS training run")
+    ap.add_argument("--wheel-iters", type=int, help="steps per run on the wheel's reference BLAS (slow)")
+    ap.add_argument("--abba", action="store_true",
+                    help="run gift-cached and peer-openblas a second time, in reverse order, and pool both rounds")
+    ap.add_argument("--gift-wheel", action="store_true", help="also run gift on the wheel's BLAS (GIFT_BLAS=0)")
+    args = ap.parse_args()
+
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    mode = "quick" if args.quick else "full"
+    p = dict(PROFILES[mode])
+    p["iters"] = args.iters or p["iters"]
+    p["wheel_iters"] = args.wheel_iters or p["wheel_iters"]
+    work = Path(args.work or f"/tmp/bench_train-{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+    work.mkdir(parents=True, exist_ok=True)
+    openblas = next((c for c in OPENBLAS_CANDIDATES if os.path.exists(c)), None)
+    if openblas is None:
+        sys.exit("no OpenBLAS found (apt-get install libopenblas0-pthread): the same-BLAS comparison needs one")
+
+    import numpy as np
+
+    import gift_mlx  # noqa: F401  (this process builds the models; it preloads OpenBLAS)
+
+    print(f"benchmark ({mode}) in {work}", flush=True)
+    base, instruct, data = build(work, p)
+    train_ds, replay = gift_stream(data, instruct, p, p["iters"])
+    pad, _ = padding_shares(data, instruct, p, train_ds)
+    lengths = np.array([len(e.tokens) for e in train_ds.examples])
+    targets_n = sum(e.num_targets for e in train_ds.examples)
+    vocab = json.loads((Path(base) / "config.json").read_text())["vocab_size"]
+
+    blas = {"gift": gift_doctor(clean_env()), "wheel": gift_doctor(clean_env(GIFT_BLAS="0"))}
+    runs = {}
+    runs["peer-openblas"], runs["peer-openblas"]["_steps"] = run_peer("peer-openblas", work, base, data, p, p["iters"], openblas)
+    runs["gift-score"] = run_gift_score("gift-score", work, instruct, data, p, train_ds)
+    runs["gift-cached"], runs["gift-cached"]["_steps"] = run_gift_train("gift-cached", work, base, instruct, data, p,
+                                                                        p["iters"], replay)
+    runs["gift-online"], runs["gift-online"]["_steps"] = run_gift_train("gift-online", work, base, instruct, data, p,
+                                                                        p["iters"], replay, extra=["--online-scores"])
+    runs["peer-wheel"], runs["peer-wheel"]["_steps"] = run_peer("peer-wheel", work, base, data, p, p["wheel_iters"], None)
+    if args.abba:  # the same-BLAS pair again in reverse order: A B ... B A cancels a linear drift of the load
+        second = run_gift_train("gift-cached-2", work, base, instruct, data, p, p["iters"], replay)
+        runs["gift-cached"] = combine(runs["gift-cached"], {**second[0], "_steps": second[1]})
+        second = run_peer("peer-openblas-2", work, base, data, p, p["iters"], openblas)
+        runs["peer-openblas"] = combine(runs["peer-openblas"], {**second[0], "_steps": second[1]})
+    if args.gift_wheel:
+        runs["gift-wheel"], runs["gift-wheel"]["_steps"] = run_gift_train(
+            "gift-wheel", work, base, instruct, data, p, p["wheel_iters"], replay[: p["wheel_iters"]],
+            env=clean_env(GIFT_BLAS="0"))
+
+    res = {
+        "mode": mode, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "command": shlex.join(["python", "scripts/bench_train.py", *sys.argv[1:]]), "machine": machine(),
+        "gpu": "not available in this task (no GPU machine was lent); CPU only",
+        "profile": p, "parameters": count_parameters(base), "vocab": vocab, "work": str(work), "openblas": openblas,
+        "data": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean()),
+                 "target_share": targets_n / int(lengths.sum())},
+        "blas": blas, "padding": pad, "runs": runs, "processes": PROCESSES,
+    }
+    res["targets"] = targets(runs, pad)
+    res["wall_s"] = time.perf_counter() - started
+    res["load"] = (load_start, os.getloadavg()[0])
+    (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    section = report(res)
+    doc = Path(args.doc) if args.doc else (work / "benchmarks.md" if args.quick else REPO / "docs" / "benchmarks.md")
+    write_doc(doc, section)
+    print("\n" + section)
+    print(f"written: {doc} and {work / 'results.json'}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "_peer":
+        rest = sys.argv[3:]
+        peer_main(sys.argv[2], rest[1:] if rest[:1] == ["--"] else rest)
+    else:
+        main()
