@@ -62,14 +62,15 @@ def identity(model_id, dataset):
 
 
 def score_batches(dataset, batch_tokens=8192):
-    """Example indices in batches of similar length, about batch_tokens tokens each."""
+    """Example indices in batches of similar length holding at most batch_tokens padded positions."""
     examples = dataset.examples
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
-    batches, i = [], 0
-    while i < len(order):
-        rows = max(1, batch_tokens // len(examples[order[i]].tokens))
-        batches.append(order[i : i + rows])
-        i += rows
+    batches = []
+    for i in sorted(range(len(examples)), key=lambda i: len(examples[i].tokens)):
+        # Sorted by length, so row i is the longest yet: the batch would be (rows + 1) x len(i).
+        if batches and (len(batches[-1]) + 1) * len(examples[i].tokens) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
     return batches
 
 
@@ -81,13 +82,13 @@ def compute_scores(model, dataset, batch_tokens=8192, desc="scoring", world=None
     """
     rank, size = (world.rank(), world.size()) if world is not None else (0, 1)
     examples = dataset.examples
-    max_len = max(len(e.tokens) for e in examples)
     offsets = np.cumsum([0] + [e.num_targets for e in examples])
     flat = np.zeros(offsets[-1], np.float32)
     batches = score_batches(dataset, batch_tokens)[rank::size]
     with tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=rank > 0) as bar:
         for batch in batches:
-            inputs, labels, w = collate([examples[j] for j in batch], [None] * len(batch), max_len)
+            # Not compiled, so exact lengths cost no retrace: pad only to the batch's longest row.
+            inputs, labels, w = collate([examples[j] for j in batch], [None] * len(batch), None, bucket=False)
             q = np.array(confidence(model, mx.array(inputs), mx.array(labels)))
             for b, j in enumerate(batch):
                 flat[offsets[j] : offsets[j + 1]] = q[b][w[b] > 0]
