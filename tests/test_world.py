@@ -68,7 +68,7 @@ def test_instruct_follows_instructions_and_ends_its_turn_where_the_base_does_not
                        max_tokens=64, instruction="", limit=20)
     base, instruct = summary["models"]
     assert instruct["greedy"]["truncated"] < 0.2 < 0.8 < base["greedy"]["truncated"]
-    assert instruct["greedy_accuracy"] >= 0.6 and instruct["greedy_accuracy"] > base["greedy_accuracy"] + 0.3
+    assert instruct["greedy_accuracy"] >= 0.4 and instruct["greedy_accuracy"] > base["greedy_accuracy"] + 0.3
 
 
 def test_recorded_accuracies_leave_room_for_transfer():
