@@ -65,6 +65,12 @@ def build_tokenizer(out_dir, vocab_size=384, seed=0):
         show_progress=False,
     )
     tok.train_from_iterator(corpus(seed=seed), trainer)
+    save_tokenizer(tok, out_dir)
+    return tok.get_vocab_size()
+
+
+def save_tokenizer(tok, out_dir):
+    """tokenizer.json plus a tokenizer_config.json with the ChatML template, as transformers reads them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
@@ -78,7 +84,6 @@ def build_tokenizer(out_dir, vocab_size=384, seed=0):
         "clean_up_tokenization_spaces": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    return tok.get_vocab_size()
 
 
 def model_config(arch="llama", vocab_size=384, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128):

@@ -23,7 +23,6 @@ The world:
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -145,19 +144,7 @@ def build_char_tokenizer(out):
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(toy.SPECIAL_TOKENS)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "chat_template": toy.CHATML,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "bos_token": None,
-        "model_max_length": 4096,
-        "clean_up_tokenization_spaces": False,
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    toy.save_tokenizer(tok, out)
     return tok
 
 
