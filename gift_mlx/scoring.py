@@ -49,11 +49,11 @@ def tokens_fingerprint(dataset):
     return h.hexdigest()[:16]
 
 
-def identity(model_id, dataset):
+def identity(model_id, fingerprint, dataset):
     """What a score file must match to be reused."""
     return {
         "model": str(model_id),
-        "model_fingerprint": weights_fingerprint(model_id),
+        "model_fingerprint": fingerprint,
         "data_file": str(dataset.path),
         "data_sha256": dataset.sha256,
         "tokens_sha256": tokens_fingerprint(dataset),
@@ -139,8 +139,9 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
     """
     world = mx.distributed.init()
     out, todo = {}, {}
+    fingerprint = weights_fingerprint(model_id)  # reads the weight files: once, not once per split
     for split, ds in datasets.items():
-        meta = identity(model_id, ds)
+        meta = identity(model_id, fingerprint, ds)
         path = scores_file(scores_dir, split, role)
         cached = load_scores(path, meta)
         fresh = cached is not None and all(len(c) == e.num_targets for c, e in zip(cached, ds.examples))
