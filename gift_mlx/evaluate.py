@@ -6,7 +6,6 @@ prefilled once and its KV cache shared by its n samples, so the cost of the prom
 """
 
 import json
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -345,7 +344,7 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
 
 @contextmanager
 def staged_output(out, overwrite=False):
-    """Yield a hidden staging folder that replaces `out` only when the block completes.
+    """Yield a hidden staging folder that replaces `out` only when the block completes (export.staged_folder).
 
     An interrupted or failed run removes its staging folder and leaves `out` as it was. An existing non-empty
     `out` is replaced only with overwrite=True and only when it holds a previous evaluation (summary.json).
@@ -355,18 +354,10 @@ def staged_output(out, overwrite=False):
         if not overwrite or not (out / "summary.json").is_file():
             raise GiftError(f"{out}: output folder exists and is not empty (use --overwrite to replace an earlier "
                             "evaluation, or choose another --out)")
-    stage, old = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.old"
-    for p in (stage, old):
-        shutil.rmtree(p, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    from .export import staged_folder
+
+    with staged_folder(out) as stage:
         yield stage
-        if out.exists():
-            out.rename(old)
-        stage.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def markdown_table(summary):

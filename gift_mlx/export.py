@@ -61,8 +61,16 @@ def check_output(out, inputs=(), force=False):
 
 @contextmanager
 def output_folder(out, inputs=(), force=False):
-    """Yield a temporary sibling folder that replaces `out` in one rename on success and is removed on failure."""
-    out = check_output(out, inputs, force)
+    """check_output, then staged_folder."""
+    with staged_folder(check_output(out, inputs, force)) as tmp:
+        yield tmp
+
+
+@contextmanager
+def staged_folder(out):
+    """Yield a temporary sibling folder that replaces `out` in one rename on success and is removed on failure.
+    The caller decides beforehand whether an existing `out` may be replaced."""
+    out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
