@@ -21,7 +21,6 @@ PAD_LENGTHS = sorted({8 * round(4 * 2 ** (i / 4)) for i in range(48)})
 class Example:
     tokens: np.ndarray  # int32 (T,)
     target: np.ndarray  # bool (T,): tokens[i] is a target (response token or end-of-turn)
-    truncated: bool = False
 
     @property
     def num_targets(self):
@@ -154,14 +153,13 @@ def load_split(path, tokenizer, max_seq_length):
         target[0] = False  # the first token has no context to be predicted from
         if not target.any():
             raise GiftError(f"{where}: record has no target tokens")
-        cut = len(tokens) > max_seq_length
-        if cut:
+        if len(tokens) > max_seq_length:
             tokens, target = tokens[:max_seq_length], target[:max_seq_length]
             truncated += 1
             if not target.any():
                 dropped += 1
                 continue
-        examples.append(Example(tokens, target, cut))
+        examples.append(Example(tokens, target))
     if not examples:
         raise GiftError(f"{path}: no usable rows (all {dropped} prompts are longer than max_seq_length={max_seq_length})")
     return Dataset(Path(path), file_sha256(path), examples, truncated, dropped)
