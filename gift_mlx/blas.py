@@ -7,6 +7,7 @@ matmuls on x86-64). macOS uses Accelerate/Metal and is left alone.
 Set GIFT_BLAS=/path/to/libopenblas.so to choose the library, GIFT_BLAS=0 to turn this off.
 """
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -20,11 +21,12 @@ CANDIDATES = (
 )
 
 loaded = None  # path of the library that was preloaded, if any
+_lib = None
 
 
 def preload():
     """Preload an optimized BLAS once; return its path or None."""
-    global loaded
+    global loaded, _lib
     choice = os.environ.get("GIFT_BLAS", "")
     if loaded or choice == "0" or not sys.platform.startswith("linux"):
         return loaded
@@ -33,9 +35,24 @@ def preload():
     for path in (choice,) if choice else CANDIDATES:
         if os.path.exists(path):
             try:
-                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                _lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             except OSError:
                 continue
             loaded = path
             break
     return loaded
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Run the block with the preloaded OpenBLAS on n threads (e.g. 1 while each core runs its own MLX stream)."""
+    get, put = (getattr(_lib, f"openblas_{k}_num_threads", None) for k in ("get", "set"))
+    if get is None or put is None:
+        yield
+        return
+    before = get()
+    put(n)
+    try:
+        yield
+    finally:
+        put(before)

@@ -2,6 +2,7 @@
 q_t = p(y_t | x, y_<t) for every target token, stored per split as safetensors (flat values + offsets)
 with the identity of the model, tokenizer output and data they belong to."""
 
+import contextlib
 import hashlib
 import os
 import time
@@ -13,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, blas
 from .data import collate
 from .errors import GiftError
 from .models import local_path
@@ -74,6 +75,19 @@ def score_batches(dataset, batch_tokens=8192):
     return batches
 
 
+def cpu_streams():
+    """One MLX stream per core on CPU, else the default stream.
+
+    MLX's CPU backend runs element-wise ops (the softmax and SiLU exps that dominate a forward pass there) on
+    one thread per stream, so a batch split over one stream per core uses every core; BLAS then gets one
+    thread per stream (blas.threads) instead of competing threads.
+    """
+    if mx.default_device() != mx.cpu:
+        return [mx.default_stream(mx.default_device())]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return [mx.new_stream(mx.cpu) for _ in range(cores)]
+
+
 def compute_scores(model, dataset, batch_tokens=8192, desc="scoring", world=None):
     """[q per target token] for every example, batched by length, no gradient.
 
@@ -85,13 +99,23 @@ def compute_scores(model, dataset, batch_tokens=8192, desc="scoring", world=None
     offsets = np.cumsum([0] + [e.num_targets for e in examples])
     flat = np.zeros(offsets[-1], np.float32)
     batches = score_batches(dataset, batch_tokens)[rank::size]
-    with tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=rank > 0) as bar:
+    streams = cpu_streams()
+    one_blas_thread = blas.threads(1) if len(streams) > 1 else contextlib.nullcontext()
+    with tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=rank > 0) as bar, one_blas_thread:
         for batch in batches:
-            # Not compiled, so exact lengths cost no retrace: pad only to the batch's longest row.
-            inputs, labels, w = collate([examples[j] for j in batch], [None] * len(batch), None, bucket=False)
-            q = np.array(confidence(model, mx.array(inputs), mx.array(labels)))
-            for b, j in enumerate(batch):
-                flat[offsets[j] : offsets[j + 1]] = q[b][w[b] > 0]
+            # Rows split over the streams, each part padded to its own longest row (not compiled: no retrace).
+            parts = [p for p in np.array_split(batch, len(streams)) if len(p)]
+            qs, ws = [], []
+            for stream, part in zip(streams, parts):
+                inputs, labels, w = collate([examples[j] for j in part], [None] * len(part))
+                with mx.stream(stream):
+                    qs.append(confidence(model, mx.array(inputs), mx.array(labels)))
+                ws.append(w)
+            mx.eval(qs)
+            for part, q, w in zip(parts, qs, ws):
+                q = np.array(q)
+                for b, j in enumerate(part):
+                    flat[offsets[j] : offsets[j + 1]] = q[b][w[b] > 0]
             bar.update()
     if size > 1:
         flat = np.array(mx.distributed.all_sum(mx.array(flat), group=world))

@@ -80,3 +80,20 @@ def test_gift_base_scores_come_from_the_base(tmp_path, llama_pair, task_data):
 
 def test_missing_score_file_is_none(tmp_path):
     assert load_scores(tmp_path / "nope.safetensors", {}) is None
+
+
+def test_scores_do_not_depend_on_the_number_of_cpu_streams(monkeypatch, llama_pair, task_data):
+    """Rows of a batch are split over one MLX stream per core; 1, 2 or 3 streams give the same values."""
+    import mlx.core as mx
+
+    from gift_mlx import scoring
+    from gift_mlx.data import load_split
+
+    model, tok = load(str(llama_pair[1]))
+    ds = load_split(task_data / "train.jsonl", tok, 2048)
+    out = {}
+    for n in (1, 2, 3):
+        monkeypatch.setattr(scoring, "cpu_streams", lambda n=n: [mx.new_stream(mx.cpu) for _ in range(n)])
+        out[n] = np.concatenate(scoring.compute_scores(model, ds, batch_tokens=512))
+    np.testing.assert_allclose(out[2], out[1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out[3], out[1], rtol=1e-5, atol=1e-7)
