@@ -57,6 +57,7 @@ TRAIN_OPTIONS = [
     click.option("--warmup-ratio", type=float, help="Default 0.1."),
     click.option("--weight-decay", type=float),
     click.option("--max-seq-length", type=int, help="Default 2048."),
+    click.option("--pad-lengths", type=int, help="Batch lengths (compiled shapes), fitted to the data (default 8)."),
     click.option("--grad-checkpoint", is_flag=True, default=None),
     click.option("--seed", type=int),
     click.option("--steps-per-report", type=int),

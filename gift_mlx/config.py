@@ -42,6 +42,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_seq_length: int = 2048
+    pad_lengths: int = 8  # batches are padded to one of at most this many lengths fitted to the data
     grad_checkpoint: bool = False
     seed: int = 0
     # bookkeeping
@@ -74,7 +75,7 @@ class TrainConfig:
             raise GiftError(f"fine_tune_type: '{self.fine_tune_type}' is not lora or dora")
         if self.num_layers == 0 or self.num_layers < -1:
             raise GiftError(f"num_layers: must be -1 (all) or at least 1, got {self.num_layers}")
-        for name in ("batch_size", "grad_accumulation_steps", "lora_rank", "max_seq_length",
+        for name in ("batch_size", "grad_accumulation_steps", "lora_rank", "max_seq_length", "pad_lengths",
                      "steps_per_report", "steps_per_eval", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise GiftError(f"{name}: must be at least 1, got {getattr(self, name)}")

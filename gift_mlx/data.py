@@ -12,9 +12,6 @@ from mlx_lm.utils import common_prefix_len
 from .errors import GiftError
 
 SPLITS = ("train", "valid", "test")
-# Padded lengths come from a small set (4 per octave, multiples of 8) so that the compiled step is traced
-# only a few times; 4 per octave pads ~10% of positions on length-sorted batches, 2 per octave ~16%.
-PAD_LENGTHS = sorted({8 * round(4 * 2 ** (i / 4)) for i in range(48)})
 
 
 @dataclass
@@ -171,19 +168,47 @@ def load_data(data, tokenizer, max_seq_length, splits=("train", "valid")):
     return {s: load_split(files[s], tokenizer, max_seq_length) for s in splits if s in files}
 
 
-def pad_length(n, max_len):
-    return min(next((p for p in PAD_LENGTHS if p >= n), n), max_len)
+def fit_pad_lengths(lengths, max_len, k=8):
+    """At most k padded lengths (multiples of 8, capped at max_len) that minimise the padding of these rows.
+
+    The compiled step is traced once per batch shape, so batches are padded to one of a few lengths; fitting
+    them to the data (exact dynamic programming over the rows' lengths rounded up to 8) pads less than a
+    fixed geometric set of the same size.
+    """
+    lengths = np.asarray(lengths)
+    cand = np.minimum(-(-lengths // 8) * 8, max_len)
+    c, inv, counts = np.unique(cand, return_inverse=True, return_counts=True)
+    rows = np.concatenate([[0], np.cumsum(counts)])  # rows with candidate index < j: rows[j]
+    total = np.concatenate([[0], np.cumsum(np.bincount(inv, weights=lengths))])
+    best = c * rows[1:] - total[1:]  # padding of candidates 0..j all padded to c[j]
+    back = []  # back[t][j]: candidate where the previous length sits when t+2 lengths cover 0..j (-1: t+1 do)
+    for _ in range(1, k):
+        new, arg = best.copy(), np.full(len(c), -1)
+        for j in range(1, len(c)):
+            # previous length at c[i] (i < j) covers 0..i; rows of candidates i+1..j pad to c[j]
+            cost = best[:j] + c[j] * (rows[j + 1] - rows[1 : j + 1]) - (total[j + 1] - total[1 : j + 1])
+            i = int(cost.argmin())
+            if cost[i] < new[j]:
+                new[j], arg[j] = cost[i], i
+        best = new
+        back.append(arg)
+    j, out = len(c) - 1, [int(c[-1])]
+    for arg in reversed(back):
+        if arg[j] >= 0:
+            j = int(arg[j])
+            out.append(int(c[j]))
+    return sorted(out)
 
 
-def collate(examples, weights, max_len, pad_id=0, bucket=True):
+def collate(examples, weights, pad_lengths=None, pad_id=0):
     """Padded (inputs, labels, w) arrays for next-token prediction.
 
     w[b, i] is the weight of predicting labels[b, i] = tokens[i + 1]; zero for prompt and padding.
     `weights` holds, per example, one value per target token (None: uniform weight 1). Rows are padded to
-    a length from PAD_LENGTHS (bucket=True, for compiled steps) or to the longest row.
+    the smallest of `pad_lengths` that fits (compiled steps) or, without it, to the longest row.
     """
     longest = max(len(e.tokens) for e in examples) - 1
-    length = pad_length(longest, max_len) if bucket else longest
+    length = next((n for n in pad_lengths or () if n >= longest), longest)
     inputs = np.full((len(examples), length), pad_id, np.int32)
     labels = np.full((len(examples), length), pad_id, np.int32)
     w = np.zeros((len(examples), length), np.float32)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import TrainConfig
-from .data import batch_order, collate, load_data
+from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError
 from .models import check_compatible, load_model, load_tokenizer, read_config
 from .objective import confidence, token_weights, weighted_sums
@@ -117,8 +117,9 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None):
     return step, state
 
 
-def micro_batches(dataset, weights, batch_size, max_len, pad_id, seed, start=0, rank=0, size=1):
-    """Endless stream of collated micro-batches (numpy), epoch after epoch, skipping the first `start`.
+def micro_batches(dataset, weights, batch_size, pad_lengths, pad_id, seed, start=0, rank=0, size=1):
+    """Endless stream of collated micro-batches (numpy), epoch after epoch, skipping the first `start`;
+    rows padded to one of `pad_lengths` (None: to the batch's longest row).
 
     Each epoch's order depends only on (seed, epoch), so a resumed run sees exactly the same stream, and
     under mlx.launch every process sees the same batches and takes its share of rows (rank::size).
@@ -130,14 +131,15 @@ def micro_batches(dataset, weights, batch_size, max_len, pad_id, seed, start=0, 
                 start -= 1
                 continue
             idx = idx[rank::size]
-            yield collate([dataset.examples[i] for i in idx], [weights[i] for i in idx], max_len, pad_id)
+            yield collate([dataset.examples[i] for i in idx], [weights[i] for i in idx], pad_lengths, pad_id)
 
 
 def validation_loss(model, dataset, weights, cfg, pad_id, guide=None, world=None):
-    """Weighted and plain loss over the first val_batches micro-batches of a fixed shuffle."""
+    """Weighted and plain loss over the first val_batches micro-batches of a fixed shuffle (not compiled:
+    padded to each batch's longest row)."""
     model.eval()
     rank, size = (world.rank(), world.size()) if world is not None else (0, 1)
-    batches = micro_batches(dataset, weights, cfg.batch_size, cfg.max_seq_length, pad_id, seed=0, rank=rank, size=size)
+    batches = micro_batches(dataset, weights, cfg.batch_size, None, pad_id, seed=0, rank=rank, size=size)
     n_batches = len(dataset) // cfg.batch_size
     if cfg.val_batches > 0:
         n_batches = min(n_batches, cfg.val_batches)
@@ -320,7 +322,9 @@ def train(cfg: TrainConfig, log=print):
     if cfg.resume:
         log(f"resume: from step {start}" if start else "resume: no checkpoint found, starting at step 0")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = micro_batches(train_set, weights["train"], cfg.batch_size, cfg.max_seq_length, pad_id, cfg.seed,
+    pad_lengths = fit_pad_lengths([len(e.tokens) - 1 for e in train_set.examples], cfg.max_seq_length, cfg.pad_lengths)
+    log(f"batches: padded to {', '.join(map(str, pad_lengths))} tokens (one compiled shape each)")
+    batches = micro_batches(train_set, weights["train"], cfg.batch_size, pad_lengths, pad_id, cfg.seed,
                             start=start * cfg.grad_accumulation_steps, rank=rank, size=size)
     if val_set is not None and len(val_set) < cfg.batch_size:
         log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")

@@ -167,22 +167,15 @@ def count_parameters(model_dir):
 
 def gift_stream(data_dir, instruct, p, n_steps):
     """Gift's first n_steps micro-batches (same code path as gift train): tokens, targets, shape."""
-    import inspect
-
-    import numpy as np
-
-    from gift_mlx.data import load_data
+    from gift_mlx.data import fit_pad_lengths, load_data
     from gift_mlx.models import load_tokenizer
     from gift_mlx.train import micro_batches
 
     tok = load_tokenizer(instruct)
     ds = load_data(data_dir, tok, p["max_seq_length"])["train"]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    weights = [None] * len(ds)
-    if "seed" in inspect.signature(micro_batches).parameters:
-        stream = micro_batches(ds, weights, p["batch_size"], p["max_seq_length"], pad_id, 0)
-    else:  # older signature: an rng
-        stream = micro_batches(ds, weights, p["batch_size"], p["max_seq_length"], pad_id, np.random.default_rng(0))
+    pad_lengths = fit_pad_lengths([len(e.tokens) - 1 for e in ds.examples], p["max_seq_length"])
+    stream = micro_batches(ds, [None] * len(ds), p["batch_size"], pad_lengths, pad_id, 0)
     steps = []
     for _ in range(n_steps):
         inputs, labels, w = next(stream)
@@ -197,7 +190,7 @@ def padding_shares(data_dir, instruct, p, gift_ds):
     from mlx_lm.tuner.datasets import CacheDataset, CompletionsDataset
     from mlx_lm.tuner.trainer import iterate_batches
 
-    from gift_mlx.data import PAD_LENGTHS, batch_order, collate
+    from gift_mlx.data import batch_order, collate, fit_pad_lengths
     from gift_mlx.models import load_tokenizer
 
     tok = load_tokenizer(instruct)
@@ -216,10 +209,11 @@ def padding_shares(data_dir, instruct, p, gift_ds):
     out = {"mlx_lm.lora": {"padded_share": 1 - real / total, "widths": sorted(shapes)}}
 
     lengths = [len(e.tokens) for e in gift_ds.examples]
+    pad_lengths = fit_pad_lengths([n - 1 for n in lengths], max_len)
     real = total = 0
     shapes = set()
     for idx in batch_order(lengths, bs, np.random.default_rng(0)):
-        inputs, _, _ = collate([gift_ds.examples[i] for i in idx], [None] * len(idx), max_len)
+        inputs, _, _ = collate([gift_ds.examples[i] for i in idx], [None] * len(idx), pad_lengths)
         real += int(sum(lengths[i] - 1 for i in idx))
         total += inputs.size
         shapes.add(inputs.shape[1])
@@ -232,10 +226,8 @@ def padding_shares(data_dir, instruct, p, gift_ds):
     if score_batches is not None:
         real = total = 0
         shapes = set()
-        longest = max(lengths)
-        batches = score_batches(gift_ds)
-        for idx in batches:
-            inputs, _, _ = collate([gift_ds.examples[i] for i in idx], [None] * len(idx), longest)
+        for idx in score_batches(gift_ds):
+            inputs, _, _ = collate([gift_ds.examples[i] for i in idx], [None] * len(idx))
             real += int(sum(lengths[i] - 1 for i in idx))
             total += inputs.size
             shapes.add(f"{inputs.shape[0]}×{inputs.shape[1]}")
@@ -246,7 +238,7 @@ def padding_shares(data_dir, instruct, p, gift_ds):
     real = sum(n - 1 for n in order[: n_batches * bs])
     total = sum(bs * (max(order[i: i + bs]) - 1) for i in range(0, n_batches * bs, bs))
     out["sorted, exact lengths"] = {"padded_share": 1 - real / total, "widths": None}
-    out["_pad_lengths"] = [x for x in PAD_LENGTHS if x <= max_len]
+    out["_pad_lengths"] = pad_lengths
     return out, peer_ds
 
 
@@ -571,7 +563,7 @@ def report(res):
     w("")
     w("mlx_lm.lora sorts by `len()` of the raw record (a dict of 2 keys for prompt/completion data), so its batches "
       "are consecutive rows of the file, shuffled, each padded to a multiple of 32 of its longest row. gift sorts "
-      f"by token length within shuffled windows of 64 batches and pads to data.PAD_LENGTHS ({', '.join(map(str, pad['_pad_lengths']))}). "
+      f"by token length within shuffled windows of 64 batches and pads to the 8 lengths data.fit_pad_lengths fits to the rows ({', '.join(map(str, pad['_pad_lengths']))}). "
       "\"sorted, exact lengths\": the same sorted batches padded to their longest row (no bucket set): the floor "
       "for batch-level padding. The last row is the scoring pass (forward only), widths shown as rows×length.")
     w("")

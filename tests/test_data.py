@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -56,8 +57,10 @@ def test_collate_pads_with_zero_weight_and_shifts_labels(tok):
     rows = [data.tokenize(data.to_messages(r, "x"), tok) for r in toy.arithmetic_records(3)]
     ex = [data.Example(t, m) for t, m in rows]
     scores = [np.linspace(0.1, 0.9, e.num_targets).astype(np.float32) for e in ex]
-    inputs, labels, w = data.collate(ex, scores, 2048)
-    assert inputs.shape[1] in data.PAD_LENGTHS
+    longest = max(len(e.tokens) for e in ex) - 1
+    inputs, labels, w = data.collate(ex, scores, [8, longest + 5, longest + 9, 4096])
+    assert inputs.shape[1] == longest + 5  # the smallest padded length that fits
+    assert data.collate(ex, scores)[0].shape[1] == longest  # no lengths given: the longest row
     for b, e in enumerate(ex):
         n = len(e.tokens) - 1
         assert (inputs[b, :n] == e.tokens[:-1]).all() and (labels[b, :n] == e.tokens[1:]).all()
@@ -75,6 +78,23 @@ def test_truncation_is_counted_and_rows_without_targets_dropped(tmp_path, tok):
     ds = data.load_split(path, tok, max_seq_length=40)
     assert (len(ds), ds.truncated, ds.dropped) == (2, 2, 1)
     assert all(len(e.tokens) <= 40 for e in ds.examples)
+
+
+def test_fit_pad_lengths_is_the_least_padding_choice():
+    rng = np.random.default_rng(1)
+    lengths = np.concatenate([rng.integers(20, 60, 30), rng.integers(150, 170, 20), rng.integers(300, 700, 25)])
+    lengths = np.minimum(lengths, 511)  # inputs are at most max_seq_length - 1 tokens
+    cand = sorted({-(-n // 8) * 8 for n in lengths})
+
+    def padding(pads):
+        return sum(next(p for p in pads if p >= n) - n for n in lengths)
+
+    for k in (1, 2, 4):
+        pads = data.fit_pad_lengths(lengths, 512, k)
+        assert len(pads) <= k and pads == sorted(pads) and pads[-1] == cand[-1]  # the longest row fits
+        assert all(p % 8 == 0 for p in pads)
+        brute = min(padding(list(c) + cand[-1:]) for c in itertools.combinations(cand[:-1], k - 1))
+        assert padding(pads) == brute
 
 
 def test_batch_order_groups_similar_lengths():
