@@ -43,11 +43,17 @@ def preload():
     return loaded
 
 
+def cores():
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def threads(n):
-    """Run the block with the preloaded OpenBLAS on n threads (e.g. 1 while each core runs its own MLX stream)."""
+    """Run the block with the preloaded OpenBLAS on n threads (None: unchanged), e.g. one per MLX stream
+    when several CPU streams run matmuls at once, instead of more threads than cores."""
     get, put = (getattr(_lib, f"openblas_{k}_num_threads", None) for k in ("get", "set"))
-    if get is None or put is None:
+    if n is None or get is None or put is None:
         yield
         return
     before = get()

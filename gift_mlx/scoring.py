@@ -2,7 +2,6 @@
 q_t = p(y_t | x, y_<t) for every target token, stored per split as safetensors (flat values + offsets)
 with the identity of the model, tokenizer output and data they belong to."""
 
-import contextlib
 import hashlib
 import os
 import time
@@ -84,8 +83,7 @@ def cpu_streams():
     """
     if mx.default_device() != mx.cpu:
         return [mx.default_stream(mx.default_device())]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return [mx.new_stream(mx.cpu) for _ in range(cores)]
+    return [mx.new_stream(mx.cpu) for _ in range(blas.cores())]
 
 
 def compute_scores(model, dataset, batch_tokens=8192, desc="scoring", world=None):
@@ -100,8 +98,8 @@ def compute_scores(model, dataset, batch_tokens=8192, desc="scoring", world=None
     flat = np.zeros(offsets[-1], np.float32)
     batches = score_batches(dataset, batch_tokens)[rank::size]
     streams = cpu_streams()
-    one_blas_thread = blas.threads(1) if len(streams) > 1 else contextlib.nullcontext()
-    with tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=rank > 0) as bar, one_blas_thread:
+    bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=rank > 0)
+    with bar, blas.threads(1 if len(streams) > 1 else None):
         for batch in batches:
             # Rows split over the streams, each part padded to its own longest row (not compiled: no retrace).
             parts = [p for p in np.array_split(batch, len(streams)) if len(p)]

@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, blas
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError
@@ -84,13 +84,14 @@ def guide_weights(guide, inputs, labels, w, floor, gamma):
     return mx.where(w > 0, token_weights(confidence(guide, inputs, labels), floor, gamma), 0.0)
 
 
-def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None):
+def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None):
     """The compiled training step and the state it updates.
 
     step(inputs, labels, w, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
     [Σ w·ℓ, Σ w, Σ ℓ, n] to the accumulators; with update=True it applies AdamW to the accumulated gradient
     divided by the step's Σ w, so that L = Σ w·ℓ / Σ w over every target token of the optimizer step.
     Under mlx.launch the gradient and the sums are summed over all processes first: Σ w is global.
+    The guide's forward (online scoring) may run on its own stream, in parallel with the training forward.
     """
     distributed = world is not None and world.size() > 1
     loss_and_grad = nn.value_and_grad(model, weighted_sums)
@@ -99,7 +100,8 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None):
     @partial(mx.compile, inputs=state, outputs=state)
     def step(inputs, labels, w, acc_grad, acc_sums, update):
         if guide is not None:
-            w = guide_weights(guide, inputs, labels, w, floor, gamma)
+            with mx.stream(guide_stream or mx.default_stream(mx.default_device())):
+                w = guide_weights(guide, inputs, labels, w, floor, gamma)
         (wl, (sw, l, n)), grad = loss_and_grad(model, inputs, labels, w)
         sums = mx.stack([wl, sw, l, n.astype(mx.float32)])
         if acc_grad is not None:
@@ -309,14 +311,18 @@ def train(cfg: TrainConfig, log=print):
                                lambda: load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0], log)
         weights = {s: [token_weights(q, cfg.floor, cfg.gamma) for q in scores[s]] for s in data}
 
-    guide = None
+    guide = guide_stream = blas_threads = None
     if guide_id and cfg.online_scores:
         guide = load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0]
         guide.freeze()
+        if mx.default_device() == mx.cpu:
+            # MLX runs a CPU stream's element-wise ops on one thread: the guide's forward on a second stream
+            # uses the other cores meanwhile, with BLAS threads shared between the two streams.
+            guide_stream, blas_threads = mx.new_stream(mx.cpu), max(1, blas.cores() // 2)
     if cfg.grad_checkpoint:
         checkpoint_layers(model)
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
-    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world)
+    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream)
 
     start = load_checkpoint(out, model, optimizer, cfg, world) if cfg.resume else 0
     if cfg.resume:
@@ -356,7 +362,8 @@ def train(cfg: TrainConfig, log=print):
                 window["tokens"] += int((labels != pad_id).sum())
                 acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w),
                                           acc_grad, acc_sums, k == cfg.grad_accumulation_steps - 1)
-            mx.eval(state, acc_sums)
+            with blas.threads(blas_threads):
+                mx.eval(state, acc_sums)
             s = np.array(acc_sums)
             if not np.isfinite(s[0]) or not np.isfinite(s[2]):
                 restore(model, optimizer, last_good)

@@ -41,6 +41,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import shlex
 import subprocess
 import sys
@@ -425,6 +426,7 @@ def run_gift_train(name, work, base, instruct, data, p, iters, replay, extra=(),
 
 
 def run_gift_score(name, work, instruct, data, p, train_ds, env=None):
+    shutil.rmtree(work / "scores", ignore_errors=True)  # a rerun in the same folder must score, not reuse
     cmd = gift_cmd("score", "--instruct", instruct, "--data", data, "--scores-path", work / "scores",
                    "--max-seq-length", p["max_seq_length"])
     info, text = run(name, cmd, env or clean_env(), work / f"{name}.log")
