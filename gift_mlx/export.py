@@ -7,6 +7,7 @@ record (gift_export.json) of where it came from.
 """
 
 import datetime
+import glob
 import json
 import os
 import re
@@ -71,6 +72,7 @@ def staged_folder(out):
     """Yield a temporary sibling folder that replaces `out` in one rename on success and is removed on failure.
     The caller decides beforehand whether an existing `out` may be replaced."""
     out = Path(out)
+    remove_orphans(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -86,6 +88,25 @@ def staged_folder(out):
         shutil.rmtree(old)
     else:
         tmp.rename(out)
+
+
+def remove_orphans(out):
+    """Delete temporary folders beside `out` left by a killed run (SIGKILL skips clean-up): those whose
+    process is gone."""
+    for tmp in Path(out).parent.glob(f".{glob.escape(Path(out).name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 # ---- weights, configs, tokenizer ----
@@ -117,7 +138,10 @@ def write_weights(folder, weights, fmt="mlx"):
 
 
 def write_json(path, data):
-    Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    """Atomic: written beside and renamed into place, so a reader never sees half a file."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def dtype_name(dtype):

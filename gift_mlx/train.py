@@ -28,6 +28,7 @@ from . import __version__, blas
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError
+from .export import write_json
 from .models import check_compatible, load_model, load_tokenizer, read_config
 from .objective import confidence, token_weights, weighted_sums
 from .scoring import ensure_scores
@@ -255,12 +256,6 @@ def load_checkpoint(out, model, optimizer, cfg, world):
     optimizer.state.update(tree_unflatten(part("optimizer.")))  # in place, as in restore()
     set_rng(tensors["rng"][rank])
     return step
-
-
-def write_json(path, obj):
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def train(cfg: TrainConfig, log=print):

@@ -270,6 +270,19 @@ def test_interrupted_merge_leaves_nothing(llama_pair, lora, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+def test_killed_merge_leftovers_are_removed_by_the_next_run(llama_pair, lora, tmp_path):
+    """SIGKILL skips clean-up; the next run writing the same output removes its dead predecessor's folder."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".m.tmp-{dead.pid}"
+    live = tmp_path / f".m.tmp-{os.getppid()}"  # a running process (pytest's parent): left alone
+    for folder in (orphan, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+    merge(llama_pair[1], lora, tmp_path / "m", log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", live.name])
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
