@@ -15,7 +15,7 @@ import numpy as np
 
 from . import grading
 from .errors import GiftError
-from .models import check_model_arg
+from .models import local_path
 
 DEFAULT_INSTRUCTIONS = {
     "math": "Please reason step by step, and put your final answer within \\boxed{}.",
@@ -411,8 +411,8 @@ def evaluate(models, data, out, overwrite=False, progress=True, log=print, trust
     if not models:
         raise GiftError("give at least one --model")
     problems = read_problems(data, settings.limit)
-    for model_id in models:  # a typo in the last model must not cost the evaluation of the first ones
-        check_model_arg(str(model_id))
+    for model_id in models:  # a typo or an unreachable Hub id in the last model must not cost the first ones
+        local_path(model_id)
     summary = {"data": str(data), "problems": len(problems), "settings": asdict(settings),
                "ks": ks_for(settings.samples), "models": []}
     with staged_output(out, overwrite) as stage, open(stage / "samples.jsonl", "w") as f:

@@ -292,7 +292,7 @@ CASES = [
     ("eval-zero-batch-size", lambda w, t: evaluate(w, t, "--batch-size", 0), "--batch-size must be >= 1"),
     ("eval-zero-limit", lambda w, t: evaluate(w, t, "--limit", 0), "--limit must be >= 1"),
     ("eval-no-such-model", lambda w, t: evaluate(w, t, model=t / "nope"), "nope: no such model folder"),
-    ("eval-model-hub-id-offline", lambda w, t: evaluate(w, t, model=HUB_ID), f"{HUB_ID}: cannot load model"),
+    ("eval-model-hub-id-offline", lambda w, t: evaluate(w, t, model=HUB_ID), f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
     ("eval-model-not-a-model", lambda w, t: evaluate(w, t, model=w.data), "cannot load model"),
     ("eval-out-exists", lambda w, t: evaluate(w, t, out=nonempty_folder(t)), "output folder exists and is not empty"),
     ("eval-out-is-a-file", lambda w, t: evaluate(w, t, out=a_file(t)), "output folder exists and is not empty"),
@@ -313,6 +313,8 @@ CASES = [
     ("demo-zero-iters", lambda w, t: ["demo", "--out", t / "out", "--iters", 0], "--iters and --samples must be at least 1"),
     ("demo-out-under-a-file", lambda w, t: ["demo", "--out", a_file(t) / "sub", "--iters", 1], "Not a directory"),
     ("eval-second-model-missing-checked-first", lambda w, t: evaluate(w, t, "--model", t / "nope"), "nope: no such model folder"),
+    ("eval-second-model-hub-id-offline-checked-first", lambda w, t: evaluate(w, t, "--model", HUB_ID),
+     f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
     # ---- chat ----
     ("chat-no-such-model", lambda w, t: chat(w, t, model=t / "nope"), "nope: no such model folder"),
     ("chat-model-hub-id-offline", lambda w, t: chat(w, t, model=HUB_ID), f"{HUB_ID}: cannot load model"),
