@@ -86,7 +86,14 @@ def cpu_streams():
     return [mx.new_stream(mx.cpu) for _ in range(blas.cores())]
 
 
-def compute_scores(model, dataset, batch_tokens=8192, desc="scoring", world=None):
+def batch_tokens_for(model, logits_budget=2**28):
+    """Padded positions per scoring batch: up to 8192, fewer for large vocabularies so that a batch's
+    float32 logits stay within ~1 GiB (a 152k vocabulary at 8192 positions peaked at 11.7 GB; 1,766 positions)."""
+    vocab = getattr(getattr(model, "args", None), "vocab_size", None) or 32_000
+    return int(np.clip(logits_budget // vocab, 256, 8192))
+
+
+def compute_scores(model, dataset, batch_tokens=None, desc="scoring", world=None):
     """[q per target token] for every example, batched by length, no gradient.
 
     Under mlx.launch each process scores every size-th batch of the single-process plan, so every value
@@ -96,7 +103,7 @@ def compute_scores(model, dataset, batch_tokens=8192, desc="scoring", world=None
     examples = dataset.examples
     offsets = np.cumsum([0] + [e.num_targets for e in examples])
     flat = np.zeros(offsets[-1], np.float32)
-    batches = score_batches(dataset, batch_tokens)[rank::size]
+    batches = score_batches(dataset, batch_tokens or batch_tokens_for(model))[rank::size]
     streams = cpu_streams()
     bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False, disable=rank > 0)
     with bar, blas.threads(1 if len(streams) > 1 else None):

@@ -97,3 +97,19 @@ def test_scores_do_not_depend_on_the_number_of_cpu_streams(monkeypatch, llama_pa
         out[n] = np.concatenate(scoring.compute_scores(model, ds, batch_tokens=512))
     np.testing.assert_allclose(out[2], out[1], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out[3], out[1], rtol=1e-5, atol=1e-7)
+
+
+def test_scoring_batches_shrink_with_the_vocabulary():
+    """Logits are batch positions x vocabulary: a 152k vocabulary gets ~1/4.6 of the 8192 positions."""
+    from mlx_lm.models import llama
+
+    from gift_mlx.scoring import batch_tokens_for
+
+    def model(vocab):
+        return llama.Model(llama.ModelArgs(model_type="llama", hidden_size=8, num_hidden_layers=1, intermediate_size=16,
+                                           num_attention_heads=2, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                           vocab_size=vocab, tie_word_embeddings=True))
+
+    assert batch_tokens_for(model(384)) == 8192
+    n = batch_tokens_for(model(151936))
+    assert 1024 < n < 2048 and n * 151936 <= 2**28
