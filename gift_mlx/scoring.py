@@ -2,6 +2,7 @@
 q_t = p(y_t | x, y_<t) for every target token, stored per split as safetensors (flat values + offsets)
 with the identity of the model, tokenizer output and data they belong to."""
 
+import functools
 import hashlib
 import os
 import time
@@ -83,7 +84,12 @@ def cpu_streams():
     """
     if mx.default_device() != mx.cpu:
         return [mx.default_stream(mx.default_device())]
-    return [mx.new_stream(mx.cpu) for _ in range(blas.cores())]
+    return _new_cpu_streams(blas.cores())
+
+
+@functools.cache
+def _new_cpu_streams(n):  # made once per process: every MLX stream keeps a thread
+    return [mx.new_stream(mx.cpu) for _ in range(n)]
 
 
 def batch_tokens_for(model, logits_budget=2**28):
