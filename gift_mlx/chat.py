@@ -107,11 +107,12 @@ def chat(model_path, prompt=None, system=None, temperature=0.7, top_p=1.0, max_t
     """The `gift chat` command: one-shot with prompt, else a REPL over stdin (a terminal or a pipe)."""
     import mlx.core as mx
 
-    from .models import load_model
+    from .models import cpu_float32, load_model
 
     if temperature < 0 or not 0 < top_p <= 1 or max_tokens < 1:
         raise GiftError("chat needs --temperature >= 0, --top-p in (0, 1] and --max-tokens >= 1")
     model, tokenizer, _ = load_model(model_path, trust_remote_code=trust_remote_code)
+    cpu_float32(model, model_path, log=lambda message: None)  # stdout is the conversation
     if not getattr(tokenizer, "has_chat_template", False):
         raise GiftError(f"{model_path}: tokenizer has no chat template (chat needs an instruct/chat model)")
     if seed is not None:

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError
 from .export import write_json
-from .models import check_compatible, load_model, load_tokenizer, read_config
+from .models import check_compatible, cpu_float32, load_model, load_tokenizer, read_config
 from .objective import confidence, token_weights, weighted_sums
 from .scoring import ensure_scores
 
@@ -292,6 +292,7 @@ def train(cfg: TrainConfig, log=print):
     # Lazily loaded: the weights are read when training starts, after any scoring pass is done and gone,
     # while LoRA options are checked before anything is written.
     model, _, model_config = load_model(trained_id, lazy=True, trust_remote_code=cfg.trust_remote_code)
+    cpu_float32(model, trained_id, log)
     vocab_rows = model_config.get("vocab_size")
     if vocab_rows and len(tokenizer) > vocab_rows:
         raise GiftError(f"{trained_id}: vocabulary of {vocab_rows} rows, but the instruct tokenizer has {len(tokenizer)} tokens")
@@ -303,12 +304,13 @@ def train(cfg: TrainConfig, log=print):
     out.mkdir(parents=True, exist_ok=True)
     if guide_id and not cfg.online_scores:
         scores = ensure_scores(data, cfg.scores_path or out / "scores", guide_id, role,
-                               lambda: load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0], log)
+                               lambda: cpu_float32(load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0],
+                                                   guide_id, log), log)
         weights = {s: [token_weights(q, cfg.floor, cfg.gamma) for q in scores[s]] for s in data}
 
     guide = guide_stream = blas_threads = None
     if guide_id and cfg.online_scores:
-        guide = load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0]
+        guide = cpu_float32(load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0], guide_id, log)
         guide.freeze()
         if mx.default_device() == mx.cpu:
             # MLX runs a CPU stream's element-wise ops on one thread: the guide's forward on a second stream

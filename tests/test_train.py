@@ -1,6 +1,7 @@
 import json
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
@@ -146,3 +147,30 @@ def test_dora_adapter_trains_and_is_recorded(tmp_path, llama_pair, task_data):
     train(cfg, log=lambda m: None)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["fine_tune_type"] == "dora"
     assert any(k.endswith(".m") for k in mx.load(str(tmp_path / "adapters.safetensors")))
+
+
+def test_half_precision_models_compute_in_float32_on_cpu(monkeypatch):
+    """bfloat16 weights become float32 on a CPU (MLX has no fast half-precision matmul there); quantized
+    models, a copy too large for memory, and GIFT_CPU_FLOAT32=0 keep their weights."""
+    from mlx_lm.models import llama
+
+    from gift_mlx.models import cpu_float32
+
+    def model(quantized=False):
+        m = llama.Model(llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=1, intermediate_size=128,
+                                        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                        vocab_size=64, tie_word_embeddings=False))
+        if quantized:
+            nn.quantize(m, group_size=32, bits=4)
+        m.set_dtype(mx.bfloat16)
+        return m
+
+    def dtypes(m):
+        return {v.dtype for _, v in tree_flatten(m.parameters())}
+
+    logs = []
+    assert dtypes(cpu_float32(model(), "m", logs.append)) == {mx.float32} and "float32 on CPU" in logs[-1]
+    assert mx.bfloat16 in dtypes(cpu_float32(model(quantized=True), "q", logs.append))
+    assert dtypes(cpu_float32(model(), "m", logs.append, share=1e-9)) == {mx.bfloat16} and "kept in" in logs[-1]
+    monkeypatch.setenv("GIFT_CPU_FLOAT32", "0")
+    assert dtypes(cpu_float32(model(), "m", logs.append)) == {mx.bfloat16}
