@@ -41,7 +41,9 @@ def world_paths(world=None):
 
 
 def float32_copy(model_dir, out):
-    """The model folder with float32 weights: on a CPU, float16 matmuls run ~10x slower than float32 ones."""
+    """The model folder with float32 weights, so that the merged models (written in the instruct model's
+    dtype) keep the adapters' updates in float32, as when the demo's recorded figures were made. Computing
+    in float32 on a CPU alone would not need this: models.cpu_float32 does that at load time."""
     import shutil
 
     import mlx.core as mx

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import grading
 from .errors import GiftError
+from .export import staged_folder
 from .models import local_path
 
 DEFAULT_INSTRUCTIONS = {
@@ -355,8 +356,6 @@ def staged_output(out, overwrite=False):
         if not overwrite or not (out / "summary.json").is_file():
             raise GiftError(f"{out}: output folder exists and is not empty (use --overwrite to replace an earlier "
                             "evaluation, or choose another --out)")
-    from .export import staged_folder
-
     with staged_folder(out) as stage:
         yield stage
 

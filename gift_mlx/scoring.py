@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import __version__, blas
 from .data import collate
 from .errors import GiftError
-from .models import local_path
+from .models import cpu_float32, load_model, local_path
 from .objective import confidence
 
 
@@ -205,10 +205,15 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
     return out
 
 
+def load_guide(guide_id, trust_remote_code=False, log=print):
+    """The frozen model whose confidences weight the tokens, ready to compute (float32 on a CPU)."""
+    return cpu_float32(load_model(guide_id, trust_remote_code=trust_remote_code)[0], guide_id, log)
+
+
 def score(cfg, log=print):
     """`gift score`: compute (or confirm) the guide's confidences for every split of cfg.data."""
     from .data import load_data
-    from .models import cpu_float32, load_model, load_tokenizer
+    from .models import load_tokenizer
 
     if mx.distributed.init().rank():
         log = lambda message: None  # noqa: E731  (rank 0 speaks for all processes)
@@ -218,6 +223,5 @@ def score(cfg, log=print):
         raise GiftError("score needs --instruct (or --base with --method gift-base) and --data")
     data = load_data(cfg.data, load_tokenizer(cfg.instruct or cfg.base), cfg.max_seq_length, splits=("train", "valid"))
     scores_dir = Path(cfg.scores_path or Path(cfg.adapter_path) / "scores")
-    load = lambda: cpu_float32(load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0], guide_id, log)  # noqa: E731
-    ensure_scores(data, scores_dir, guide_id, role, load, log)
+    ensure_scores(data, scores_dir, guide_id, role, lambda: load_guide(guide_id, cfg.trust_remote_code, log), log)
     return {split: scores_file(scores_dir, split, role) for split in data}

@@ -31,7 +31,7 @@ from .errors import GiftError
 from .export import write_json
 from .models import check_compatible, cpu_float32, load_model, load_tokenizer, read_config
 from .objective import confidence, token_weights, weighted_sums
-from .scoring import ensure_scores
+from .scoring import ensure_scores, load_guide
 
 
 def add_lora(model, cfg):
@@ -304,13 +304,12 @@ def train(cfg: TrainConfig, log=print):
     out.mkdir(parents=True, exist_ok=True)
     if guide_id and not cfg.online_scores:
         scores = ensure_scores(data, cfg.scores_path or out / "scores", guide_id, role,
-                               lambda: cpu_float32(load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0],
-                                                   guide_id, log), log)
+                               lambda: load_guide(guide_id, cfg.trust_remote_code, log), log)
         weights = {s: [token_weights(q, cfg.floor, cfg.gamma) for q in scores[s]] for s in data}
 
     guide = guide_stream = blas_threads = None
     if guide_id and cfg.online_scores:
-        guide = cpu_float32(load_model(guide_id, trust_remote_code=cfg.trust_remote_code)[0], guide_id, log)
+        guide = load_guide(guide_id, cfg.trust_remote_code, log)
         guide.freeze()
         if mx.default_device() == mx.cpu:
             # MLX runs a CPU stream's element-wise ops on one thread: the guide's forward on a second stream
