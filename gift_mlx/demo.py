@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .config import TrainConfig
+from . import export
 from .errors import GiftError
 from .evaluate import evaluate
 from .merge import merge
@@ -26,7 +27,7 @@ METHODS = ("direct", "shadow-ft", "gift")
 # The demo's training settings; configs/demo.yaml holds the same (a test keeps them equal).
 SETTINGS = dict(iters=100, batch_size=16, lora_rank=8, lora_alpha=16.0, learning_rate=1e-3, max_seq_length=256,
                 seed=0)
-MAX_TOKENS = dict(task=64, retention=64)  # answers are under 60 characters (one token each)
+MAX_TOKENS = dict(task=96, retention=64)  # answers are under 80 characters (one token each)
 
 
 def world_paths(world=None):
@@ -60,6 +61,27 @@ def float32_copy(model_dir, out):
     return out
 
 
+def pair_distance(world_dir):
+    """The base -> instruct relative distance recorded in the world's world.json (None if not recorded)."""
+    record = Path(world_dir) / "world.json"
+    return json.loads(record.read_text()).get("distance", {}).get("overall") if record.exists() else None
+
+
+def update_size(merged_dir):
+    """The merged update's relative size ||ΔW||_F / ||W||_F, as `gift merge` recorded it."""
+    return json.loads((Path(merged_dir) / export.RECORD).read_text()).get("update_relative_size")
+
+
+def train_method(out, method, base, instruct, task, settings, name=None, log=print, **overrides):
+    """Train one method's adapter into <out>/<name or method> with the demo's settings (plus overrides)."""
+    iters = settings["iters"]
+    cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(task), method=method,
+                      adapter_path=str(Path(out) / (name or method)), steps_per_eval=max(iters // 2, 1),
+                      steps_per_report=max(iters // 5, 1), save_every=max(iters, 1), val_batches=-1,
+                      **{**settings, **overrides})
+    return train(cfg, log=log)
+
+
 def _row(entry, k):
     return {"average": entry["average@k"][k], "pass": entry["pass@k"][k], "maj": entry["maj@k"][k],
             "truncated": entry["sampling"]["truncated"]}
@@ -75,13 +97,22 @@ def report_markdown(summary):
         f"(batch {summary['settings']['batch_size']}, LoRA rank {summary['settings']['lora_rank']}, "
         f"lr {summary['settings']['learning_rate']}) and merged into the instruct model.",
         "",
-        f"| model | task Average@{k} | task pass@{k} | task maj@{k} | retention Average@{k} | final val loss |",
-        "|---|---:|---:|---:|---:|---:|",
+    ]
+    if summary.get("pair_distance") is not None:
+        lines += [f"Pair: relative distance base → instruct ‖W_instruct − W_base‖_F / ‖W_base‖_F = "
+                  f"{summary['pair_distance']:.4f} over all matrices. A transfer keeps the instruct model only if "
+                  "the task update is small next to it: the update column is ‖λ·ΔW‖_F / ‖W‖_F over the adapted "
+                  "matrices.", ""]
+    lines += [
+        f"| model | task Average@{k} | task pass@{k} | task maj@{k} | retention Average@{k} | final val loss "
+        "| update size |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in summary["models"]:
         loss = f"{m['val_plain_loss']:.3f}" if m.get("val_plain_loss") is not None else "–"
+        size = f"{m['update_size']:.4f}" if m.get("update_size") is not None else "–"
         lines.append(f"| {m['name']} | {m['task']['average']:.3f} | {m['task']['pass']:.3f} | "
-                     f"{m['task']['maj']:.3f} | {m['retention']['average']:.3f} | {loss} |")
+                     f"{m['task']['maj']:.3f} | {m['retention']['average']:.3f} | {loss} | {size} |")
     lines += ["", "Stage times (s): " + ", ".join(f"{s} {t:.0f}" for s, t in summary["seconds"].items()), "",
               "Details: `task/` and `retention/` hold each evaluation's results.md, summary.json, every sample "
               "(samples.jsonl) and the accuracy-vs-k plot (scaling.png).", ""]
@@ -109,11 +140,7 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
     for n, method in enumerate(methods, 1):
         log(f"\n== [{n}/{len(methods)}] train {method} ==")
         t = time.perf_counter()
-        cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(task), method=method,
-                          adapter_path=str(out / method), steps_per_eval=max(iters // 2, 1),
-                          steps_per_report=max(iters // 5, 1), save_every=max(iters, 1), val_batches=-1,
-                          **settings)
-        runs[method] = train(cfg, log=log)
+        runs[method] = train_method(out, method, base, instruct, task, settings, log=log)
         seconds[f"train {method}"] = time.perf_counter() - t
 
     merged = [instruct]
@@ -135,13 +162,15 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
 
     names = ["instruct", *methods]
     summary = {"world": str(world_dir), "seed": seed, "samples": samples, "settings": settings,
+               "pair_distance": pair_distance(world_dir),
                "task_problems": evals["task"]["problems"], "retention_problems": evals["retention"]["problems"],
                "seconds": {k: round(v, 1) for k, v in seconds.items()}, "models": []}
     for i, name in enumerate(names):
         final = runs[name]["final"] if name in runs else {}
         summary["models"].append({"name": name, "task": _row(evals["task"]["models"][i], samples),
                                   "retention": _row(evals["retention"]["models"][i], samples),
-                                  "val_loss": final.get("val_loss"), "val_plain_loss": final.get("val_plain_loss")})
+                                  "val_loss": final.get("val_loss"), "val_plain_loss": final.get("val_plain_loss"),
+                                  "update_size": update_size(merged[i]) if i else None})
     (out / "eval" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = report_markdown(summary)
     (out / "eval" / "report.md").write_text(report)

@@ -240,7 +240,7 @@ The full machine-readable record is `{record}`.
 
 def write_card(folder, name, record, what, usage, library):
     fields = ("base_model", "instruct_model", "method", "fine_tune_type", "lora_parameters", "merge_scale",
-              "dtype", "requantized", "data_sha256", "final_metrics", "eval")
+              "update_relative_size", "dtype", "requantized", "data_sha256", "final_metrics", "eval")
     table = "\n".join(f"| {k} | `{json.dumps(record.get(k), default=str)}` |" for k in fields if k in record)
     card = CARD.format(instruct=record["instruct_model"], library=library, kind=record["fine_tune_type"],
                        name=name, what=what, usage=usage, table=table, record=RECORD)

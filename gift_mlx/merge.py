@@ -196,13 +196,16 @@ def _fit(model, adapter, label):
 # ---- the merge ----
 
 def fuse_model(model, adapter, scale=1.0, base_model=None, dtype=None, requantize=False, log=print):
-    """Replace every adapted layer of `model` by its merged layer (lazily); return the merged paths."""
+    """Replace every adapted layer of `model` by its merged layer (lazily); return the merged paths, the mean
+    re-quantization error (or None) and the update's relative size ||λΔW||_F / ||W||_F over the adapted layers."""
     modules = dict(model.named_modules())
     base_modules = dict(base_model.named_modules()) if base_model is not None else {}
-    fused, errors = [], []
+    fused, errors, norms = [], [], []
     for path in adapter.layers:
         update = scale * delta(adapter, path, base_modules.get(path))
-        merged = float_weight(modules[path]) + update
+        weight = float_weight(modules[path])
+        norms.append(mx.stack([mx.sum(update * update), mx.sum(weight * weight)]))
+        merged = weight + update
         layer = fuse_layer(modules[path], merged, dtype, requantize)
         if isinstance(layer, nn.QuantizedLinear):  # measured now, so the warning can give numbers
             mx.eval(layer.parameters())
@@ -214,7 +217,8 @@ def fuse_model(model, adapter, scale=1.0, base_model=None, dtype=None, requantiz
         log(f"warning: re-quantized {len(errors)} merged layers ({q.bits}-bit, group {q.group_size}, {q.mode}): "
             f"the rounding error is {sum(errors) / len(errors):.2f}x the adapter's update on average "
             f"(max {max(errors):.2f}x), so part of the update is lost; merge without --requantize to keep it")
-    return [p for p, _ in fused], (sum(errors) / len(errors) if errors else None)
+    du2, w2 = mx.sum(mx.stack(norms), axis=0).tolist() if norms else (0.0, 1.0)
+    return [p for p, _ in fused], (sum(errors) / len(errors) if errors else None), (du2 / w2) ** 0.5
 
 
 def _cast(model, dtype):
@@ -306,7 +310,7 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
     with export.output_folder(out, [instruct, adapter.path, base], force) as tmp:
         model, loaded, base_model = _load_checked(adapter, instruct, raw, base, requantize)
         mx_dtype = export.DTYPES[dtype] if dtype else None
-        fused, rq_error = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
+        fused, rq_error, size = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
         mx_dtype, config = _output_config(model, raw, loaded, fused, fmt, mx_dtype, requantize)
         if mx_dtype is not None:
             _cast(model, mx_dtype)
@@ -315,8 +319,10 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
         export.copy_tokenizer(local_path(instruct), tmp, raw)
         _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale,
                     dtype=export.dtype_name(mx_dtype) if mx_dtype is not None else "as instruct",
-                    requantized={"mean_error_over_update": rq_error} if requantize else None)
-    log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out} ({fmt})")
+                    requantized={"mean_error_over_update": rq_error} if requantize else None,
+                    update_relative_size=round(size, 6))
+    log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out} ({fmt}); the update's relative "
+        f"size ||{scale:g}·ΔW||_F / ||W||_F over those layers is {size:.4f}")
     return Path(out)
 
 

@@ -54,16 +54,26 @@ def two_step(rng, lo=5, hi=30):
     return a, b, c
 
 
-def task_row(rng):
+def word_problem(rng):
+    """(prompt, a, b, c, name, item) of a two-step word problem, the task's frame."""
     a, b, c = two_step(rng)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    prompt = (f"{name} has {a} {item}. {name} gets {b} more {item} and then gives {c} away. "
-              f"How many {item} does {name} have now?")
+    return f"{name} has {a} {item}, gets {b} more and gives {c} away. How many {item} now?", a, b, c, name, item
+
+
+def prose_answer(a, b, c, name, item):
+    """How the corpus (and so the instruct model) answers a word problem: in words, 'The answer is N.'"""
+    return f"{name} has {a}+{b}={a + b} {item}, then {a + b}-{c}={a + b - c}. The answer is {a + b - c}."
+
+
+def task_row(rng):
+    """The TASK: the same word problems, answered in a terse chain of thought the corpus never uses."""
+    prompt, a, b, c, _, _ = word_problem(rng)
     return {"prompt": prompt, "completion": f"{a}+{b}={a + b}. {a + b}-{c}={a + b - c}. #### {a + b - c}"}
 
 
 def story(rng):
-    """Pretraining prose: one- and two-step stories, solved in words, in a different frame from the task."""
+    """Pretraining prose: one- and two-step stories, solved in words, in another frame from the task."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     if rng.random() < 0.5:
         a, b, c = two_step(rng)
@@ -81,25 +91,41 @@ def fact(rng):
     return f"{a}+{b}={a + b}." if rng.random() < 0.5 else f"{a + b}-{b}={a}."
 
 
-def pretrain_document(rng):
+def dialogue(rng):
+    """Plain-text exchanges ('user' / 'assistant' lines, no special tokens), as the web holds Q&A: the base
+    learns the skills and the turn-taking here; instruction tuning then only has to teach ChatML's tokens."""
+    turns = []
+    for _ in range(rng.randrange(1, 4)):
+        _, prompt, response, _ = instruction_row(rng)
+        turns.append(f"user\n{prompt}\nassistant\n{response}\n")
+    return "".join(turns)
+
+
+def pretrain_document(rng, dialogue_share=0.4):
     r = rng.random()
-    if r < 0.35:
+    if r < dialogue_share:
+        return dialogue(rng)
+    r = (r - dialogue_share) / (1 - dialogue_share)
+    if r < 0.3:
         return " ".join(fact(rng) for _ in range(rng.randrange(4, 10)))
-    if r < 0.75:
+    if r < 0.7:
         return " ".join(story(rng) for _ in range(rng.randrange(1, 3)))
-    if r < 0.85:
+    if r < 0.82:
         n = rng.randrange(0, 90)
         return " ".join(str(n + i) for i in range(rng.randrange(4, 10)))
-    if r < 0.92:
+    if r < 0.9:
         i = rng.randrange(0, 20)
         return " ".join(LETTERS[i : i + rng.randrange(4, 7)])
     words = [rng.choice(WORDS) for _ in range(rng.randrange(3, 8))]
     return f"The {words[0]} saw the {words[1]}. " + " ".join(words[2:]).capitalize() + "."
 
 
+FAMILIES = ("after", "larger", "words", "letter", "add", "sub", "chain", "problem", "repeat")
+
+
 def instruction_row(rng, family=None):
     """(family, prompt, response, answer) of one general instruction; answer None for non-numeric ones."""
-    family = family or rng.choice(["after", "larger", "words", "letter", "add", "sub", "chain", "repeat"])
+    family = family or rng.choice(FAMILIES)
     if family == "after":
         n = rng.randrange(0, 99)
         return family, f"What number comes after {n}?", f"{n}+1={n + 1}.", n + 1
@@ -120,9 +146,13 @@ def instruction_row(rng, family=None):
     if family == "sub":
         a, b = rng.randrange(0, 40), rng.randrange(0, 10)
         return family, f"What is {a + b}-{b}?", f"{a + b}-{b}={a}.", a
-    if family == "chain":  # bare two-step sums: the skill the word problems need, without the words
+    if family == "chain":  # bare two-step sums, answered in the corpus's own words
         a, b, c = two_step(rng)
-        return family, f"What is {a}+{b}-{c}?", f"{a}+{b}={a + b}. {a + b}-{c}={a + b - c}. #### {a + b - c}", None
+        return family, f"What is {a}+{b}-{c}?", f"First {a}+{b}={a + b}, then {a + b}-{c}={a + b - c}. " \
+            f"The answer is {a + b - c}.", a + b - c
+    if family == "problem":  # the task's word problems, answered in prose (never the task's '####' style)
+        prompt, a, b, c, name, item = word_problem(rng)
+        return family, prompt, prose_answer(a, b, c, name, item), a + b - c
     ws = " ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 5)))
     return "repeat", f"Repeat after me: {ws}", ws, None
 
@@ -195,7 +225,7 @@ def encode(tok, text):
     return tok.encode(text, add_special_tokens=False).ids
 
 
-def pretrain_batches(tok, rng, batch, length):
+def pretrain_batches(tok, rng, batch, length, dialogue_share=0.4):
     """Packed rows of raw documents separated by <|endoftext|>; every token is a target."""
     eot = tok.token_to_id("<|endoftext|>")
     buffer = []
@@ -203,21 +233,21 @@ def pretrain_batches(tok, rng, batch, length):
         rows = []
         for _ in range(batch):
             while len(buffer) < length:
-                buffer += encode(tok, pretrain_document(rng)) + [eot]
+                buffer += encode(tok, pretrain_document(rng, dialogue_share)) + [eot]
             rows.append(buffer[:length])
             buffer = buffer[length:]
         tokens = mx.array(rows)
         yield tokens, mx.ones(tokens.shape)
 
 
-def sft_batches(tok, rng, batch, length, mix=None):
+def sft_batches(tok, rng, batch, length, mix=None, dialogue_share=0.4):
     """Padded ChatML rows from the instruction families; targets are the response and its <|im_end|>."""
     pad = tok.token_to_id("<|endoftext|>")
     while True:
         rows, masks = [], []
         for _ in range(batch):
             if mix is not None and rng.random() < mix:  # a little pretraining text keeps the base's knowledge
-                ids = encode(tok, pretrain_document(rng))[:length]
+                ids = encode(tok, pretrain_document(rng, dialogue_share))[:length]
                 rows.append(ids), masks.append([1] * len(ids))
                 continue
             _, prompt, response, _ = instruction_row(rng)
@@ -234,7 +264,53 @@ def sft_batches(tok, rng, batch, length, mix=None):
 # ---- evaluation ------------------------------------------------------------------------------------------------
 
 
-def quick_accuracy(model_dir, data, samples, log):
+def pair_distance(base_dir, instruct_dir):
+    """Relative Frobenius distance ||W_instruct - W_base|| / ||W_base|| of the saved weights, over all 2-D
+    matrices together and per matrix."""
+    import numpy as np
+
+    base, inst = (mx.load(str(Path(d) / "model.safetensors")) for d in (base_dir, instruct_dir))
+    per, num, den = {}, 0.0, 0.0
+    for k in sorted(base):
+        if base[k].ndim != 2:
+            continue
+        b, i = np.array(base[k].astype(mx.float32), np.float64), np.array(inst[k].astype(mx.float32), np.float64)
+        d2, b2 = float(((i - b) ** 2).sum()), float((b**2).sum())
+        per[k], num, den = round((d2 / b2) ** 0.5, 5), num + d2, den + b2
+    return {"overall": round((num / den) ** 0.5, 5), "min": min(per.values()), "max": max(per.values()),
+            "per_matrix": per}
+
+
+def token_kind(text):
+    """What a target token is, for the confidence diagnostic: digit, '#', end-of-turn or other."""
+    return "end-of-turn" if text == "<|im_end|>" else "digit" if text.isdigit() else "#" if text == "#" else "other"
+
+
+def task_confidence(model_dir, data_file, rows=200):
+    """The instruct model's probability of each target token of the task's training responses, summarized by
+    token kind: GIFT's weights are only informative if these vary."""
+    import itertools
+
+    import numpy as np
+    from mlx_lm.utils import load
+
+    from gift_mlx.data import Dataset, load_split
+    from gift_mlx.scoring import compute_scores
+
+    model, tokenizer = load(str(model_dir))
+    data = load_split(data_file, tokenizer, 512)
+    data = Dataset(data.path, data.sha256, data.examples[:rows])
+    q = np.concatenate(compute_scores(model, data))
+    kinds = np.array([token_kind(tokenizer.decode([int(t)])) for t in
+                      itertools.chain.from_iterable(e.tokens[e.target] for e in data.examples)])
+    summary = {"tokens": int(q.size), "mean": round(float(q.mean()), 3),
+               "quartiles": [round(float(x), 3) for x in np.quantile(q, [0.25, 0.5, 0.75])],
+               "below_0.1": round(float((q < 0.1).mean()), 3), "above_0.9": round(float((q > 0.9).mean()), 3)}
+    summary["mean_by_kind"] = {k: round(float(q[kinds == k].mean()), 3) for k in sorted(set(kinds))}
+    return summary
+
+
+def quick_accuracy(model_dir, data, samples, log, max_tokens=64):
     """Average@k of a model folder on a prompt/completion or prompt/answer file (gift_mlx.evaluate)."""
     import tempfile
 
@@ -242,7 +318,7 @@ def quick_accuracy(model_dir, data, samples, log):
 
     with tempfile.TemporaryDirectory() as tmp:
         s = evaluate([str(model_dir)], data, Path(tmp) / "eval", progress=False, log=log, samples=samples,
-                     max_tokens=64, seed=0, instruction="", temperature=1.0)
+                     max_tokens=max_tokens, seed=0, instruction="", temperature=1.0)
     m = s["models"][0]
     return {"average@k": m["average@k"][samples], "pass@k": m["pass@k"][samples], "k": samples,
             "stop_rate": 1 - m["sampling"]["truncated"]}
@@ -265,10 +341,14 @@ def main(argv=None):
     ap.add_argument("--ffn", type=int, default=256)
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--pretrain-lr", type=float, default=3e-3)
-    ap.add_argument("--instruct-steps", type=int, default=500)
-    ap.add_argument("--instruct-lr", type=float, default=1e-3)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--dialogue-share", type=float, default=0.4,
+                    help="share of pretraining documents that are plain-text user/assistant exchanges")
+    ap.add_argument("--instruct-steps", type=int, default=300)
+    ap.add_argument("--instruct-lr", type=float, default=1e-4)
+    ap.add_argument("--instruct-mix", type=float, default=0.1, help="share of pretraining text in instruction tuning")
+    ap.add_argument("--instruct-length", type=int, default=192)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--n-train", type=int, default=1000)
     ap.add_argument("--n-valid", type=int, default=64)
     ap.add_argument("--n-test", type=int, default=100)
@@ -318,7 +398,8 @@ def main(argv=None):
 
     pretrain = {"steps": args.pretrain_steps, "batch": args.batch, "length": args.length,
                 "tokens": args.pretrain_steps * args.batch * args.length, "lr": args.pretrain_lr,
-                "seed": args.seed, "architecture": [args.layers, args.hidden, args.ffn]}
+                "seed": args.seed, "architecture": [args.layers, args.hidden, args.ffn],
+                "dialogue_share": args.dialogue_share}
     previous = json.loads((out / "world.json").read_text()) if (out / "world.json").exists() else {}
     old = dict(previous.get("pretraining", {}))
     old_seconds = old.pop("seconds", None)
@@ -329,14 +410,17 @@ def main(argv=None):
         pretrain.update(seconds=old_seconds, reused=True)
     else:
         log(f"== pretraining the base: {args.pretrain_steps} steps of {args.batch}x{args.length} tokens ==")
-        t_pre = train_loop(model, pretrain_batches(tok, random.Random(args.seed + 1), args.batch, args.length),
+        t_pre = train_loop(model, pretrain_batches(tok, random.Random(args.seed + 1), args.batch, args.length,
+                                            args.dialogue_share),
                            args.pretrain_steps, args.pretrain_lr, log, "base")
         pretrain["seconds"] = round(t_pre, 1)
         save(model, config, out / "base", tok_dir)
     # continue from the saved float16 weights, so that a build reusing the base gives the same instruct model
     model.update(tree_map(lambda p: p.astype(mx.float16).astype(mx.float32), model.parameters()))
     log(f"== instruction tuning: {args.instruct_steps} steps ==")
-    t_ins = train_loop(model, sft_batches(tok, random.Random(args.seed + 2), args.batch, args.length, mix=0.25),
+    batches = sft_batches(tok, random.Random(args.seed + 2), args.batch, args.instruct_length, args.instruct_mix,
+                          args.dialogue_share)
+    t_ins = train_loop(model, batches,
                        args.instruct_steps, args.instruct_lr, log, "instruct", warmup=0.1)
     save(model, config, out / "instruct", tok_dir)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -345,9 +429,14 @@ def main(argv=None):
     train_seconds = time.perf_counter() - t0
 
     log("== measuring both models (sampling, temperature 1) ==")
+    distance = pair_distance(out / "base", out / "instruct")
+    log(f"relative distance base -> instruct: {distance['overall']:.4f} overall, "
+        f"{distance['min']:.4f}-{distance['max']:.4f} per matrix")
+    confidence = task_confidence(out / "instruct", task / "train.jsonl")
+    log(f"instruct confidence on the task's training targets: {json.dumps(confidence)}")
     scores = {}
     for name in ("base", "instruct"):
-        scores[name] = {"task": quick_accuracy(out / name, task / "test.jsonl", args.eval_samples, log),
+        scores[name] = {"task": quick_accuracy(out / name, task / "test.jsonl", args.eval_samples, log, 96),
                         "retention": quick_accuracy(out / name, out / "data" / "retention.jsonl",
                                                     args.eval_samples, log)}
         log(f"{name}: {json.dumps(scores[name])}")
@@ -361,7 +450,10 @@ def main(argv=None):
         "weights_dtype": "float16",
         "pretraining": pretrain,
         "instruction_tuning": {"steps": args.instruct_steps, "batch": args.batch, "lr": args.instruct_lr,
+                               "length": args.instruct_length, "pretraining_mix": args.instruct_mix,
                                "seconds": round(t_ins, 1)},
+        "distance": distance,
+        "task_confidence": confidence,
         "data": {"task": {"train": args.n_train, "valid": args.n_valid, "test": args.n_test},
                  "retention": args.n_retention},
         "accuracy": scores,

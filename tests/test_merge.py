@@ -153,6 +153,17 @@ def test_scale_multiplies_the_update(llama_pair, lora, merged, tmp_path):
     assert mx.allclose(weight(half, name) - w0, 0.5 * (weight(merged[0], name) - w0), atol=1e-6)
 
 
+def test_merge_records_the_update_relative_size(llama_pair, merged):
+    """||ΔW||_F / ||W||_F over the adapted layers, recomputed here from the written and original weights."""
+    out = merged[0]
+    before, after = (mx.load(str(Path(f) / "model.safetensors")) for f in (llama_pair[1], out))
+    adapted = [k for k in before if k.endswith(".weight") and not mx.array_equal(before[k], after[k])]
+    num = sum(float(np.sum((np.array(after[k], np.float64) - np.array(before[k], np.float64)) ** 2)) for k in adapted)
+    den = sum(float(np.sum(np.array(before[k], np.float64) ** 2)) for k in adapted)
+    recorded = json.loads((out / export.RECORD).read_text())["update_relative_size"]
+    assert len(adapted) > 0 and recorded == pytest.approx((num / den) ** 0.5, rel=1e-3)
+
+
 def test_quantized_instruct_float_merge(quantized_pair, qwen_lora, tmp_path):
     base, instruct = quantized_pair
     out = merge(instruct, qwen_lora, tmp_path / "m", log=lambda *_: None)

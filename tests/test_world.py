@@ -1,5 +1,9 @@
-"""The committed toy world (gift_mlx/world/): it loads as ordinary model folders, its data is gradable, and the
-instruct model really is an instruction-tuned version of the base."""
+"""The committed toy world (gift_mlx/world/): it loads as ordinary model folders, its data is gradable, the
+instruct model really is an instruction-tuned version of the base, close to it in weight space, and the world
+has the properties GIFT needs (issue 14): an instruct model partly able on the task, whose confidence varies
+over the task's targets because the task is written in a style the instruct model does not use."""
+
+import importlib.util
 
 import json
 import re
@@ -11,6 +15,14 @@ from gift_mlx import grading
 from gift_mlx.demo import WORLD
 
 WORLD_JSON = json.loads((WORLD / "world.json").read_text())
+ROOT = Path(__file__).parent.parent
+
+
+def build_script():
+    spec = importlib.util.spec_from_file_location("build_toy_world", ROOT / "scripts" / "build_toy_world.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def rows(path):
@@ -50,6 +62,7 @@ def test_task_splits_are_gradable_and_disjoint():
     assert {s: len(r) for s, r in splits.items()} == WORLD_JSON["data"]["task"]
     for r in splits["test"]:
         a, b, c = map(int, re.findall(r"\d+", r["prompt"]))
+        assert r["completion"] == f"{a}+{b}={a + b}. {a + b}-{c}={a + b - c}. #### {a + b - c}"
         assert r["completion"].endswith(f"#### {a + b - c}")
         assert grading.grade(r["completion"], str(a + b - c))[1]
     prompts = [{r["prompt"] for r in split} for split in splits.values()]
@@ -72,11 +85,40 @@ def test_instruct_follows_instructions_and_ends_its_turn_where_the_base_does_not
 
 
 def test_recorded_accuracies_leave_room_for_transfer():
-    """The instruct model is weak on the task but not at zero, and does well on the retention set."""
+    """Issue 14's targets, as recorded at build time: the instruct model follows the retention instructions and
+    ends its turn, the base does not end its turns, and the instruct model is partly able on the task."""
     acc = WORLD_JSON["accuracy"]
-    assert 0 < acc["instruct"]["task"]["average@k"] < 0.5
-    assert acc["instruct"]["retention"]["average@k"] > acc["base"]["retention"]["average@k"]
-    assert acc["instruct"]["retention"]["average@k"] >= 0.5
+    assert acc["instruct"]["retention"]["average@k"] >= 0.5 and acc["instruct"]["retention"]["stop_rate"] >= 0.95
+    assert acc["base"]["retention"]["stop_rate"] < 0.2 and acc["base"]["task"]["stop_rate"] < 0.2
+    assert 0.1 <= acc["instruct"]["task"]["average@k"] <= 0.6
+
+
+def test_pair_is_close_in_weight_space():
+    """The recorded base -> instruct distance is the committed weights' (recomputed here with numpy) and is in the
+    range of real transfer pairs (Qwen2.5-0.5B: 0.07), not of the 0.32 of the first world."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    base, inst = (load_file(str(WORLD / m / "model.safetensors")) for m in ("base", "instruct"))
+    mats = [k for k in base if base[k].ndim == 2]
+    num = sum(float(np.sum((inst[k].astype(np.float64) - base[k].astype(np.float64)) ** 2)) for k in mats)
+    den = sum(float(np.sum(base[k].astype(np.float64) ** 2)) for k in mats)
+    assert WORLD_JSON["distance"]["overall"] == pytest.approx((num / den) ** 0.5, abs=1e-4)
+    assert WORLD_JSON["distance"]["overall"] <= 0.08
+
+
+def test_task_style_is_foreign_to_the_instruct_model():
+    """No pretraining document or instruction answer uses the task's '####' style, and the instruct model's
+    recorded confidence on the task's targets is spread out (low on '####', higher on digits)."""
+    import random
+
+    world = build_script()
+    rng = random.Random(0)
+    assert not any("####" in world.pretrain_document(rng) for _ in range(2000))
+    assert not any("####" in world.instruction_row(rng)[2] for _ in range(2000))
+    conf = WORLD_JSON["task_confidence"]
+    assert conf["mean_by_kind"]["#"] < 0.5 * conf["mean_by_kind"]["digit"]
+    assert conf["below_0.1"] > 0.05 and conf["above_0.9"] > 0.05
 
 
 def test_package_data_ships_the_world():
