@@ -1,3 +1,5 @@
+"""`python -m gift_mlx`: the `gift` command line."""
+
 from .cli import main
 
 main()

@@ -1,8 +1,10 @@
-"""Sampling-based evaluation with test-time scaling: Average@k, unbiased pass@k and maj@k for k = 1, 2, 4, ... n.
+"""`gift eval`: sample every problem n times per model, grade each sample, write the records and the summary.
 
-Problems are read as they are published (GSM8K, MATH, generic, multiple choice, chat), prompted through the
-model's chat template, and sampled with mlx-lm's continuous-batching BatchGenerator. Each problem's prompt is
-prefilled once and its KV cache shared by its n samples, so the cost of the prompt is paid once, not n times.
+Problems come from problems.py (published record shapes), the metrics (Average@k, pass@k, maj@k for
+k = 1, 2, 4, ... n) from metrics.py, answers are graded by grading.py and the scaling plot drawn by plot.py.
+Prompts go through the model's chat template and are sampled with mlx-lm's continuous-batching
+BatchGenerator; each problem's prompt is prefilled once and its KV cache shared by its n samples, so the
+cost of the prompt is paid once, not n times.
 """
 
 import json
@@ -15,28 +17,10 @@ import numpy as np
 
 from . import grading
 from .errors import GiftError
-from .export import staged_folder
+from .metrics import ks_for, sample_metrics
 from .models import local_path
-
-DEFAULT_INSTRUCTIONS = {
-    "math": "Please reason step by step, and put your final answer within \\boxed{}.",
-    "choice": "Answer with the letter of the correct choice, and put it within \\boxed{}.",
-}
-SHAPES = "GSM8K question+answer, MATH problem+solution, prompt/question+answer, question+choices+answer, " \
-         "or messages with a reference"
-
-
-@dataclass
-class Problem:
-    line: int
-    messages: list  # the conversation up to the answer, without the instruction
-    reference: str  # a math answer, or a choice letter when n_choices is set
-    n_choices: int = 0
-
-    @property
-    def kind(self):
-        return "choice" if self.n_choices else "math"
-
+from .outputs import staged_folder
+from .problems import prompt_messages, read_problems
 
 @dataclass
 class EvalSettings:
@@ -67,154 +51,11 @@ class EvalSettings:
                 raise GiftError(message)
 
 
-# ---- reading problems -------------------------------------------------------------------------------------
-
-
-def _string(record, key, where):
-    if not isinstance(record[key], str):
-        raise GiftError(f"{where}: field '{key}' must be a string, got {type(record[key]).__name__}")
-    return record[key]
-
-
-def _reference(record, where):
-    """The reference answer of a non-choice record: GSM8K '#### N', a plain answer, a boxed solution, a completion."""
-    if "answer" in record:
-        answer = record["answer"]
-        if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
-            raise GiftError(f"{where}: field 'answer' must be a string or number, got {type(answer).__name__}")
-        answer = str(answer)
-        return answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
-    for key, extract in (("solution", grading.last_boxed), ("completion", grading.extract_answer)):
-        if key in record:
-            found = extract(_string(record, key, where))
-            if found is None:
-                raise GiftError(f"{where}: field '{key}' states no final answer (no \\boxed{{}} or '#### N')")
-            return found
-    return None
-
-
-def _choice_problem(record, where, line):
-    choices, labels = record["choices"], None
-    if isinstance(choices, dict) and {"text", "label"} <= set(choices):  # ARC: {"text": [...], "label": [...]}
-        choices, labels = choices["text"], [str(x) for x in choices["label"]]
-    if not isinstance(choices, list) or not 2 <= len(choices) <= 26 or not all(isinstance(c, str) for c in choices):
-        raise GiftError(f"{where}: field 'choices' must be a list of 2 to 26 strings")
-    key = "answer" if "answer" in record else "answerKey"
-    answer = record.get(key)
-    if labels and str(answer) in labels:
-        answer = labels.index(str(answer))
-    letter = grading.choice_letter(answer, len(choices))
-    if letter is None:
-        raise GiftError(f"{where}: field '{key}' must be a choice index or letter among {len(choices)} choices")
-    options = "\n".join(f"{grading.LETTERS[i]}. {c}" for i, c in enumerate(choices))
-    question = _string(record, "question", where)
-    return Problem(line, [{"role": "user", "content": f"{question}\n\n{options}"}], letter, len(choices))
-
-
-def _chat_problem(record, where, line):
-    messages = record["messages"]
-    if not isinstance(messages, list) or not messages or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
-    ):
-        raise GiftError(f"{where}: 'messages' must be a non-empty list of {{role, content}} string objects")
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    reference = _reference({k: v for k, v in record.items() if k in ("answer", "solution")}, where)
-    if messages[-1]["role"] == "assistant":  # the final assistant turn is the reference unless one is given
-        last = messages.pop()["content"]
-        reference = reference if reference is not None else (grading.extract_answer(last) or last.strip())
-    if reference is None or not messages or messages[-1]["role"] != "user":
-        raise GiftError(f"{where}: 'messages' must end with a user turn (plus an assistant reference or an 'answer')")
-    return Problem(line, messages, reference)
-
-
-def to_problem(record, where, line=0):
-    """A Problem from one record in any supported published shape."""
-    if "messages" in record:
-        return _chat_problem(record, where, line)
-    if "choices" in record and "question" in record and ({"answer", "answerKey"} & set(record)):
-        return _choice_problem(record, where, line)
-    question = next((k for k in ("problem", "question", "prompt") if k in record), None)
-    reference = _reference(record, where) if question else None
-    if reference is None:
-        raise GiftError(f"{where}: unknown eval record shape (fields: {', '.join(sorted(record)) or 'none'}); "
-                        f"expected {SHAPES}")
-    return Problem(line, [{"role": "user", "content": _string(record, question, where)}], reference)
-
-
-def read_problems(data, limit=None):
-    """Problems from a JSONL file (or a data folder's test.jsonl), the first `limit` of them."""
-    from .data import read_jsonl
-
-    path = Path(data)
-    path = path / "test.jsonl" if path.is_dir() else path
-    if not path.is_file():
-        raise GiftError(f"{data}: no such eval file (or folder with test.jsonl)")
-    rows = read_jsonl(path)[:limit]
-    return [to_problem(record, f"{path}:{n}", n) for n, record in rows]
-
-
-def prompt_messages(problem, instruction=None):
-    """The problem's conversation with the instruction appended to its last user turn."""
-    instruction = DEFAULT_INSTRUCTIONS[problem.kind] if instruction is None else instruction
-    messages = [dict(m) for m in problem.messages]
-    if instruction:
-        messages[-1]["content"] += "\n" + instruction
-    return messages
-
-
 def prompt_tokens(tokenizer, messages):
     """Token ids of the prompt through the chat template (plain text for a tokenizer that has none)."""
     if getattr(tokenizer, "has_chat_template", False):
         return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
     return tokenizer.encode("\n\n".join(m["content"] for m in messages) + "\n")
-
-
-# ---- metrics ----------------------------------------------------------------------------------------------
-
-
-def ks_for(n):
-    """k = 1, 2, 4, ... up to n, and n itself."""
-    ks = [2**i for i in range(n.bit_length()) if 2**i <= n] if n >= 1 else []
-    return ks + [n] if ks and ks[-1] != n else ks
-
-
-def pass_at_k(n, c, k):
-    """Unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k), as a stable product."""
-    if not 1 <= k <= n or not 0 <= c <= n:
-        raise GiftError(f"pass@k needs 1 <= k <= n and 0 <= c <= n (n={n}, c={c}, k={k})")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def average_at_k(correct, k):
-    """Average@k: mean accuracy over the first k samples of every problem (Average@16 for a 16-sample run)."""
-    return float(np.mean([np.mean(c[:k]) for c in correct]))
-
-
-def maj_at_k(correct, keys, k):
-    """maj@k: accuracy of the majority answer among k samples, averaged over the n // k disjoint groups of k.
-
-    Averaging over groups uses all n samples (less variance than only the first k); a group without any
-    extracted answer counts as wrong.
-    """
-    scores = []
-    for c, key in zip(correct, keys):
-        for g in range(0, len(c) - k + 1, k):
-            i = grading.majority_index(key[g : g + k])
-            scores.append(i is not None and bool(c[g + i]))
-    return float(np.mean(scores))
-
-
-def sample_metrics(correct, keys):
-    """{metric: {k: value}} for per-problem lists of correctness flags and canonical answers (n samples each)."""
-    n = len(correct[0])
-    ks = ks_for(n)
-    return {
-        "average@k": {k: average_at_k(correct, k) for k in ks},
-        "pass@k": {k: float(np.mean([pass_at_k(n, int(sum(c)), k) for c in correct])) for k in ks},
-        "maj@k": {k: maj_at_k(correct, keys, k) for k in ks},
-    }
 
 
 # ---- batched generation -----------------------------------------------------------------------------------
@@ -346,7 +187,7 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
 
 @contextmanager
 def staged_output(out, overwrite=False):
-    """Yield a hidden staging folder that replaces `out` only when the block completes (export.staged_folder).
+    """Yield a hidden staging folder that replaces `out` only when the block completes (outputs.staged_folder).
 
     An interrupted or failed run removes its staging folder and leaves `out` as it was. An existing non-empty
     `out` is replaced only with overwrite=True and only when it holds a previous evaluation (summary.json).

@@ -1,28 +1,25 @@
-"""Writing outputs of `gift merge` and `gift export-adapter`.
+"""Output formats of `gift merge` and `gift export-adapter`: model weights, configs and cards, PEFT adapters.
 
-Every output is built in a hidden sibling folder and renamed into place at the end, so an interrupted run
-leaves no half-written model. Weights are written in MLX or Hugging Face (transformers) layout; an adapter
-can be rewritten in PEFT's layout. Each output carries a model card (README.md) and a machine-readable
-record (gift_export.json) of where it came from.
+Weights are written in MLX or Hugging Face (transformers) layout; an adapter can be rewritten in PEFT's
+layout. Each output carries a model card (README.md) and a machine-readable record (gift_export.json) of
+where it came from. The folders themselves are staged and checked by outputs.py; adapters are read by
+adapters.py.
 """
 
 import datetime
-import glob
 import json
-import os
 import re
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
 
 from . import __version__
+from .adapters import WEIGHTS, read_adapter, read_run_record
 from .data import file_sha256
 from .errors import GiftError
+from .outputs import RECORD, output_folder, write_json
 
-RECORD = "gift_export.json"
-RUN_RECORD = "gift_run.json"  # written by `gift train` beside the adapter
 QUANT_KEYS = ("quantization", "quantization_config")
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 # Architectures whose mlx-lm tensor names are transformers' names (mlx-lm only drops rotary inv_freq and
@@ -38,75 +35,6 @@ TOKENIZER_FILES = (
     "merges.txt", "tokenizer.model", "*.tiktoken", "chat_template.jinja", "chat_template.json",
     "generation_config.json", "*.py",
 )
-
-
-# ---- output folders ----
-
-def _overlaps(a, b):
-    return a == b or a in b.parents or b in a.parents
-
-
-def check_output(out, inputs=(), force=False):
-    """Refuse outputs that would overwrite an input or an existing folder; return the resolved path."""
-    out = Path(out).resolve()
-    for p in inputs:
-        if p and Path(p).exists() and _overlaps(out, Path(p).resolve()):
-            raise GiftError(f"{out}: the output must not be, contain or lie inside the input {p}")
-    if out.exists() and not force:
-        raise GiftError(f"{out}: already exists (pass --force to replace it)")
-    # --force deletes the old output, so only ever delete what gift wrote (or an empty folder).
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / RECORD).is_file())):
-        raise GiftError(f"{out}: exists and was not written by gift (no {RECORD}); not replacing it")
-    return out
-
-
-@contextmanager
-def output_folder(out, inputs=(), force=False):
-    """check_output, then staged_folder."""
-    with staged_folder(check_output(out, inputs, force)) as tmp:
-        yield tmp
-
-
-@contextmanager
-def staged_folder(out):
-    """Yield a temporary sibling folder that replaces `out` in one rename on success and is removed on failure.
-    The caller decides beforehand whether an existing `out` may be replaced."""
-    out = Path(out)
-    remove_orphans(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():  # --force: move the old output aside first, so some complete output exists at every moment
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-
-
-def remove_orphans(out):
-    """Delete temporary folders beside `out` left by a killed run (SIGKILL skips clean-up): those whose
-    process is gone."""
-    for tmp in Path(out).parent.glob(f".{glob.escape(Path(out).name)}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 # ---- weights, configs, tokenizer ----
@@ -135,13 +63,6 @@ def write_weights(folder, weights, fmt="mlx"):
         del shard
     index["weight_map"] = dict(sorted(index["weight_map"].items()))
     write_json(Path(folder) / "model.safetensors.index.json", index)
-
-
-def write_json(path, data):
-    """Atomic: written beside and renamed into place, so a reader never sees half a file."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def dtype_name(dtype):
@@ -177,14 +98,6 @@ def copy_tokenizer(src, dst, config):
 
 # ---- model card and record ----
 
-def read_run_record(adapter_path):
-    path = Path(adapter_path) / RUN_RECORD
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise GiftError(f"{path}: cannot read run record ({e})")
-
-
 def build_record(adapter, kind, fmt, **extra):
     """Provenance of an output: models, method, data hash, hyperparameters, eval results when known.
 
@@ -193,7 +106,7 @@ def build_record(adapter, kind, fmt, **extra):
     run = read_run_record(adapter.path)
     cfg = adapter.config
     data = run.get("data") or {}
-    adapter_file = adapter.path / "adapters.safetensors"
+    adapter_file = adapter.path / WEIGHTS
     return {
         "gift_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -293,8 +206,6 @@ def export_peft(adapter_path, out, instruct=None, scale=1.0, force=False):
 
     PEFT stores A as (r, in) and B as (out, r), the transposes of mlx-lm's, under `base_model.model.<module>`.
     """
-    from .merge import read_adapter  # merge imports this module, so import it here
-
     adapter = read_adapter(adapter_path)
     if adapter.kind != "lora":
         raise GiftError(

@@ -12,7 +12,6 @@ The instruct model is loaded lazily and written shard by shard, so a merge needs
 """
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -20,61 +19,14 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import export
+from .adapters import read_adapter
 from .errors import GiftError
 from .models import check_compatible, load_model, local_path, read_config
+from .outputs import output_folder, write_json
 
 FORMATS = ("mlx", "hf")
-LEAVES = ("lora_a", "lora_b", "m")
 LINEARS = (nn.Linear, nn.QuantizedLinear)
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
-
-
-@dataclass
-class Adapter:
-    path: Path
-    config: dict
-    kind: str  # lora | dora
-    scale: float  # mlx-lm's LoRA scale (alpha / rank)
-    layers: dict  # module path -> {"lora_a": (in, r), "lora_b": (r, out), "m": (out,) for DoRA}
-
-
-def read_adapter(path):
-    """Read and check an mlx-lm adapter folder (adapter_config.json + adapters.safetensors)."""
-    folder = Path(path)
-    cfg_file, weights_file = folder / "adapter_config.json", folder / "adapters.safetensors"
-    if not (cfg_file.is_file() and weights_file.is_file()):
-        raise GiftError(f"{folder}: not an adapter folder (needs adapter_config.json and adapters.safetensors)")
-    try:
-        config = json.loads(cfg_file.read_text())
-        weights = mx.load(str(weights_file))
-    except (OSError, ValueError, RuntimeError) as e:
-        raise GiftError(f"{folder}: cannot read adapter ({str(e).splitlines()[0]})")
-    kind = config.get("fine_tune_type", "lora")
-    if kind not in ("lora", "dora"):
-        raise GiftError(f"{cfg_file}: fine_tune_type '{kind}' cannot be merged (only lora and dora)")
-    params = config.get("lora_parameters") or {}
-    if "rank" not in params or "scale" not in params:
-        raise GiftError(f"{cfg_file}: lora_parameters needs 'rank' and 'scale'")
-    layers = {}
-    for name, w in weights.items():
-        module, _, leaf = name.rpartition(".")
-        if leaf not in LEAVES:
-            raise GiftError(f"{weights_file}: tensor {name} is not a LoRA/DoRA tensor")
-        layers.setdefault(module, {})[leaf] = w
-    _check_layers(layers, kind, int(params["rank"]), weights_file)
-    return Adapter(folder, config, kind, float(params["scale"]), layers)
-
-
-def _check_layers(layers, kind, rank, weights_file):
-    needed = {"lora_a", "lora_b"} | ({"m"} if kind == "dora" else set())
-    if not layers:
-        raise GiftError(f"{weights_file}: holds no adapter tensors")
-    for module, t in layers.items():
-        if set(t) != needed:
-            raise GiftError(f"{weights_file}: {module} has {sorted(t)}, expected {sorted(needed)}")
-        if t["lora_a"].ndim != 2 or t["lora_a"].shape[1] != rank or t["lora_b"].shape[0] != rank:
-            raise GiftError(f"{weights_file}: {module}: lora_a {tuple(t['lora_a'].shape)} and lora_b "
-                            f"{tuple(t['lora_b'].shape)} do not have rank {rank}")
 
 
 # ---- the arithmetic ----
@@ -307,7 +259,7 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
     raw = read_config(instruct)
     if fmt == "hf":
         export.check_hf(raw)
-    with export.output_folder(out, [instruct, adapter.path, base], force) as tmp:
+    with output_folder(out, [instruct, adapter.path, base], force) as tmp:
         model, loaded, base_model = _load_checked(adapter, instruct, raw, base, requantize)
         mx_dtype = export.DTYPES[dtype] if dtype else None
         fused, rq_error, size = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
@@ -315,7 +267,7 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
         if mx_dtype is not None:
             _cast(model, mx_dtype)
         export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx")
-        export.write_json(tmp / "config.json", config)
+        write_json(tmp / "config.json", config)
         export.copy_tokenizer(local_path(instruct), tmp, raw)
         _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale,
                     dtype=export.dtype_name(mx_dtype) if mx_dtype is not None else "as instruct",

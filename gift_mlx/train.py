@@ -24,11 +24,10 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tqdm import tqdm
 
-from . import __version__, blas
+from . import __version__, adapters, blas
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError
-from .export import write_json
 from .models import check_compatible, cpu_float32, load_model, load_tokenizer, read_config
 from .objective import confidence, token_weights, weighted_sums
 from .scoring import ensure_scores, load_guide
@@ -161,13 +160,6 @@ def validation_loss(model, dataset, weights, cfg, pad_id, guide=None, world=None
     return {"val_loss": wl / max(sw, 1e-12), "val_plain_loss": l / max(n, 1)}
 
 
-def save_adapter(model, path):
-    """Atomic write of the trainable (adapter) parameters."""
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.safetensors")
-    mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
-    os.replace(tmp, path)
-
-
 # Settings a resumed run must share with the run that wrote the checkpoint.
 RESUME_FIELDS = ("base", "instruct", "data", "method", "online_scores", "floor", "gamma", "fine_tune_type",
                  "lora_rank", "lora_alpha", "lora_dropout", "lora_keys", "num_layers", "iters", "epochs",
@@ -213,7 +205,7 @@ def save_checkpoint(out, step, model, optimizer, cfg, keep, world):
     tmp = out / f".{path.stem}.tmp.safetensors"  # hidden: never mistaken for a checkpoint
     mx.save_safetensors(str(tmp), tensors, metadata={"step": str(step), "settings": settings_hash(cfg)})
     os.replace(tmp, path)
-    save_adapter(model, out / "adapters.safetensors")
+    adapters.write_weights(model, out)
     for old in sorted(out.glob("checkpoint-*.safetensors"))[:-keep]:
         old.unlink()
     return path
@@ -332,8 +324,8 @@ def train(cfg: TrainConfig, log=print):
         log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
         val_set = None
     if rank == 0:
-        write_json(out / "adapter_config.json", {**adapter_config, "model": trained_id, "base_model": cfg.base,
-                                                 "instruct_model": cfg.instruct, "method": cfg.method})
+        adapters.write_config(out, {**adapter_config, "model": trained_id, "base_model": cfg.base,
+                                    "instruct_model": cfg.instruct, "method": cfg.method})
     metrics_file = open(out / "metrics.jsonl" if rank == 0 else os.devnull, "a" if start else "w")
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"train: {cfg.method} on {trained_id}, {steps} steps of {global_batch} rows, "
@@ -413,6 +405,6 @@ def train(cfg: TrainConfig, log=print):
         "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "final": final,
     }
     if rank == 0:
-        write_json(out / "gift_run.json", record)
-    log(f"adapter: {out / 'adapters.safetensors'}" + (f" (final loss {final['loss']:.4f})" if final else ""))
+        adapters.write_run_record(out, record)
+    log(f"adapter: {out / adapters.WEIGHTS}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record

@@ -24,6 +24,7 @@ from mlx_lm.sample_utils import make_sampler
 
 from gift_mlx import evaluate as ev
 from gift_mlx import toy
+from gift_mlx.problems import prompt_messages, to_problem
 from gift_mlx.models import load_model
 
 
@@ -63,8 +64,8 @@ def main():
     model_id = args.model or toy.build_pair(tmp.name, "llama", hidden=256, layers=4, heads=4, kv_heads=2, ffn=512)[0]
     model, tokenizer, config = load_model(model_id)
     rows = toy.arithmetic_records(args.problems, seed=1)
-    problems = [ev.to_problem({"prompt": r["prompt"], "answer": "0"}, "bench") for r in rows]
-    prompts = [ev.prompt_tokens(tokenizer, ev.prompt_messages(p)) for p in problems]
+    problems = [to_problem({"prompt": r["prompt"], "answer": "0"}, "bench") for r in rows]
+    prompts = [ev.prompt_tokens(tokenizer, prompt_messages(p)) for p in problems]
     sampler = make_sampler(args.temperature)
 
     # Warm up both paths (kernel compilation, allocator) so the timings measure steady-state work.

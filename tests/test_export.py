@@ -12,7 +12,7 @@ import mlx.core as mx
 import pytest
 from test_merge import TOKENS, logits, make_adapter, max_diff, quantized_pair, qwen_lora, run_cli  # noqa: F401
 
-from gift_mlx import export
+from gift_mlx import export, outputs
 from gift_mlx.merge import merge
 from gift_mlx.models import load_model
 
@@ -65,7 +65,7 @@ def test_hf_export_matches_mlx(tied_pair, tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert chat == "<|im_start|>user\nhi<|im_end|>\n"
-    assert json.loads((out / export.RECORD).read_text())["format"] == "hf"
+    assert json.loads((out / outputs.RECORD).read_text())["format"] == "hf"
 
 
 def test_hf_export_of_quantized_instruct_in_bfloat16(quantized_pair, qwen_lora, tmp_path):

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from gift_mlx import export, toy
+from gift_mlx import export, outputs, toy
 from gift_mlx.cli import main
 from gift_mlx.merge import merge
 from gift_mlx.models import load_model
@@ -113,10 +113,10 @@ def test_merged_folder_is_a_served_model(llama_pair, merged):
     out, _ = merged
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
-            "tokenizer_config.json", "generation_config.json", "README.md", export.RECORD} <= names
+            "tokenizer_config.json", "generation_config.json", "README.md", outputs.RECORD} <= names
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
     assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == toy.CHATML
-    record = json.loads((out / export.RECORD).read_text())
+    record = json.loads((out / outputs.RECORD).read_text())
     assert record["instruct_model"] == str(llama_pair[1]) and record["base_model"] == str(llama_pair[0])
     assert record["method"] == "gift" and record["merge_scale"] == 1.0 and len(record["adapter"]["sha256"]) == 64
     assert "mlx_lm.generate" in (out / "README.md").read_text()
@@ -141,7 +141,7 @@ def test_merge_of_an_adapter_from_gift_train(llama_pair, task_data, tmp_path):
     got = logits(load_model(out)[0])
     assert max_diff(got, logits(load_model(instruct, adapter_path=str(tmp_path / "a"))[0])) < 1e-4
     assert max_diff(got, logits(load_model(instruct)[0])) > 1e-3
-    record = json.loads((out / export.RECORD).read_text())
+    record = json.loads((out / outputs.RECORD).read_text())
     assert len(record["data_sha256"]["train"]) == 64 and record["hyperparameters"]["learning_rate"] == 0.05
     assert "data_sha256" in (out / "README.md").read_text()
 
@@ -187,7 +187,7 @@ def test_quantized_instruct_requantize_warns(quantized_pair, qwen_lora, tmp_path
     on_the_fly = logits(load_model(instruct, adapter_path=str(qwen_lora))[0])
     # rounding blurs the update but it must not vanish (mlx-lm issue #1172)
     assert max_diff(logits(model), on_the_fly) < 0.5 * max_diff(logits(load_model(instruct)[0]), on_the_fly)
-    assert json.loads((out / export.RECORD).read_text())["requantized"]["mean_error_over_update"] > 0
+    assert json.loads((out / outputs.RECORD).read_text())["requantized"]["mean_error_over_update"] > 0
 
 
 def test_dtype_casts_float_layers_only(quantized_pair, qwen_lora, tmp_path):

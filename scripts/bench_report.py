@@ -1,0 +1,200 @@
+"""The report of scripts/bench_train.py: its measurements (results.json) as the markdown section of docs/benchmarks.md.
+
+Reads only the `res` dict bench_train.py builds (runs, padding, machine, profile) and measures nothing. The
+ratio targets (gift against mlx_lm.lora) are judged here, so what counts as "met" is read in one place.
+"""
+
+import sys
+from pathlib import Path
+
+BEGIN, END = "<!-- bench_train:begin -->", "<!-- bench_train:end -->"
+
+
+def fmt(x, d=0):
+    return "–" if x is None else f"{x:,.{d}f}"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def report(res):
+    p, m, runs, pad = res["profile"], res["machine"], res["runs"], res["padding"]
+    L = []
+    w = L.append
+    w(f"## Training throughput against mlx_lm.lora ({res['mode']} run)")
+    w("")
+    w(f"- Date: {res['date']}; wall time of the whole benchmark {res['wall_s'] / 60:.1f} min")
+    w(f"- Command: `{res['command']}`")
+    w(f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, {m['os']}, device {m['device']}; "
+      f"Python {m['python']}, mlx {m['mlx']}, mlx-lm {m['mlx_lm']}; gift-mlx at {m['commit']}")
+    w(f"- GPU: {res['gpu']}")
+    w(f"- Load average (1 min) at start / end: {res['load'][0]:.2f} / {res['load'][1]:.2f} "
+      "(the cores are shared; per-run load is in the table at the end)")
+    w(f"- BLAS: gift's preload {res['blas']['gift'][1]} → {fmt(res['blas']['gift'][0], 1)} GFLOP/s (`gift doctor`, "
+      f"1024² matmul); GIFT_BLAS=0 (the wheel's) → {fmt(res['blas']['wheel'][0], 1)} GFLOP/s. Inside the mlx_lm.lora "
+      f"processes (512² matmul): with LD_PRELOAD={res['openblas']} {fmt(runs['peer-openblas']['blas_gflops'], 1)} GFLOP/s, "
+      f"as installed {fmt(runs['peer-wheel']['blas_gflops'], 1)} GFLOP/s.")
+    w(f"- Model: llama, hidden {p['hidden']}, {p['layers']} layers, {p['heads']} heads ({p['kv_heads']} KV), "
+      f"FFN {p['ffn']}, vocabulary {res['vocab']}: {res['parameters'] / 1e6:.1f}M parameters (float32); "
+      f"the instruct model is the same shape.")
+    w(f"- Data: {p['n_train']} training rows of arithmetic chains ({p['terms'][0]}-{p['terms'][1]} terms), "
+      f"{res['data']['min']}-{res['data']['max']} tokens (mean {res['data']['mean']:.0f}, "
+      f"{res['data']['target_share'] * 100:.0f}% targets); max_seq_length {p['max_seq_length']}.")
+    w(f"- Hyperparameters (both trainers): LoRA rank {p['rank']}, scale {p['alpha'] / p['rank']:g}, dropout 0.05, "
+      f"every linear layer of all {p['layers']} blocks; batch {p['batch_size']}; AdamW lr 2e-4, weight decay 0, "
+      f"10% warmup then cosine; seed 0. Steps: {p['iters']} with OpenBLAS, {p['wheel_iters']} with the wheel's BLAS "
+      f"(over ten times slower per step). Warm-up left out of every figure: the first {res['warmup_steps']} steps "
+      f"of a {p['iters']}-step run (compilation, allocator growth), step 1 of a {p['wheel_iters']}-step run. "
+      "Validation (not timed): "
+      "gift 1 batch at the end, mlx_lm.lora --val-batches 0.")
+    w("")
+    w("### Results")
+    w("")
+    w("| configuration | BLAS | runs × steps; counted (steady) | s/step | target tok/s | all tok/s | "
+      "target tok/s, steady | s/step, steady | batch shapes | retrace s (est.) | step 1 (s) | MLX peak GB | max RSS GB |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    names = [n for n in ("peer-openblas", "peer-wheel", "gift-cached", "gift-online", "gift-wheel") if n in runs]
+    blas_of = {"peer-openblas": "OpenBLAS (LD_PRELOAD)", "peer-wheel": "wheel (reference)",
+               "gift-cached": "OpenBLAS (gift preload)", "gift-online": "OpenBLAS (gift preload)",
+               "gift-wheel": "wheel (GIFT_BLAS=0)"}
+    label = {"peer-openblas": "mlx_lm.lora", "peer-wheel": "mlx_lm.lora", "gift-cached": "gift train, cached scores",
+             "gift-online": "gift train --online-scores", "gift-wheel": "gift train, cached scores"}
+    for n in names:
+        r = runs[n]
+        wm, st = r["warm"] or {}, r["steady"] or {}
+        dist = f", {r['disturbed']} disturbed left out" if r.get("disturbed") else ""
+        w(f"| {label[n]} | {blas_of[n]} | {r['rounds']} × {len(r['_steps']) // r['rounds']}; {wm.get('steps', 0)} ({st.get('steps', 0)}{dist}) | {fmt(wm.get('s_per_step'), 2)} | "
+          f"{fmt(wm.get('target_tokens_per_s'))} | {fmt(wm.get('tokens_per_s'))} | {fmt(st.get('target_tokens_per_s'))} | "
+          f"{fmt(st.get('s_per_step'), 2)} | {r['shapes']} | {fmt(r.get('retrace_s'), 1)} | {fmt(r['first_step_s'], 1)} | {fmt(r['peak_memory_gb'], 3)} | "
+          f"{fmt(r['maxrss_gb'], 3)} |")
+    sc = runs["gift-score"]
+    w(f"| gift score (train split) | OpenBLAS (gift preload) | – | – | {fmt(sc['target_tokens_per_s'])} | "
+      f"{fmt(sc['tokens_per_s'])} | – | – | – | – | – | – | {fmt(sc['maxrss_gb'], 3)} |")
+    w("")
+    w("Columns: \"s/step\", \"target tok/s\" and \"all tok/s\" count every step after the warm-up (they include the retraces "
+      "of the compiled step for batch shapes not seen before; \"retrace s\" estimates one retrace: a new shape's step "
+      "time beyond its tokens at the steady rate); the \"steady\" columns count only steps whose batch "
+      "shape was already compiled (the long-run rate), less any step that took over twice the run's median time per "
+      "token (slowed by other work on the shared cores; counted as \"disturbed\"). Target tokens = response tokens + end-of-turn; all tokens = "
+      "non-padding positions; both counted the same way for both trainers. "
+      f"mlx_lm.lora's own tok/s (prompt-masked positions, its count) after the warm-up, first run: "
+      f"{fmt(runs['peer-openblas']['own_tokens_per_s_warm'])} (OpenBLAS). "
+      f"gift score: {sc['target_tokens']:,} target tokens in {sc['seconds']:.1f} s (its own log line; one uncompiled "
+      "forward pass per length-sorted batch).")
+    w("")
+    w("### Ratios and targets")
+    w("")
+    w("| target | measured | met? |")
+    w("|---|---|---|")
+    for t in res["targets"]:
+        met = "–" if t["met"] is None else "yes" if t["met"] else "**no**"
+        w(f"| {t['name']} | {t['text']} | {met} |")
+    w("")
+    w("### Padding (one epoch of this data, computed from the data)")
+    w("")
+    w("| batching | padded share of input positions | padded widths |")
+    w("|---|---|---|")
+    for k in ("mlx_lm.lora", "gift", "sorted, exact lengths", "gift score (scoring.score_batches)"):
+        if k not in pad:
+            continue
+        widths = pad[k]["widths"]
+        w(f"| {k} | {pad[k]['padded_share'] * 100:.1f}% | {', '.join(map(str, widths)) if widths else '–'} |")
+    w("")
+    w("mlx_lm.lora sorts by `len()` of the raw record (a dict of 2 keys for prompt/completion data), so its batches "
+      "are consecutive rows of the file, shuffled, each padded to a multiple of 32 of its longest row. gift sorts "
+      f"by token length within shuffled windows of 64 batches and pads to the 8 lengths data.fit_pad_lengths fits to the rows ({', '.join(map(str, pad['_pad_lengths']))}). "
+      "\"sorted, exact lengths\": the same sorted batches padded to their longest row (no bucket set): the floor "
+      "for batch-level padding. The last row is the scoring pass (forward only), widths shown as rows×length.")
+    w("")
+    w("### Runs")
+    w("")
+    w("| run | wall s | CPU s | load before → after | command |")
+    w("|---|---|---|---|---|")
+    for r in res["processes"]:
+        cmd = r["command"].replace(str(res["work"]), "$WORK").replace(sys.executable, "python")
+        w(f"| {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} | `{cmd}` |")
+    w("")
+    checks = [f"mlx_lm.lora stdout tok/s lines match its callback: {runs['peer-openblas']['stdout_matches_callback']}",
+              f"mlx_lm.lora's own token count = Σ(length − offset + 1): {runs['peer-openblas']['own_token_count_matches']}"]
+    for n in names:
+        if n.startswith("gift"):
+            checks.append(f"{n}: replayed batches match every reported step: {runs[n]['replay_matches']}")
+    w("Checks: " + "; ".join(checks) + ". `$WORK` is the benchmark's scratch folder.")
+    return "\n".join(L) + "\n"
+
+
+def targets(runs, pad, warmup_steps):
+    """The ratio targets, each with its measured value and whether it is met (warmup_steps(n): steps left out)."""
+    def steady(n, key):
+        r = runs.get(n)
+        return ((r.get("steady") or r.get("warm") or {}).get(key)) if r else None
+
+    def warm(n, key):
+        r = runs.get(n)
+        return (r.get("warm") or {}).get(key) if r else None
+
+    out = []
+
+    def add(name, value, ok, text):
+        out.append({"name": name, "value": value, "met": bool(value is not None and ok(value)), "text": text})
+
+    r1 = ratio(steady("gift-cached", "target_tokens_per_s"), steady("peer-openblas", "target_tokens_per_s"))
+    r1w = ratio(warm("gift-cached", "target_tokens_per_s"), warm("peer-openblas", "target_tokens_per_s"))
+    r1a = ratio(steady("gift-cached", "tokens_per_s"), steady("peer-openblas", "tokens_per_s"))
+    add("gift cached ≥ 1.0× mlx_lm.lora tokens/s, same BLAS (OpenBLAS both)", r1, lambda v: v >= 1.0,
+        f"{fmt(r1, 2)}× target tok/s steady ({fmt(r1a, 2)}× all tok/s; {fmt(r1w, 2)}× target tok/s incl. retraces)")
+    if "gift-wheel" in runs:
+        r = ratio(warm("gift-wheel", "target_tokens_per_s"), warm("peer-wheel", "target_tokens_per_s"))
+        ra = ratio(warm("gift-wheel", "tokens_per_s"), warm("peer-wheel", "tokens_per_s"))
+        add("gift cached ≥ 1.0× mlx_lm.lora tokens/s, same BLAS (wheel's reference BLAS both)", r, lambda v: v >= 1.0,
+            f"{fmt(r, 2)}× target tok/s ({fmt(ra, 2)}× all tok/s), steps after step 1")
+    r2 = ratio(steady("gift-cached", "target_tokens_per_s"), warm("peer-wheel", "target_tokens_per_s"))
+    r2a = ratio(steady("gift-cached", "tokens_per_s"), warm("peer-wheel", "tokens_per_s"))
+    add("out of the box on Linux CPU: gift cached ≥ 3× mlx_lm.lora as installed", r2, lambda v: v >= 3.0,
+        f"{fmt(r2, 1)}× target tok/s ({fmt(r2a, 1)}× all tok/s)")
+    # online vs cached: the same seed gives the same batches, so compare step times over the same steps
+    ca = runs["gift-cached"]
+    skip = warmup_steps(len(runs["gift-online"]["_steps"]))
+    pairs = [(o["time"], c["time"]) for o, c in zip(runs["gift-online"]["_steps"][skip:], ca["_steps"][skip:])
+             if not (o["new_shape"] or c["new_shape"] or o["disturbed"] or c["disturbed"])]
+    r3 = ratio(sum(o for o, _ in pairs), sum(c for _, c in pairs)) if pairs else None
+    r3w = ratio(warm("gift-online", "s_per_step"), warm("gift-cached", "s_per_step"))
+    add("online scoring ≤ 1.4× the time of a cached-score step", r3, lambda v: v <= 1.4,
+        f"{fmt(r3, 2)}× s/step over the {len(pairs)} steady steps of both runs (the same batches: same seed); "
+        f"{fmt(r3w, 2)}× over all steps after the warm-up")
+    sc = runs["gift-score"]
+    r4 = ratio(sc["target_tokens_per_s"], steady("gift-cached", "target_tokens_per_s"))
+    add("scoring pass ≥ 2.5× training tokens/s", r4, lambda v: v >= 2.5,
+        f"{fmt(r4, 2)}× ({fmt(sc['target_tokens_per_s'])} vs {fmt(steady('gift-cached', 'target_tokens_per_s'))} target tok/s)")
+    r5 = ratio(ca["peak_memory_gb"], runs["peer-openblas"]["peak_memory_gb"])
+    r5r = ratio(ca["maxrss_gb"], runs["peer-openblas"]["maxrss_gb"])
+    add("peak memory, cached scores ≤ 1.1× mlx_lm.lora", r5, lambda v: v <= 1.1,
+        f"{fmt(r5, 2)}× MLX peak ({fmt(ca['peak_memory_gb'], 3)} vs {fmt(runs['peer-openblas']['peak_memory_gb'], 3)} GB); "
+        f"max RSS {fmt(r5r, 2)}× ({fmt(ca['maxrss_gb'], 3)} vs {fmt(runs['peer-openblas']['maxrss_gb'], 3)} GB)")
+    # Cross-check less sensitive to other processes on the cores: CPU seconds of the whole process (load,
+    # compilation, every step, validation, save). Both trainers see every training row once in an epoch.
+    cpu = {n: runs[n]["cpu_s"] for n in ("peer-openblas", "gift-cached", "gift-online") if n in runs}
+    out.append({"name": "cross-check: CPU seconds per process (lower is faster)", "value": None, "met": None,
+                "text": f"mlx_lm.lora {cpu['peer-openblas']:.0f} s, gift cached {cpu['gift-cached']:.0f} s "
+                        f"({cpu['peer-openblas'] / cpu['gift-cached']:.2f}× less), gift online {cpu['gift-online']:.0f} s "
+                        f"({cpu['gift-online'] / cpu['gift-cached']:.2f}× cached)"})
+    rp = pad["gift"]["padded_share"], pad["mlx_lm.lora"]["padded_share"]
+    add("less padding than mlx_lm.lora's batching", rp[0], lambda v: v < rp[1],
+        f"{rp[0] * 100:.1f}% vs {rp[1] * 100:.1f}% padded positions")
+    rs = runs["gift-cached"]["shapes"], runs["peer-openblas"]["shapes"]
+    add("compiled step traced for only a few batch shapes", rs[0], lambda v: v <= 8,
+        f"gift {rs[0]} shapes in {len(runs['gift-cached']['_steps'])} steps (mlx_lm.lora {rs[1]})")
+    return out
+
+
+def write_doc(path, section):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    block = f"{BEGIN}\n{section}{END}\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.write_text(new)
