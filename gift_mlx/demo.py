@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from .config import TrainConfig
-from . import export
 from .errors import GiftError
 from .evaluate import evaluate
 from .merge import merge
+from .outputs import RECORD
 from .train import train
 
 WORLD = Path(__file__).parent / "world"
@@ -69,7 +69,7 @@ def pair_distance(world_dir):
 
 def update_size(merged_dir):
     """The merged update's relative size ||ΔW||_F / ||W||_F, as `gift merge` recorded it."""
-    return json.loads((Path(merged_dir) / export.RECORD).read_text()).get("update_relative_size")
+    return json.loads((Path(merged_dir) / RECORD).read_text()).get("update_relative_size")
 
 
 def train_method(out, method, base, instruct, task, settings, name=None, log=print, **overrides):

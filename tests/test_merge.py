@@ -160,7 +160,7 @@ def test_merge_records_the_update_relative_size(llama_pair, merged):
     adapted = [k for k in before if k.endswith(".weight") and not mx.array_equal(before[k], after[k])]
     num = sum(float(np.sum((np.array(after[k], np.float64) - np.array(before[k], np.float64)) ** 2)) for k in adapted)
     den = sum(float(np.sum(np.array(before[k], np.float64) ** 2)) for k in adapted)
-    recorded = json.loads((out / export.RECORD).read_text())["update_relative_size"]
+    recorded = json.loads((out / outputs.RECORD).read_text())["update_relative_size"]
     assert len(adapted) > 0 and recorded == pytest.approx((num / den) ** 0.5, rel=1e-3)
 
 
