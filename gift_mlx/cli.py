@@ -106,7 +106,7 @@ def train(**options):
 
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for the adapters, merged models and report.")
-@click.option("--iters", type=int, default=None, help="Optimizer steps per method (default: configs/demo.yaml's, 100).")
+@click.option("--iters", type=int, default=None, help="Optimizer steps per method (default: configs/demo.yaml's, 32).")
 @click.option("--samples", default=4, show_default=True, help="Samples per problem (Average@k, pass@k, maj@k).")
 @click.option("--seed", default=0, show_default=True, help="Seed of LoRA init, data order and sampling.")
 @click.option("--gift-base", is_flag=True, help="Also run the paper's ablation (base model's own confidences).")

@@ -67,9 +67,11 @@ def prose_answer(a, b, c, name, item):
 
 
 def task_row(rng):
-    """The TASK: the same word problems, answered in a terse chain of thought the corpus never uses."""
-    prompt, a, b, c, _, _ = word_problem(rng)
-    return {"prompt": prompt, "completion": f"{a}+{b}={a + b}. {a + b}-{c}={a + b - c}. #### {a + b - c}"}
+    """The TASK: two-step sums, which the corpus and the instruct model answer in words ("First ..., then ....
+    The answer is N."), written in a terse chain of thought with '#### N' that neither ever uses."""
+    a, b, c = two_step(rng)
+    return {"prompt": f"What is {a}+{b}-{c}?",
+            "completion": f"{a}+{b}={a + b}. {a + b}-{c}={a + b - c}. #### {a + b - c}"}
 
 
 def story(rng):
@@ -91,20 +93,22 @@ def fact(rng):
     return f"{a}+{b}={a + b}." if rng.random() < 0.5 else f"{a + b}-{b}={a}."
 
 
-def dialogue(rng):
+def dialogue(rng, focus=0.0):
     """Plain-text exchanges ('user' / 'assistant' lines, no special tokens), as the web holds Q&A: the base
-    learns the skills and the turn-taking here; instruction tuning then only has to teach ChatML's tokens."""
+    learns the skills and the turn-taking here; instruction tuning then only has to teach ChatML's tokens.
+    With focus > 0, that share of the turns are word problems or bare two-step sums (the annealing phase)."""
     turns = []
     for _ in range(rng.randrange(1, 4)):
-        _, prompt, response, _ = instruction_row(rng)
+        family = rng.choice(("problem", "chain")) if focus and rng.random() < focus else None
+        _, prompt, response, _ = instruction_row(rng, family)
         turns.append(f"user\n{prompt}\nassistant\n{response}\n")
     return "".join(turns)
 
 
-def pretrain_document(rng, dialogue_share=0.4):
+def pretrain_document(rng, dialogue_share=0.4, focus=0.0):
     r = rng.random()
     if r < dialogue_share:
-        return dialogue(rng)
+        return dialogue(rng, focus)
     r = (r - dialogue_share) / (1 - dialogue_share)
     if r < 0.3:
         return " ".join(fact(rng) for _ in range(rng.randrange(4, 10)))
@@ -225,7 +229,7 @@ def encode(tok, text):
     return tok.encode(text, add_special_tokens=False).ids
 
 
-def pretrain_batches(tok, rng, batch, length, dialogue_share=0.4):
+def pretrain_batches(tok, rng, batch, length, dialogue_share=0.4, focus=0.0):
     """Packed rows of raw documents separated by <|endoftext|>; every token is a target."""
     eot = tok.token_to_id("<|endoftext|>")
     buffer = []
@@ -233,7 +237,7 @@ def pretrain_batches(tok, rng, batch, length, dialogue_share=0.4):
         rows = []
         for _ in range(batch):
             while len(buffer) < length:
-                buffer += encode(tok, pretrain_document(rng, dialogue_share)) + [eot]
+                buffer += encode(tok, pretrain_document(rng, dialogue_share, focus)) + [eot]
             rows.append(buffer[:length])
             buffer = buffer[length:]
         tokens = mx.array(rows)
@@ -339,12 +343,18 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--ffn", type=int, default=256)
-    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--pretrain-steps", type=int, default=1200)
     ap.add_argument("--pretrain-lr", type=float, default=3e-3)
-    ap.add_argument("--dialogue-share", type=float, default=0.4,
+    ap.add_argument("--dialogue-share", type=float, default=0.5,
                     help="share of pretraining documents that are plain-text user/assistant exchanges")
+    ap.add_argument("--anneal-steps", type=int, default=500,
+                    help="a second pretraining phase (as real mid-training) richer in dialogues and word problems")
+    ap.add_argument("--anneal-lr", type=float, default=1e-3)
+    ap.add_argument("--anneal-share", type=float, default=0.8, help="dialogue share of the annealing documents")
+    ap.add_argument("--anneal-focus", type=float, default=0.5,
+                    help="share of the annealing dialogue turns that are word problems or two-step sums")
     ap.add_argument("--instruct-steps", type=int, default=300)
-    ap.add_argument("--instruct-lr", type=float, default=1e-4)
+    ap.add_argument("--instruct-lr", type=float, default=2e-4)
     ap.add_argument("--instruct-mix", type=float, default=0.1, help="share of pretraining text in instruction tuning")
     ap.add_argument("--instruct-length", type=int, default=192)
     ap.add_argument("--batch", type=int, default=16)
@@ -400,11 +410,18 @@ def main(argv=None):
                 "tokens": args.pretrain_steps * args.batch * args.length, "lr": args.pretrain_lr,
                 "seed": args.seed, "architecture": [args.layers, args.hidden, args.ffn],
                 "dialogue_share": args.dialogue_share}
+    anneal = ({"steps": args.anneal_steps, "lr": args.anneal_lr, "dialogue_share": args.anneal_share,
+               "focus": args.anneal_focus} if args.anneal_steps else None)
     previous = json.loads((out / "world.json").read_text()) if (out / "world.json").exists() else {}
     old = dict(previous.get("pretraining", {}))
     old_seconds = old.pop("seconds", None)
+    old_anneal = old.pop("anneal", None)
     old.pop("reused", None)
-    if args.reuse_base and old == pretrain and (out / "base" / "model.safetensors").exists():
+    old_anneal_seconds = old_anneal.pop("seconds", None) if old_anneal else None
+    reuse = args.reuse_base and old == pretrain and (out / "base" / "model.safetensors").exists()
+    if reuse and old_anneal not in (None, anneal):  # the saved base went through another annealing phase
+        reuse = False
+    if reuse:
         log("== pretraining: reusing the base of an earlier build with the same settings (--reuse-base) ==")
         model.load_weights(str(out / "base" / "model.safetensors"))
         pretrain.update(seconds=old_seconds, reused=True)
@@ -415,6 +432,19 @@ def main(argv=None):
                            args.pretrain_steps, args.pretrain_lr, log, "base")
         pretrain["seconds"] = round(t_pre, 1)
         save(model, config, out / "base", tok_dir)
+    if anneal and reuse and old_anneal == anneal:
+        anneal["seconds"], anneal["reused"] = old_anneal_seconds, True
+    elif anneal:
+        # from the saved float16 weights, so that annealing a reused base gives the same result
+        model.update(tree_map(lambda p: p.astype(mx.float16).astype(mx.float32), model.parameters()))
+        log(f"== annealing the base: {args.anneal_steps} steps, dialogue share {args.anneal_share}, "
+            f"word-problem focus {args.anneal_focus} ==")
+        batches = pretrain_batches(tok, random.Random(args.seed + 3), args.batch, args.length, args.anneal_share,
+                                   args.anneal_focus)
+        anneal["seconds"] = round(train_loop(model, batches, args.anneal_steps, args.anneal_lr, log, "anneal"), 1)
+        save(model, config, out / "base", tok_dir)
+    if anneal:
+        pretrain["anneal"] = anneal
     # continue from the saved float16 weights, so that a build reusing the base gives the same instruct model
     model.update(tree_map(lambda p: p.astype(mx.float16).astype(mx.float32), model.parameters()))
     log(f"== instruction tuning: {args.instruct_steps} steps ==")
@@ -459,7 +489,8 @@ def main(argv=None):
         "accuracy": scores,
         "train_seconds": round(train_seconds, 1),
         # with --reuse-base: this run plus the earlier pretraining it reused
-        "build_seconds": round(time.perf_counter() - t0 + (pretrain["seconds"] if pretrain.get("reused") else 0), 1),
+        "build_seconds": round(time.perf_counter() - t0 + (pretrain["seconds"] if pretrain.get("reused") else 0)
+                               + (anneal["seconds"] if anneal and anneal.get("reused") else 0), 1),
         "machine": f"{mx.default_device()}",
     }
     (out / "world.json").write_text(json.dumps(record, indent=2) + "\n")
