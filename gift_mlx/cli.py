@@ -38,9 +38,11 @@ TRAIN_OPTIONS = [
     click.option("--instruct", help="Instruct model: Hub id or folder (chat template, confidences)."),
     click.option("--data", help="Folder with train/valid.jsonl, or one .jsonl file."),
     click.option("--adapter-path", help="Output folder for the adapter (default: adapters)."),
-    click.option("--method", type=click.Choice(["gift", "shadow-ft", "direct", "gift-base"]), help="Default: gift."),
+    click.option("--method", type=click.Choice(["gift", "shadow-ft", "direct", "gift-base", "dft"]), help="Default: gift."),
     click.option("--scores-path", help="Folder of cached score files (default: <adapter-path>/scores)."),
     click.option("--online-scores", is_flag=True, default=None, help="Score inside the training step."),
+    click.option("--pair-check/--no-pair-check", default=None,
+                 help="Measure base vs instruct before training (default: when both are on this machine)."),
     click.option("--floor", type=float, help="Weight floor: w = max(q, floor)^gamma (default 1e-4)."),
     click.option("--gamma", type=float, help="Weight exponent (default 1)."),
     click.option("--fine-tune-type", type=click.Choice(["lora", "dora"])),
@@ -117,6 +119,20 @@ def demo(out, iters, samples, seed, gift_base, world, limit):
     from .demo import demo as run
 
     run(out, iters=iters, samples=samples, seed=seed, gift_base=gift_base, world=world, limit=limit, log=click.echo)
+
+
+@main.command("pair-check")
+@click.argument("base")
+@click.argument("instruct")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON (per tensor, type and layer).")
+def pair_check_command(base, instruct, as_json):
+    """Is BASE/INSTRUCT a transfer pair? Architecture, tensors, tokenizers, and how far apart the weights are."""
+    import json
+
+    from .pair_check import pair_check, summary_text
+
+    result = pair_check(base, instruct)
+    click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
 @main.command()

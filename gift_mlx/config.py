@@ -9,7 +9,7 @@ import yaml
 
 from .errors import GiftError
 
-METHODS = ("gift", "shadow-ft", "direct", "gift-base")
+METHODS = ("gift", "shadow-ft", "direct", "gift-base", "dft")
 NUMBER_TYPES = {int: int, float: float, Optional[int]: int}
 
 
@@ -20,9 +20,10 @@ class TrainConfig:
     instruct: Optional[str] = None  # Hub id or folder: chat template, confidences, merge target
     data: Optional[str] = None  # folder with train/valid(/test).jsonl, or one .jsonl file
     adapter_path: str = "adapters"
-    method: str = "gift"  # gift | shadow-ft | direct | gift-base
+    method: str = "gift"  # gift | shadow-ft | direct | gift-base | dft
     scores_path: Optional[str] = None  # folder of cached score files (default: <adapter_path>/scores)
     online_scores: bool = False  # compute confidences inside the step, instruct held in memory
+    pair_check: Optional[bool] = None  # measure base vs instruct first; None: when both are on this machine
     # weights w = max(q, floor)^gamma
     floor: float = 1e-4
     gamma: float = 1.0

@@ -39,12 +39,13 @@ TOKENIZER_FILES = (
 
 # ---- weights, configs, tokenizer ----
 
-def write_weights(folder, weights, fmt="mlx"):
+def write_weights(folder, weights, fmt="mlx", extras=None):
     """Save `weights` (the dict is emptied) as safetensors shards plus an index.
 
     With lazily loaded inputs, tensors are computed one at a time (so the float32 temporaries of a merged
     layer exist for one layer only) and each shard is written and released before the next: the peak
-    memory is about one shard, not the whole model.
+    memory is about one shard, not the whole model. `extras` maps a tensor name to arrays computed with it
+    (a merged layer's measures), so that they share its computation.
     """
     from mlx_lm.utils import make_shards
 
@@ -55,8 +56,8 @@ def write_weights(folder, weights, fmt="mlx"):
     index = {"metadata": {"total_size": 0}, "weight_map": {}}
     for i, name in enumerate(names):
         shard, shards[i] = shards[i], None
-        for v in shard.values():
-            mx.eval(v)
+        for k, v in shard.items():
+            mx.eval(v, *(extras or {}).get(k, ()))
         mx.save_safetensors(str(Path(folder) / name), shard, metadata={"format": fmt})
         index["metadata"]["total_size"] += sum(v.nbytes for v in shard.values())
         index["weight_map"].update(dict.fromkeys(shard, name))

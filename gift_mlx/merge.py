@@ -12,6 +12,7 @@ The instruct model is loaded lazily and written shard by shard, so a merge needs
 """
 
 import json
+import math
 from pathlib import Path
 
 import mlx.core as mx
@@ -23,6 +24,7 @@ from .adapters import read_adapter
 from .errors import GiftError
 from .models import check_compatible, load_model, local_path, read_config
 from .outputs import output_folder, write_json
+from .pair_check import distance_over, known_result
 
 FORMATS = ("mlx", "hf")
 LINEARS = (nn.Linear, nn.QuantizedLinear)
@@ -151,13 +153,16 @@ def fuse_model(model, adapter, scale=1.0, base_model=None, dtype=None, requantiz
     """Replace every adapted layer of `model` by its merged layer (lazily); return the merged paths."""
     modules = dict(model.named_modules())
     base_modules = dict(base_model.named_modules()) if base_model is not None else {}
-    fused, errors = [], []
+    fused, errors, sizes = [], [], {}
     for path in adapter.layers:
         update = scale * delta(adapter, path, base_modules.get(path))
-        merged = float_weight(modules[path]) + update
+        weight = float_weight(modules[path])
+        merged = weight + update
+        # ‖λΔW‖² and ‖W_instruct‖², evaluated with the merged weight when it is written (no second read)
+        sizes[f"{path}.weight"] = [mx.square(update).sum(), mx.square(weight).sum()]
         layer = fuse_layer(modules[path], merged, dtype, requantize)
         if isinstance(layer, nn.QuantizedLinear):  # measured now, so the warning can give numbers
-            mx.eval(layer.parameters())
+            mx.eval(layer.parameters(), sizes[f"{path}.weight"])
             errors.append(requantization_error(layer, merged, update))
             q = layer
         fused.append((path, layer))
@@ -166,7 +171,7 @@ def fuse_model(model, adapter, scale=1.0, base_model=None, dtype=None, requantiz
         log(f"warning: re-quantized {len(errors)} merged layers ({q.bits}-bit, group {q.group_size}, {q.mode}): "
             f"the rounding error is {sum(errors) / len(errors):.2f}x the adapter's update on average "
             f"(max {max(errors):.2f}x), so part of the update is lost; merge without --requantize to keep it")
-    return [p for p, _ in fused], (sum(errors) / len(errors) if errors else None)
+    return [p for p, _ in fused], (sum(errors) / len(errors) if errors else None), sizes
 
 
 def _cast(model, dtype):
@@ -258,18 +263,33 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
     with output_folder(out, [instruct, adapter.path, base], force) as tmp:
         model, loaded, base_model = _load_checked(adapter, instruct, raw, base, requantize)
         mx_dtype = export.DTYPES[dtype] if dtype else None
-        fused, rq_error = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
+        fused, rq_error, sizes = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
         mx_dtype, config = _output_config(model, raw, loaded, fused, fmt, mx_dtype, requantize)
         if mx_dtype is not None:
             _cast(model, mx_dtype)
-        export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx")
+        export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx", extras=sizes)
+        update_size = math.sqrt(sum(u.item() for u, _ in sizes.values()) / sum(w.item() for _, w in sizes.values()))
         write_json(tmp / "config.json", config)
         export.copy_tokenizer(local_path(instruct), tmp, raw)
         _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale,
                     dtype=export.dtype_name(mx_dtype) if mx_dtype is not None else "as instruct",
                     requantized={"mean_error_over_update": rq_error} if requantize else None)
     log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out} ({fmt})")
+    log(update_line(update_size, scale, sizes, adapter, instruct, log))
     return Path(out)
+
+
+def update_line(update_size, scale, sizes, adapter, instruct, log=print):
+    """The update's relative size, next to the base -> instruct distance when the base is on this machine."""
+    line = (f"update: ‖λ·ΔW‖_F / ‖W_instruct‖_F = {update_size:.4f} over the {len(sizes)} adapted matrices "
+            f"(λ = {scale:g})")
+    pair = known_result(adapter.path, adapter.config.get("base_model"), instruct, log)
+    if pair is None:
+        return line + "; base -> instruct distance: not measured (the base model is not on this machine)"
+    same = distance_over(pair, set(sizes))
+    line += (f"; base -> instruct distance over the same matrices {same:.4f} (all matrices "
+             f"{pair['overall']['relative_distance']:.4f})")
+    return line + (f": the update is {update_size / same:.2f}x the pair's distance" if same else "")
 
 
 def _write_card(folder, adapter, instruct, fmt, out, **extra):

@@ -66,6 +66,27 @@ def local_path(path_or_id):
         raise GiftError(f"{path_or_id}: cannot fetch from the Hugging Face Hub ({type(e).__name__})")
 
 
+def cached_path(path_or_id):
+    """The local folder of a model whose weights are all on this machine (a folder, or complete in the
+    Hugging Face cache), else None; never downloads."""
+    p = Path(path_or_id)
+    if not p.exists():
+        try:
+            from huggingface_hub import snapshot_download
+            from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+            p = Path(snapshot_download(str(path_or_id), allow_patterns=DEFAULT_ALLOW_PATTERNS, local_files_only=True))
+        except Exception:  # not cached, or not a valid repo id
+            return None
+    index = p / "model.safetensors.index.json"
+    try:
+        files = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else ()
+    except (OSError, ValueError, KeyError):
+        return None
+    complete = all((p / f).is_file() for f in files) and any(p.glob("*.safetensors"))
+    return p if complete and (p / "config.json").is_file() else None
+
+
 def read_config(path_or_id):
     path = local_path(path_or_id) / "config.json"
     try:

@@ -30,6 +30,8 @@ from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError
 from .models import check_compatible, cpu_float32, load_model, load_tokenizer, read_config
 from .objective import confidence, token_weights, weighted_sums
+from .outputs import write_json
+from .pair_check import RESULT_FILE as PAIR_FILE, check_for_training
 from .scoring import ensure_scores, load_guide
 
 
@@ -84,7 +86,7 @@ def guide_weights(guide, inputs, labels, w, floor, gamma):
     return mx.where(w > 0, token_weights(confidence(guide, inputs, labels), floor, gamma), 0.0)
 
 
-def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None):
+def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None, own=False):
     """The compiled training step and the state it updates.
 
     step(inputs, labels, w, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
@@ -92,9 +94,10 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, 
     divided by the step's Σ w, so that L = Σ w·ℓ / Σ w over every target token of the optimizer step.
     Under mlx.launch the gradient and the sums are summed over all processes first: Σ w is global.
     The guide's forward (online scoring) may run on its own stream, in parallel with the training forward.
+    own=True (dft): the weights are the trained model's own stop-gradient confidences, from the same logits.
     """
     distributed = world is not None and world.size() > 1
-    loss_and_grad = nn.value_and_grad(model, weighted_sums)
+    loss_and_grad = nn.value_and_grad(model, partial(weighted_sums, own=(floor, gamma) if own else None))
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -150,7 +153,7 @@ def validation_loss(model, dataset, weights, cfg, pad_id, guide=None, world=None
         inputs, labels, w = map(mx.array, next(batches))
         if guide is not None:
             w = guide_weights(guide, inputs, labels, w, cfg.floor, cfg.gamma)
-        wl, (sw, l, n) = weighted_sums(model, inputs, labels, w)
+        wl, (sw, l, n) = weighted_sums(model, inputs, labels, w, own=(cfg.floor, cfg.gamma) if cfg.method == "dft" else None)
         total = total + mx.stack([wl, sw, l, n.astype(mx.float32)])
         mx.eval(total)
     model.train()
@@ -276,6 +279,9 @@ def train(cfg: TrainConfig, log=print):
     if len(train_set) < cfg.batch_size:
         raise GiftError(f"batch_size: {cfg.batch_size} is more than the {len(train_set)} training rows")
     steps = cfg.iters or max(1, math.ceil(cfg.epochs * len(train_set) / global_batch))
+    pair = None  # after the cheap checks: it reads both models once (released before training loads one)
+    if cfg.method != "direct" and rank == 0:
+        pair = check_for_training(cfg.base, cfg.instruct, cfg.pair_check, log)
 
     trained_id = cfg.instruct if cfg.method == "direct" else cfg.base
     guide_id, role = {"gift": (cfg.instruct, "instruct"), "gift-base": (cfg.base, "base")}.get(cfg.method, (None, None))
@@ -310,7 +316,7 @@ def train(cfg: TrainConfig, log=print):
     if cfg.grad_checkpoint:
         checkpoint_layers(model)
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
-    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream)
+    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream, cfg.method == "dft")
 
     start = load_checkpoint(out, model, optimizer, cfg, world) if cfg.resume else 0
     if cfg.resume:
@@ -324,6 +330,8 @@ def train(cfg: TrainConfig, log=print):
         log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
         val_set = None
     if rank == 0:
+        if pair is not None:
+            write_json(out / PAIR_FILE, pair)
         adapters.write_config(out, {**adapter_config, "model": trained_id, "base_model": cfg.base,
                                     "instruct_model": cfg.instruct, "method": cfg.method})
     metrics_file = open(out / "metrics.jsonl" if rank == 0 else os.devnull, "a" if start else "w")
@@ -403,6 +411,7 @@ def train(cfg: TrainConfig, log=print):
         "data": {s: {"file": str(ds.path), "sha256": ds.sha256, "rows": len(ds), "truncated": ds.truncated}
                  for s, ds in data.items()},
         "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "final": final,
+        "pair_check": pair and {"overall": pair["overall"], "verdict": pair["verdict"], "file": PAIR_FILE},
     }
     if rank == 0:
         adapters.write_run_record(out, record)

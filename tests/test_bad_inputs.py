@@ -56,6 +56,19 @@ def world(llama_pair, qwen2_pair, task_data, tmp_path_factory):
     tok_config = json.loads((w.no_template / "tokenizer_config.json").read_text())
     del tok_config["chat_template"]
     (w.no_template / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    # the instruct model with one tensor fewer, and with two token ids swapped
+    w.missing_tensor = w.root / "missing-tensor"
+    shutil.copytree(w.instruct, w.missing_tensor)
+    tensors = dict(mx.load(str(w.missing_tensor / "model.safetensors")))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    mx.save_safetensors(str(w.missing_tensor / "model.safetensors"), tensors)
+    (w.missing_tensor / "model.safetensors.index.json").unlink()
+    w.other_tokens = w.root / "other-tokens"
+    shutil.copytree(w.instruct, w.other_tokens)
+    tok = json.loads((w.other_tokens / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+    (w.other_tokens / "tokenizer.json").write_text(json.dumps(tok))
     return w
 
 
@@ -137,8 +150,10 @@ def chat(w, t, *extra, model=None):
     return ["chat", "--model", model or w.instruct, "--prompt", "hi", "--max-tokens", 4, *extra]
 
 
-def copy_of(folder, to):
+def copy_of(folder, to, drop=None):
     shutil.copytree(folder, to)
+    if drop:
+        (to / drop).unlink()
     return to
 
 
@@ -315,6 +330,23 @@ CASES = [
     ("eval-second-model-missing-checked-first", lambda w, t: evaluate(w, t, "--model", t / "nope"), "nope: no such model folder"),
     ("eval-second-model-hub-id-offline-checked-first", lambda w, t: evaluate(w, t, "--model", HUB_ID),
      f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
+    # ---- pair-check ----
+    ("pair-check-other-architecture", lambda w, t: ["pair-check", w.base, w.qinstruct],
+     "differ in architecture: model_type: llama vs qwen2"),
+    ("pair-check-other-vocabulary", lambda w, t: ["pair-check", w.big_vocab, w.instruct],
+     "differ in architecture: vocab_size:"),
+    ("pair-check-missing-tensor", lambda w, t: ["pair-check", w.base, w.missing_tensor],
+     "hold different tensors: 1 only in"),
+    ("pair-check-other-token-ids", lambda w, t: ["pair-check", w.base, w.other_tokens],
+     "have different tokenizers: 2 token ids hold other tokens"),
+    ("pair-check-no-chat-template", lambda w, t: ["pair-check", w.base, w.no_template, "--json"],
+     "tokenizer has no chat template"),
+    ("pair-check-no-such-model", lambda w, t: ["pair-check", t / "nope", w.instruct], "nope: no such model folder"),
+    ("pair-check-not-a-model", lambda w, t: ["pair-check", w.base, w.data], "config.json: cannot read model config"),
+    ("pair-check-hub-id-offline", lambda w, t: ["pair-check", HUB_ID, w.instruct],
+     f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
+    ("pair-check-shard-missing", lambda w, t: ["pair-check", w.base, copy_of(w.instruct, t / "inst", drop="model.safetensors")],
+     "listed in the shard index but missing"),
     # ---- chat ----
     ("chat-no-such-model", lambda w, t: chat(w, t, model=t / "nope"), "nope: no such model folder"),
     ("chat-model-hub-id-offline", lambda w, t: chat(w, t, model=HUB_ID), f"{HUB_ID}: cannot load model"),
@@ -358,7 +390,7 @@ def test_bad_input(make_args, message, world, tmp_path, monkeypatch):
 
 def test_cases_cover_every_command():
     commands = {i.split("-")[0] for i, _, _ in CASES}
-    assert {"train", "score", "merge", "export", "eval", "chat"} <= commands
+    assert {"train", "score", "merge", "export", "eval", "chat", "pair"} <= commands
     assert len(CASES) >= 30 and len({i for i, _, _ in CASES}) == len(CASES)
 
 
