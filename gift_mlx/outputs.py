@@ -206,8 +206,8 @@ def _atomic(path, write):
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        if isinstance(e, (OSError, RuntimeError)):
-            raise write_error(path, e) from None
+        if isinstance(e, (OSError, RuntimeError)):  # named by the file asked for, not its temporary
+            raise write_error(path, e if getattr(e, "filename", None) != str(tmp) else OSError(e.errno, e.strerror)) from None
         raise
     return path
 
