@@ -109,8 +109,8 @@ def staged_folder(out):
         remove_orphans(out)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    except OSError as e:
-        raise write_error(out, e) from None
+    except OSError as e:  # named by the output asked for, not its hidden stand-in
+        raise GiftError(str(write_error(out, e)).replace(str(tmp), str(out))) from None
     try:
         yield tmp
         if out.exists():  # --force: move the old output aside first, so some complete output exists at every moment
