@@ -7,6 +7,7 @@ against its annotation and bounds, so a YAML value and a command-line flag are h
 """
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,13 +55,14 @@ def check_value(name, value, kind, lo=None, hi=None, open_lo=False, open_hi=Fals
         if not isinstance(value, bool):  # YAML "no" is a string, not False: refuse it rather than guess
             raise bad_type
         return value
-    if kind is str:
-        if not isinstance(value, str):
+    if kind in (str, list):
+        if not (isinstance(value, str) if kind is str else
+                isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise bad_type
-        return value
-    if kind is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad_type
+        try:  # a lone surrogate (YAML "\ud800", a shell's broken bytes) is no text a path or tokenizer takes
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise GiftError(f"{prefix} {'is ' if where else ''}not valid Unicode ({e.reason})")
         return value
     if kind is dict:
         if not isinstance(value, dict):

@@ -1,5 +1,5 @@
-"""Fault injection: a write fails (ENOSPC, as on a full disk) at a random point of train, score, merge and
-eval; the command must stop with one `error: PATH: ...` line (exit 2), leave nothing half-written, and a
+"""Fault injection: a write fails (ENOSPC, as on a full disk) at a random point of train, score, merge,
+export-adapter and eval; the command must stop with one `error: PATH: ...` line (exit 2), leave nothing half-written, and a
 rerun without the fault must succeed.
 
 The write primitives are replaced in-process: Python's open() for writing (a failure at the open or at any
@@ -159,13 +159,15 @@ def test_score_fails_cleanly_at_any_write(faults, tmp_path, llama_pair, task_dat
         assert faults.run(args(out)).exit_code == 0
 
 
-@pytest.mark.parametrize("fmt", ["mlx", "hf"])
-def test_merge_fails_cleanly_at_any_write(faults, tmp_path, llama_pair, task_data, fmt):
+@pytest.mark.parametrize("command", ["merge-mlx", "merge-hf", "export-adapter"])
+def test_merge_and_export_fail_cleanly_at_any_write(faults, tmp_path, llama_pair, task_data, command):
     adapter = tmp_path / "adapter"
     trained = faults.run(["train", "--base", llama_pair[0], "--instruct", llama_pair[1], "--data", task_data,
                           "--adapter-path", adapter, "--iters", 1, "--lora-rank", 4, "--lora-alpha", 8])
     assert trained.exit_code == 0, trained.output
-    args = lambda out: ["merge", "--adapter-path", adapter, "--out", out, "--format", fmt]
+    name, _, fmt = command.partition("-")
+    args = lambda out: [command if name != "merge" else "merge", "--adapter-path", adapter, "--out", out,
+                        *(["--format", fmt] if name == "merge" else [])]
     assert faults.run(args(tmp_path / "count")).exit_code == 0
     for k in points(faults.count, seed=3):
         out = tmp_path / f"merged{k}"
