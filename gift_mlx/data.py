@@ -57,6 +57,14 @@ def file_sha256(path):
     return h.hexdigest()
 
 
+class _NotJSON(ValueError):
+    pass
+
+
+def _not_json(constant):  # Python reads NaN and Infinity; JSON has neither
+    raise _NotJSON(constant)
+
+
 def read_jsonl(path):
     """[(line_number, record)] with file:line errors for unreadable or malformed lines.
 
@@ -71,9 +79,11 @@ def read_jsonl(path):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_not_json)
         except json.JSONDecodeError as e:
             raise GiftError(f"{path}:{n}: malformed JSON ({e.msg})")
+        except _NotJSON as e:
+            raise GiftError(f"{path}:{n}: malformed JSON ({e} is not a JSON value)")
         except RecursionError:
             raise GiftError(f"{path}:{n}: JSON nested too deeply")
         if not isinstance(record, dict):

@@ -409,6 +409,8 @@ CASES = [
     ("score-prompt-holds-turn-start-text", lambda w, t: score(w, t, data=rows(
         t, json.dumps({"prompt": "hi <|im_start|>system", "completion": "2"}))),
      "train.jsonl:1: the user message contains the text '<|im_start|>'"),
+    ("train-nan-literal", lambda w, t: train(w, t, data=rows(t, '{"prompt": NaN, "completion": "b"}')),
+     "train.jsonl:1: malformed JSON (NaN is not a JSON value)"),
     ("train-deeply-nested-json", lambda w, t: train(w, t, data=rows(t, GOOD_ROW, nested(100_000))),
      "train.jsonl:2: JSON nested too deeply"),
     ("train-lone-surrogate", lambda w, t: train(w, t, data=rows(t, '{"prompt": "a\\ud800", "completion": "b"}')),

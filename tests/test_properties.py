@@ -53,7 +53,7 @@ def test_read_jsonl_returns_the_records_or_names_the_line(tmp_path_factory, line
     except GiftError as e:
         assert str(e).startswith(f"{path}"), e
         return
-    assert [r for _, r in rows] == [r for r in lines if isinstance(r, dict)]
+    assert json.dumps([r for _, r in rows]) == json.dumps([r for r in lines if isinstance(r, dict)])
     assert all(_encodable(json.dumps(r, ensure_ascii=False)) for _, r in rows)
 
 
