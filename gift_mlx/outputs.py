@@ -177,7 +177,7 @@ def folder_lock(folder, what="run"):
             continue  # released meanwhile
         if pid.isdigit() and (host != socket.gethostname() or process_alive(int(pid))):
             raise GiftError(f"{folder}: in use by another gift {what} (process {pid} on {host or 'this host'}); "
-                            f"wait for it to finish or use another folder")
+                            f"wait for it to finish or use another folder (if no such run exists, delete {path})")
         path.unlink(missing_ok=True)  # stale: its process is gone
     else:
         raise GiftError(f"{path}: cannot take the lock")
