@@ -194,3 +194,27 @@ def test_ctrl_c_in_the_demo_says_interrupted_once_and_no_resume(tmp_path, monkey
     r = run("demo", "--out", tmp_path / "d", "--iters", 1)
     assert r.exit_code == 130
     assert r.stderr.count("interrupted") == 1 and "--resume" not in r.output, r.output
+
+
+def test_two_concurrent_runs_on_one_folder_the_second_stops_with_one_line(tmp_path, llama_pair, task_data):
+    import time
+
+    out = tmp_path / "a"
+    args = [sys.executable, "-m", "gift_mlx", "train", "--base", str(llama_pair[0]), "--instruct", str(llama_pair[1]),
+            "--data", str(task_data), "--adapter-path", str(out), "--lora-rank", "4", "--lora-alpha", "8",
+            "--batch-size", "4", "--save-every", "1000"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(args + ["--iters", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (out / ".gift.lock").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert (out / ".gift.lock").exists(), "the first run never took the lock"
+        second = subprocess.run(args + ["--iters", "1"], capture_output=True, text=True, env=env, timeout=120)
+        err = second.stderr.strip()
+        assert second.returncode == 2 and "Traceback" not in err, err
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and "in use by another gift training run" in err
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
