@@ -11,14 +11,14 @@ every adapter into the instruct model, and evaluates the instruct model and ever
 Average@k, pass@k and maj@k on the task test set, Average@k on the retention set.
 """
 
-import json
 import time
 from pathlib import Path
 
-from .config import TrainConfig
-from .errors import GiftError
+from .config import COUNT_MAX, SEED_RANGE, TrainConfig, check_value
+from .errors import GiftError, Interrupted
 from .evaluate import evaluate
 from .merge import merge
+from .outputs import write_json, write_text
 from .train import train
 
 WORLD = Path(__file__).parent / "world"
@@ -92,8 +92,10 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
          log=print):
     """Train, merge and evaluate each method on the toy world; write <out>/eval/report.md; return the summary."""
     iters = SETTINGS["iters"] if iters is None else iters
-    if iters < 1 or samples < 1:  # before any work is done
-        raise GiftError(f"--iters and --samples must be at least 1, got {iters} and {samples}")
+    check_value("--iters", iters, int, 1, COUNT_MAX)  # before any work is done
+    check_value("--samples", samples, int, 1, 2**20)
+    check_value("--seed", seed, int, *SEED_RANGE)
+    check_value("--limit", limit, int, 1, COUNT_MAX, optional=True)
     methods = tuple(methods) + (("gift-base",) if gift_base and "gift-base" not in methods else ())
     base, instruct, task, retention = world_paths(world)
     out = Path(out)
@@ -111,9 +113,12 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
         t = time.perf_counter()
         cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(task), method=method,
                           adapter_path=str(out / method), steps_per_eval=max(iters // 2, 1),
-                          steps_per_report=max(iters // 5, 1), save_every=max(iters, 1), val_batches=-1,
+                          steps_per_report=max(iters // 5, 1), save_every=max(iters, 1), val_batches=-1, overwrite=True,
                           **settings)
-        runs[method] = train(cfg, log=log)
+        try:
+            runs[method] = train(cfg, log=log)
+        except KeyboardInterrupt:  # the demo has no --resume: its next run starts this method afresh
+            raise Interrupted(f"while training {method}; run the demo again to start over") from None
         seconds[f"train {method}"] = time.perf_counter() - t
 
     merged = [instruct]
@@ -142,9 +147,9 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
         summary["models"].append({"name": name, "task": _row(evals["task"]["models"][i], samples),
                                   "retention": _row(evals["retention"]["models"][i], samples),
                                   "val_loss": final.get("val_loss"), "val_plain_loss": final.get("val_plain_loss")})
-    (out / "eval" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "eval" / "summary.json", summary)
     report = report_markdown(summary)
-    (out / "eval" / "report.md").write_text(report)
+    write_text(out / "eval" / "report.md", report)
     log("\n" + report)
     log(f"report: {out / 'eval'} (report.md, summary.json; task/ and retention/ with samples and scaling.png)")
     return summary

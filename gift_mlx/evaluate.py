@@ -7,11 +7,11 @@ BatchGenerator; each problem's prompt is prefilled once and its KV cache shared 
 cost of the prompt is paid once, not n times.
 """
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -19,32 +19,29 @@ from . import grading
 from .errors import GiftError
 from .metrics import ks_for, sample_metrics
 from .models import local_path
-from .outputs import staged_folder
+from .config import COUNT_MAX, SEED_RANGE, bounded, check_fields
+from .outputs import LineWriter, check_not_inside, staged_folder, write_json, write_text
 from .problems import prompt_messages, read_problems
 
 @dataclass
 class EvalSettings:
-    samples: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 512
-    instruction: str = None  # None: the default for each problem's kind; "" for none
+    samples: int = bounded(16, 0, 2**20)
+    temperature: float = bounded(1.0, 0, 100)
+    top_p: float = bounded(1.0, 0, 1, open_lo=True)
+    max_tokens: int = bounded(512, 1, 2**24)
+    instruction: Optional[str] = None  # None: the default for each problem's kind; "" for none
     greedy: bool = False
-    seed: int = 0
-    batch_size: int = 64
-    limit: int = None
+    seed: int = bounded(0, *SEED_RANGE)
+    batch_size: int = bounded(64, 1, 2**16)
+    limit: Optional[int] = bounded(None, 1, COUNT_MAX)
 
     def check(self):
-        """One-line errors for option values that cannot give a meaningful run."""
+        """One-line errors for option values that cannot give a meaningful run (config.check_fields: types,
+        ranges, finiteness; then the rules between options)."""
+        check_fields(self, flags=True)
         rules = [
-            (self.samples >= 0, "--samples must be >= 0"),
             (self.samples > 0 or self.greedy, "--samples 0 needs --greedy (nothing would be evaluated)"),
-            (self.temperature >= 0, "--temperature must be >= 0"),
             (self.temperature > 0 or self.samples <= 1, "--temperature 0 makes all samples identical: use --greedy"),
-            (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
-            (self.max_tokens >= 1, "--max-tokens must be >= 1"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.limit is None or self.limit >= 1, "--limit must be >= 1"),
         ]
         for ok, message in rules:
             if not ok:
@@ -186,13 +183,14 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
 
 
 @contextmanager
-def staged_output(out, overwrite=False):
+def staged_output(out, overwrite=False, inputs=()):
     """Yield a hidden staging folder that replaces `out` only when the block completes (outputs.staged_folder).
 
     An interrupted or failed run removes its staging folder and leaves `out` as it was. An existing non-empty
     `out` is replaced only with overwrite=True and only when it holds a previous evaluation (summary.json).
     """
     out = Path(out)
+    check_not_inside(out, inputs, "eval output")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite or not (out / "summary.json").is_file():
             raise GiftError(f"{out}: output folder exists and is not empty (use --overwrite to replace an earlier "
@@ -232,8 +230,8 @@ def scaling_plot(path, summary):
 
 
 def write_summary(folder, summary):
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (folder / "results.md").write_text(markdown_table(summary))
+    write_json(folder / "summary.json", summary)
+    write_text(folder / "results.md", markdown_table(summary))
     if summary["ks"]:
         scaling_plot(folder / "scaling.png", summary)
 
@@ -256,12 +254,9 @@ def evaluate(models, data, out, overwrite=False, progress=True, log=print, trust
         local_path(model_id)
     summary = {"data": str(data), "problems": len(problems), "settings": asdict(settings),
                "ks": ks_for(settings.samples), "models": []}
-    with staged_output(out, overwrite) as stage, open(stage / "samples.jsonl", "w") as f:
-        def write(record):
-            f.write(json.dumps(record) + "\n")
-
+    with staged_output(out, overwrite, [*models, data]) as stage, LineWriter(stage / "samples.jsonl") as f:
         for model_id, name in zip(models, display_names(models)):
-            entry = evaluate_model(model_id, name, problems, settings, write, progress, log, trust_remote_code)
+            entry = evaluate_model(model_id, name, problems, settings, f.write, progress, log, trust_remote_code)
             summary["models"].append(entry)
         f.close()
         write_summary(stage, summary)

@@ -18,7 +18,8 @@ from . import __version__
 from .adapters import WEIGHTS, read_adapter, read_run_record
 from .data import file_sha256
 from .errors import GiftError
-from .outputs import RECORD, output_folder, write_json
+from .config import check_value
+from .outputs import RECORD, check_finite, output_folder, save_tensors, write_json, write_text
 
 QUANT_KEYS = ("quantization", "quantization_config")
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -39,7 +40,7 @@ TOKENIZER_FILES = (
 
 # ---- weights, configs, tokenizer ----
 
-def write_weights(folder, weights, fmt="mlx", extras=None):
+def write_weights(folder, weights, fmt="mlx", label=None, extras=None):
     """Save `weights` (the dict is emptied) as safetensors shards plus an index.
 
     With lazily loaded inputs, tensors are computed one at a time (so the float32 temporaries of a merged
@@ -58,12 +59,18 @@ def write_weights(folder, weights, fmt="mlx", extras=None):
         shard, shards[i] = shards[i], None
         for k, v in shard.items():
             mx.eval(v, *(extras or {}).get(k, ()))
-        mx.save_safetensors(str(Path(folder) / name), shard, metadata={"format": fmt})
+        check_finite(shard, label or folder)  # a NaN or overflowed weight is never written
+        save_tensors(Path(folder) / name, shard, metadata={"format": fmt}, check=False)
         index["metadata"]["total_size"] += sum(v.nbytes for v in shard.values())
         index["weight_map"].update(dict.fromkeys(shard, name))
         del shard
     index["weight_map"] = dict(sorted(index["weight_map"].items()))
     write_json(Path(folder) / "model.safetensors.index.json", index)
+
+
+def check_scale(scale):
+    """λ: finite and within ±1000 (a larger factor swamps the instruct weights: surely a typo)."""
+    return check_value("--scale", scale, float, -1000, 1000)
 
 
 def dtype_name(dtype):
@@ -158,7 +165,7 @@ def write_card(folder, name, record, what, usage, library):
     table = "\n".join(f"| {k} | `{json.dumps(record.get(k), default=str)}` |" for k in fields if k in record)
     card = CARD.format(instruct=record["instruct_model"], library=library, kind=record["fine_tune_type"],
                        name=name, what=what, usage=usage, table=table, record=RECORD)
-    (Path(folder) / "README.md").write_text(card)
+    write_text(Path(folder) / "README.md", card)
     write_json(Path(folder) / RECORD, record)
 
 
@@ -207,6 +214,7 @@ def export_peft(adapter_path, out, instruct=None, scale=1.0, force=False):
 
     PEFT stores A as (r, in) and B as (out, r), the transposes of mlx-lm's, under `base_model.model.<module>`.
     """
+    scale = check_scale(scale)
     adapter = read_adapter(adapter_path)
     if adapter.kind != "lora":
         raise GiftError(
@@ -219,7 +227,7 @@ def export_peft(adapter_path, out, instruct=None, scale=1.0, force=False):
         tensors[f"base_model.model.{path}.lora_A.weight"] = t["lora_a"].T
         tensors[f"base_model.model.{path}.lora_B.weight"] = t["lora_b"].T
     with output_folder(out, [adapter.path], force) as tmp:
-        mx.save_safetensors(str(tmp / "adapter_model.safetensors"), tensors, metadata={"format": "pt"})
+        save_tensors(tmp / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
         write_json(tmp / "adapter_config.json", peft_config(adapter, instruct, scale))
         record = build_record(adapter, "peft-adapter", "peft", instruct_model=instruct, merge_scale=scale)
         usage = (f"python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"

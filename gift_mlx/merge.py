@@ -255,6 +255,7 @@ def _output_config(model, raw, loaded, fused, fmt, dtype, requantize):
 def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dtype=None, scale=1.0, base=None,
           requantize=False, force=False, log=print):
     """Merge the adapter into the instruct model and write it to `out` in `fmt` (mlx | hf); return out."""
+    scale = export.check_scale(scale)
     adapter = read_adapter(adapter_path)
     instruct = _check_options(adapter, instruct, fmt, dtype, base, requantize)
     raw = read_config(instruct)
@@ -267,7 +268,8 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
         mx_dtype, config = _output_config(model, raw, loaded, fused, fmt, mx_dtype, requantize)
         if mx_dtype is not None:
             _cast(model, mx_dtype)
-        export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx", extras=sizes)
+        export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx",
+                             label=f"{out}: merged weights", extras=sizes)
         update_size = math.sqrt(sum(u.item() for u, _ in sizes.values()) / sum(w.item() for _, w in sizes.values()))
         write_json(tmp / "config.json", config)
         export.copy_tokenizer(local_path(instruct), tmp, raw)

@@ -40,15 +40,30 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
         raise GiftError(f"{path_or_id}: cannot load model: {_first_line(e)}")
 
 
-def load_tokenizer(path_or_id):
-    """The tokenizer (with chat template) alone, without loading weights."""
+def load_tokenizer(path_or_id, chat=False):
+    """The tokenizer alone, without loading weights; chat=True: it must have a chat template."""
     from mlx_lm.utils import load_tokenizer as _load_tokenizer
 
     check_model_arg(str(path_or_id))
     try:
-        return _load_tokenizer(str(path_or_id))
+        tokenizer = _load_tokenizer(str(path_or_id))
     except Exception as e:
         raise GiftError(f"{path_or_id}: cannot load tokenizer: {_first_line(e)}")
+    if chat:
+        check_chat_template(tokenizer, path_or_id, "the data is formatted in the instruct model's chat template")
+    return tokenizer
+
+
+def check_chat_template(tokenizer, name, why):
+    if not getattr(tokenizer, "has_chat_template", False):
+        raise GiftError(f"{name}: tokenizer has no chat template ({why})")
+
+
+def check_vocab(tokenizer, config, name):
+    """Every token id the tokenizer can produce must have a row in the model's embedding."""
+    rows = config.get("vocab_size")
+    if rows and len(tokenizer) > rows:
+        raise GiftError(f"{name}: vocabulary of {rows} rows, but the instruct tokenizer has {len(tokenizer)} tokens")
 
 
 def local_path(path_or_id):
@@ -88,11 +103,23 @@ def cached_path(path_or_id):
 
 
 def read_config(path_or_id):
+    """config.json of a model, with the fields gift compares checked for their types."""
     path = local_path(path_or_id) / "config.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
         raise GiftError(f"{path}: cannot read model config ({e})")
+    if not isinstance(config, dict):
+        raise GiftError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key in SHAPE_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if key == "model_type" and not isinstance(value, str):
+            raise GiftError(f"{path}: field 'model_type' must be a string, got {value!r}")
+        if key != "model_type" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise GiftError(f"{path}: field '{key}' must be a positive integer, got {value!r}")
+    return config
 
 
 def check_compatible(base_config, instruct_config, base_name="base", instruct_name="instruct"):

@@ -36,6 +36,8 @@ class Problem:
 def _string(record, key, where):
     if not isinstance(record[key], str):
         raise GiftError(f"{where}: field '{key}' must be a string, got {type(record[key]).__name__}")
+    if not record[key].strip():  # an empty question or reference cannot be asked or graded
+        raise GiftError(f"{where}: field '{key}' is empty")
     return record[key]
 
 
@@ -46,7 +48,10 @@ def _reference(record, where):
         if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
             raise GiftError(f"{where}: field 'answer' must be a string or number, got {type(answer).__name__}")
         answer = str(answer)
-        return answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
+        answer = answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
+        if not answer:
+            raise GiftError(f"{where}: field 'answer' is empty")
+        return answer
     for key, extract in (("solution", grading.last_boxed), ("completion", grading.extract_answer)):
         if key in record:
             found = extract(_string(record, key, where))
@@ -85,6 +90,8 @@ def _chat_problem(record, where, line):
     if messages[-1]["role"] == "assistant":  # the final assistant turn is the reference unless one is given
         last = messages.pop()["content"]
         reference = reference if reference is not None else (grading.extract_answer(last) or last.strip())
+    if reference is not None and not reference.strip():
+        raise GiftError(f"{where}: the reference answer (the final assistant turn) is empty")
     if reference is None or not messages or messages[-1]["role"] != "user":
         raise GiftError(f"{where}: 'messages' must end with a user turn (plus an assistant reference or an 'answer')")
     return Problem(line, messages, reference)
