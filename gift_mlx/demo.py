@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .errors import GiftError
 from .evaluate import evaluate
 from .merge import merge
+from .plot import methods as methods_plot
 from .train import train
 
 WORLD = Path(__file__).parent / "world"
@@ -145,6 +146,8 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
     (out / "eval" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = report_markdown(summary)
     (out / "eval" / "report.md").write_text(report)
+    methods_plot(out / "eval" / "methods.png", summary)
     log("\n" + report)
-    log(f"report: {out / 'eval'} (report.md, summary.json; task/ and retention/ with samples and scaling.png)")
+    log(f"report: {out / 'eval'} (report.md, summary.json, methods.png; task/ and retention/ with samples and "
+        "scaling.png)")
     return summary

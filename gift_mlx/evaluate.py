@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import grading
+from . import grading, plot
 from .errors import GiftError
 from .export import staged_folder
 from .models import local_path
@@ -380,24 +380,11 @@ def markdown_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def scaling_plot(path, summary):
-    """PNG of accuracy vs k per model: pass@k solid, maj@k dashed, Average@k dotted."""
-    from .plot import line_plot
-
-    styles = {"pass@k": "solid", "maj@k": "dashed", "average@k": "dotted"}
-    series = [
-        (f"{m['name']} {metric}", summary["ks"], [m[metric][k] for k in summary["ks"]], color, style)
-        for color, m in enumerate(summary["models"]) for metric, style in styles.items()
-    ]
-    line_plot(path, series, title="accuracy vs k (test-time scaling)", xlabel="k (samples per problem)",
-              ylabel="accuracy")
-
-
 def write_summary(folder, summary):
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "results.md").write_text(markdown_table(summary))
     if summary["ks"]:
-        scaling_plot(folder / "scaling.png", summary)
+        plot.scaling(folder / "scaling.png", summary)
 
 
 # ---- the whole run ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tqdm import tqdm
 
-from . import __version__, blas
+from . import __version__, blas, plot
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError
@@ -414,5 +414,6 @@ def train(cfg: TrainConfig, log=print):
     }
     if rank == 0:
         write_json(out / "gift_run.json", record)
+        plot.training(out / "loss.png", plot.read_metrics(out / "metrics.jsonl"))
     log(f"adapter: {out / 'adapters.safetensors'}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record
