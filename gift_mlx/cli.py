@@ -136,19 +136,24 @@ DTYPE_CHOICE = click.Choice(["bfloat16", "float16", "float32"])
 @click.option("--instruct", help="Instruct model (Hub id or folder); default: the adapter's instruct_model.")
 @click.option("--adapter-path", default="adapters", show_default=True, help="Adapter trained on the base model.")
 @click.option("--out", required=True, help="Output folder (written whole at the end, never half).")
-@click.option("--format", "fmt", type=click.Choice(["mlx", "hf"]), default="mlx", show_default=True,
-              help="mlx: for mlx_lm.load/server; hf: for transformers.")
+@click.option("--format", "fmt", type=click.Choice(["mlx", "hf", "gguf"]), default="mlx", show_default=True,
+              help="mlx: for mlx_lm.load/server; hf: for transformers; gguf: one model.gguf for llama.cpp, "
+                   "Ollama, LM Studio (llama, qwen2).")
 @click.option("--dtype", type=DTYPE_CHOICE, help="Float dtype of the output (default: the instruct's).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="λ in W' = W_instruct + λ·ΔW.")
 @click.option("--base", help="The base model the adapter was trained on (required for DoRA adapters).")
 @click.option("--requantize", is_flag=True, help="Re-quantize merged layers of a quantized instruct (lossy).")
+@click.option("--gguf-type", type=click.Choice(["f16", "bf16", "q8_0", "f32"]),
+              help="Tensor type of --format gguf (default: from --dtype, else f16; norms stay f32).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
-def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, force):
+def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf_type, force):
     """Add the adapter's update to the instruct model and save the merged model."""
     from .merge import merge as run
 
+    if gguf_type and fmt != "gguf":
+        raise GiftError("--gguf-type applies to --format gguf only")
     run(instruct, adapter_path, out, fmt=fmt, dtype=dtype, scale=scale, base=base, requantize=requantize,
-        force=force, log=click.echo)
+        gguf_type=gguf_type, force=force, log=click.echo)
 
 
 @main.command("export-adapter")
