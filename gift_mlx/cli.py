@@ -146,14 +146,18 @@ DTYPE_CHOICE = click.Choice(["bfloat16", "float16", "float32"])
 @click.option("--gguf-type", type=click.Choice(["f16", "bf16", "q8_0", "f32"]),
               help="Tensor type of --format gguf (default: from --dtype, else f16; norms stay f32).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
-def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf_type, force):
+@click.option("--upload-repo", help="Then upload the output (with its model card) to this Hugging Face Hub repo.")
+def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf_type, force, upload_repo):
     """Add the adapter's update to the instruct model and save the merged model."""
+    from .export import upload
     from .merge import merge as run
 
     if gguf_type and fmt != "gguf":
         raise GiftError("--gguf-type applies to --format gguf only")
     run(instruct, adapter_path, out, fmt=fmt, dtype=dtype, scale=scale, base=base, requantize=requantize,
         gguf_type=gguf_type, force=force, log=click.echo)
+    if upload_repo:
+        upload(out, upload_repo, log=click.echo)
 
 
 @main.command("export-adapter")
@@ -163,11 +167,14 @@ def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf
 @click.option("--instruct", help="base_model_name_or_path for PEFT; default: the adapter's instruct_model.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="λ, folded into lora_alpha.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
-def export_adapter(adapter_path, fmt, out, instruct, scale, force):
+@click.option("--upload-repo", help="Then upload the adapter (with its model card) to this Hugging Face Hub repo.")
+def export_adapter(adapter_path, fmt, out, instruct, scale, force, upload_repo):
     """Write the adapter in PEFT's layout, to apply to the instruct model with transformers."""
-    from .export import export_peft
+    from .export import export_peft, upload
 
     click.echo(f"wrote {export_peft(adapter_path, out, instruct=instruct, scale=scale, force=force)} ({fmt})")
+    if upload_repo:
+        upload(out, upload_repo, log=click.echo)
 
 # ---- eval / chat (evaluate.py, chat.py) ----
 

@@ -248,6 +248,25 @@ def write_card(folder, name, record, what, usage, library):
     write_json(Path(folder) / RECORD, record)
 
 
+# ---- Hugging Face Hub ----
+
+def upload(folder, repo_id, log=print):
+    """Upload a written output folder (model card included) to the Hub model repo `repo_id`, creating it if needed;
+    return the repo's URL. The folder stays on disk whatever happens."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message=f"Upload {Path(folder).name} (gift-mlx {__version__})")
+    except Exception as e:  # network, authentication, a bad name: the Hub's own message, on one line
+        message = " ".join(str(e).split()) or type(e).__name__
+        raise GiftError(f"--upload-repo {repo_id}: upload failed ({message}); the output is kept in {folder}")
+    log(f"uploaded {folder} to {url}")
+    return str(url)
+
+
 # ---- PEFT ----
 
 LAYER_PATH = re.compile(r"(?P<stack>.*\blayers)\.(?P<index>\d+)\.(?P<suffix>.+)")
