@@ -68,6 +68,8 @@ TRAIN_OPTIONS = [
     click.option("--resume", is_flag=True, default=None, help="Continue from the latest checkpoint."),
     click.option("--skip-nonfinite", is_flag=True, default=None, help="Skip steps with a NaN/Inf loss."),
     click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the Hub."),
+    click.option("--report-to", help="Log metrics to wandb (or swanlab; comma-separated), as mlx_lm.lora does."),
+    click.option("--project-name", help="W&B / SwanLab project for --report-to (default: gift-mlx)."),
 ]
 
 

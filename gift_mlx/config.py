@@ -1,6 +1,7 @@
 """Run configuration: a plain dataclass, loadable from YAML, with command-line overrides on top."""
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -54,6 +55,8 @@ class TrainConfig:
     resume: bool = False  # continue from the latest checkpoint in adapter_path
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/Inf instead of stopping
     trust_remote_code: bool = False
+    report_to: Optional[str] = None  # wandb and/or swanlab (comma-separated), through mlx-lm's callbacks
+    project_name: Optional[str] = None  # the W&B / SwanLab project (default: gift-mlx)
     extra: dict = field(default_factory=dict)  # free-form notes copied into the run record
 
     def validate(self):
@@ -86,6 +89,12 @@ class TrainConfig:
             raise GiftError(f"iters: must be at least 1, got {self.iters}")
         if not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise GiftError("lora_dropout and warmup_ratio must lie in [0, 1)")
+        for service in (self.report_to or "").split(","):
+            service = service.strip().lower()
+            if service and service not in ("wandb", "swanlab"):
+                raise GiftError(f"report_to: '{service}' is not wandb or swanlab")
+            if service and importlib.util.find_spec(service) is None:
+                raise GiftError(f"report_to: {service} is not installed (pip install 'gift-mlx[{service}]')")
         return self
 
     @property

@@ -258,6 +258,16 @@ def load_checkpoint(out, model, optimizer, cfg, world):
     return step
 
 
+def reporting(cfg, out):
+    """mlx-lm's Weights & Biases / SwanLab callback for --report-to (the run is named after the adapter folder)."""
+    if not cfg.report_to:
+        return None
+    from mlx_lm.tuner.callbacks import get_reporting_callbacks
+
+    return get_reporting_callbacks(cfg.report_to, project_name=cfg.project_name or "gift-mlx", log_dir=str(out),
+                                   config=dataclasses.asdict(cfg))
+
+
 def train(cfg: TrainConfig, log=print):
     """Score (if needed) and train; writes the adapter in mlx-lm's format; returns the run record.
 
@@ -334,6 +344,7 @@ def train(cfg: TrainConfig, log=print):
     if rank == 0:
         write_json(out / "adapter_config.json", {**adapter_config, "model": trained_id, "base_model": cfg.base,
                                                  "instruct_model": cfg.instruct, "method": cfg.method})
+    reporter = reporting(cfg, out) if rank == 0 else None
     metrics_file = open(out / "metrics.jsonl" if rank == 0 else os.devnull, "a" if start else "w")
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"train: {cfg.method} on {trained_id}, {steps} steps of {global_batch} rows, "
@@ -344,6 +355,9 @@ def train(cfg: TrainConfig, log=print):
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
         final.update(row)
+        if reporter:  # mlx-lm's callbacks take the step as "iteration"
+            report = reporter.on_train_loss_report if "loss" in row else reporter.on_val_loss_report
+            report({**row, "iteration": row["step"]})
 
     model.train()
     window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
@@ -402,6 +416,10 @@ def train(cfg: TrainConfig, log=print):
     finally:
         bar.close()
         metrics_file.close()
+        if reporter and "wandb" in cfg.report_to:
+            import wandb
+
+            wandb.finish()
 
     if start < steps:
         save_checkpoint(out, steps, model, optimizer, cfg, cfg.keep_checkpoints, world)
