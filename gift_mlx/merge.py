@@ -266,8 +266,10 @@ def _check_options(adapter, instruct, fmt, dtype, base, requantize):
         raise GiftError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in export.DTYPES:
         raise GiftError(f"--dtype: '{dtype}' is not one of {', '.join(export.DTYPES)}")
-    if requantize and fmt != "mlx":
-        raise GiftError(f"--requantize: {fmt} output is not MLX-quantized (--format gguf has --gguf-type q8_0)")
+    if requantize and fmt == "hf":
+        raise GiftError("--requantize: Hugging Face output is always float (transformers cannot read MLX quantization)")
+    if requantize and fmt == "gguf":
+        raise GiftError("--requantize: GGUF output is quantized by llama.cpp's own types (--gguf-type q8_0)")
     if adapter.kind == "dora" and not base:
         raise GiftError(DORA_NEEDS_BASE.format(path=adapter.path, base=adapter.config.get("base_model") or "<model>"))
     return instruct
