@@ -96,10 +96,13 @@ OPTIONS = {
     "overwrite": (("--overwrite",), dict(is_flag=True, help="Start afresh in an --adapter-path holding an earlier run.")),
     "skip_nonfinite": (("--skip-nonfinite",), dict(is_flag=True, help="Skip steps with a NaN/Inf loss.")),
     "trust_remote_code": (("--trust-remote-code",), dict(is_flag=True, help="Allow model code from the Hub.")),
+    "report_to": (("--report-to",), dict(help="Log metrics to wandb (or swanlab; comma-separated), as mlx_lm.lora does.")),
+    "project_name": (("--project-name",), dict(help="W&B / SwanLab project for --report-to.")),
 }
 SHOWN_DEFAULTS = {"config": "none", "base": "none", "instruct": "none", "data": "none", "scores_path": "<adapter-path>/scores",
                   "iters": "one epoch", "lora_keys": "every linear layer",
-                  "pair_check": "when both models are on this machine"}
+                  "pair_check": "when both models are on this machine", "report_to": "none",
+                  "project_name": "gift-mlx"}
 SCORE_FIELDS = ("config", "base", "instruct", "data", "adapter_path", "method", "scores_path", "max_seq_length",
                 "trust_remote_code")
 
@@ -197,19 +200,28 @@ DTYPE_CHOICE = click.Choice(["bfloat16", "float16", "float32"])
 @option("--instruct", shown="the adapter's instruct_model", help="Instruct model (Hub id or folder).")
 @option("--adapter-path", default="adapters", show_default=True, help="Adapter trained on the base model.")
 @option("--out", required=True, help="Output folder (written whole at the end, never half).")
-@option("--format", "fmt", type=click.Choice(["mlx", "hf"]), default="mlx", show_default=True,
-              help="mlx: for mlx_lm.load/server; hf: for transformers.")
+@option("--format", "fmt", type=click.Choice(["mlx", "hf", "gguf"]), default="mlx", show_default=True,
+        help="mlx: for mlx_lm.load/server; hf: for transformers; gguf: one model.gguf for llama.cpp, "
+             "Ollama, LM Studio (llama, qwen2).")
 @option("--dtype", type=DTYPE_CHOICE, shown="the instruct's", help="Float dtype of the output.")
 @option("--scale", type=float, default=1.0, show_default=True, help="λ in W' = W_instruct + λ·ΔW.")
 @option("--base", shown="none", help="The base model the adapter was trained on (required for DoRA adapters).")
 @option("--requantize", is_flag=True, help="Re-quantize merged layers of a quantized instruct (lossy).")
+@option("--gguf-type", type=click.Choice(["f16", "bf16", "q8_0", "f32"]), shown="from --dtype, else f16",
+        help="Tensor type of --format gguf (norms stay f32).")
 @option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
-def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, force):
+@option("--upload-repo", help="Then upload the output (with its model card) to this Hugging Face Hub repo.")
+def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf_type, force, upload_repo):
     """Add the adapter's update to the instruct model and save the merged model."""
+    from .export import upload
     from .merge import merge as run
 
+    if gguf_type and fmt != "gguf":
+        raise GiftError("--gguf-type applies to --format gguf only")
     run(instruct, adapter_path, out, fmt=fmt, dtype=dtype, scale=scale, base=base, requantize=requantize,
-        force=force, log=click.echo)
+        gguf_type=gguf_type, force=force, log=click.echo)
+    if upload_repo:
+        upload(out, upload_repo, log=click.echo)
 
 
 @main.command("export-adapter")
@@ -219,11 +231,14 @@ def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, forc
 @option("--instruct", shown="the adapter's instruct_model", help="base_model_name_or_path for PEFT.")
 @option("--scale", type=float, default=1.0, show_default=True, help="λ, folded into lora_alpha.")
 @option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
-def export_adapter(adapter_path, fmt, out, instruct, scale, force):
+@option("--upload-repo", help="Then upload the adapter (with its model card) to this Hugging Face Hub repo.")
+def export_adapter(adapter_path, fmt, out, instruct, scale, force, upload_repo):
     """Write the adapter in PEFT's layout, to apply to the instruct model with transformers."""
-    from .export import export_peft
+    from .export import export_peft, upload
 
     click.echo(f"wrote {export_peft(adapter_path, out, instruct=instruct, scale=scale, force=force)} ({fmt})")
+    if upload_repo:
+        upload(out, upload_repo, log=click.echo)
 
 # ---- eval / chat (evaluate.py, chat.py) ----
 

@@ -7,6 +7,7 @@ against its annotation and bounds, so a YAML value and a command-line flag are h
 """
 
 import dataclasses
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
@@ -147,6 +148,8 @@ class TrainConfig:
     overwrite: bool = False  # start afresh in an adapter_path that holds another run (its checkpoints are removed)
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/Inf instead of stopping
     trust_remote_code: bool = False
+    report_to: Optional[str] = None  # wandb and/or swanlab (comma-separated), through mlx-lm's callbacks
+    project_name: Optional[str] = None  # the W&B / SwanLab project (default: gift-mlx)
     extra: dict = field(default_factory=dict)  # free-form notes copied into the run record
 
     def validate(self):
@@ -180,6 +183,12 @@ class TrainConfig:
             raise GiftError(f"gamma: floor^gamma = {self.floor}^{self.gamma} underflows to 0 in float32, so "
                             "weights of unconfident tokens vanish and a step's Σw can be 0; lower --gamma "
                             "or raise --floor")
+        for service in (self.report_to or "").split(","):
+            service = service.strip().lower()
+            if service and service not in ("wandb", "swanlab"):
+                raise GiftError(f"report_to: '{service}' is not wandb or swanlab")
+            if service and importlib.util.find_spec(service) is None:
+                raise GiftError(f"report_to: {service} is not installed (pip install 'gift-mlx[{service}]')")
         return self
 
     @property

@@ -19,6 +19,7 @@ from .errors import GiftError, Interrupted
 from .evaluate import evaluate
 from .merge import merge
 from .outputs import write_json, write_text
+from .plot import methods as methods_plot
 from .train import train
 
 WORLD = Path(__file__).parent / "world"
@@ -150,6 +151,8 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
     write_json(out / "eval" / "summary.json", summary)
     report = report_markdown(summary)
     write_text(out / "eval" / "report.md", report)
+    methods_plot(out / "eval" / "methods.png", summary)
     log("\n" + report)
-    log(f"report: {out / 'eval'} (report.md, summary.json; task/ and retention/ with samples and scaling.png)")
+    log(f"report: {out / 'eval'} (report.md, summary.json, methods.png; task/ and retention/ with samples and "
+        "scaling.png)")
     return summary

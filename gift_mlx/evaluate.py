@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import grading
+from . import grading, plot
 from .errors import GiftError
 from .metrics import ks_for, sample_metrics
 from .models import local_path
@@ -126,20 +126,23 @@ def run_mode(model, tokenizer, problems, prompts, settings, mode, write, progres
     sampler = make_sampler(temperature, settings.top_p)
     correct = [[False] * n for _ in problems]
     keys = [[None] * n for _ in problems]
-    stats = {"generated_tokens": 0, "truncated": 0, "no_answer": 0}
+    stats = {"generated_tokens": 0, "truncated": 0, "no_answer": 0, "grading_seconds": 0.0}
     start = time.perf_counter()
     with tqdm(total=len(problems) * n, desc=f"{label} {mode}", unit="seq", disable=not progress) as bar:
         for i, j, ids, finish in generate_batched(model, tokenizer, prompts, n, sampler, settings.max_tokens,
                                                   settings.batch_size):
             text = tokenizer.decode(ids)
-            answer, correct[i][j] = grading.grade(text, problems[i].reference, problems[i].n_choices)
-            keys[i][j] = grading.canonical(answer)
+            graded = time.perf_counter()
+            judged = grading.judge(text, problems[i].reference, problems[i].n_choices)
+            stats["grading_seconds"] += time.perf_counter() - graded
+            correct[i][j], keys[i][j] = judged.correct, judged.key
             stats["generated_tokens"] += len(ids)
             stats["truncated"] += finish == "length"
-            stats["no_answer"] += answer is None
+            stats["no_answer"] += judged.answer is None
             write({"problem": i, "line": problems[i].line, "mode": mode, "sample": j,
-                   "reference": problems[i].reference, "answer": answer, "correct": correct[i][j],
-                   "finish_reason": finish, "tokens": len(ids), "completion": text})
+                   "reference": problems[i].reference, "answer": judged.answer, "correct": judged.correct,
+                   "found": judged.found, "judge": judged.judge, "finish_reason": finish, "tokens": len(ids),
+                   "completion": text})
             bar.update(1)
     stats["seconds"] = time.perf_counter() - start
     stats["tokens_per_second"] = stats["generated_tokens"] / max(stats["seconds"], 1e-9)
@@ -216,24 +219,11 @@ def markdown_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def scaling_plot(path, summary):
-    """PNG of accuracy vs k per model: pass@k solid, maj@k dashed, Average@k dotted."""
-    from .plot import line_plot
-
-    styles = {"pass@k": "solid", "maj@k": "dashed", "average@k": "dotted"}
-    series = [
-        (f"{m['name']} {metric}", summary["ks"], [m[metric][k] for k in summary["ks"]], color, style)
-        for color, m in enumerate(summary["models"]) for metric, style in styles.items()
-    ]
-    line_plot(path, series, title="accuracy vs k (test-time scaling)", xlabel="k (samples per problem)",
-              ylabel="accuracy")
-
-
 def write_summary(folder, summary):
     write_json(folder / "summary.json", summary)
     write_text(folder / "results.md", markdown_table(summary))
     if summary["ks"]:
-        scaling_plot(folder / "scaling.png", summary)
+        plot.scaling(folder / "scaling.png", summary)
 
 
 # ---- the whole run ----------------------------------------------------------------------------------------

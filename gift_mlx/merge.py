@@ -26,7 +26,9 @@ from .models import check_compatible, load_model, local_path, read_config
 from .outputs import output_folder, write_json
 from .pair_check import distance_over, known_result
 
-FORMATS = ("mlx", "hf")
+FORMATS = ("mlx", "hf", "gguf")
+GGUF_FILE = "model.gguf"
+GGUF_OF_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
 LINEARS = (nn.Linear, nn.QuantizedLinear)
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
 
@@ -223,6 +225,8 @@ def _check_options(adapter, instruct, fmt, dtype, base, requantize):
         raise GiftError(f"--dtype: '{dtype}' is not one of {', '.join(export.DTYPES)}")
     if requantize and fmt == "hf":
         raise GiftError("--requantize: Hugging Face output is always float (transformers cannot read MLX quantization)")
+    if requantize and fmt == "gguf":
+        raise GiftError("--requantize: GGUF output is quantized by llama.cpp's own types (--gguf-type q8_0)")
     if adapter.kind == "dora" and not base:
         raise GiftError(DORA_NEEDS_BASE.format(path=adapter.path, base=adapter.config.get("base_model") or "<model>"))
     return instruct
@@ -253,18 +257,26 @@ def _output_config(model, raw, loaded, fused, fmt, dtype, requantize):
 
 
 def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dtype=None, scale=1.0, base=None,
-          requantize=False, force=False, log=print):
-    """Merge the adapter into the instruct model and write it to `out` in `fmt` (mlx | hf); return out."""
+          requantize=False, gguf_type=None, force=False, log=print):
+    """Merge the adapter into the instruct model and write it to `out` in `fmt` (mlx | hf | gguf); return out."""
     scale = export.check_scale(scale)
     adapter = read_adapter(adapter_path)
     instruct = _check_options(adapter, instruct, fmt, dtype, base, requantize)
     raw = read_config(instruct)
     if fmt == "hf":
         export.check_hf(raw)
+    if fmt == "gguf":
+        gguf_type = gguf_type or GGUF_OF_DTYPE.get(dtype, "f16")
+        pre_tokenizer = export.check_gguf(raw, local_path(instruct), gguf_type)
     with output_folder(out, [instruct, adapter.path, base], force) as tmp:
         model, loaded, base_model = _load_checked(adapter, instruct, raw, base, requantize)
         mx_dtype = export.DTYPES[dtype] if dtype else None
         fused, rq_error, sizes = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
+        if fmt == "gguf":
+            _write_gguf(tmp, model, raw, instruct, gguf_type, pre_tokenizer, out)
+            _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale, dtype=gguf_type)
+            log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out}/{GGUF_FILE} ({gguf_type})")
+            return Path(out)
         mx_dtype, config = _output_config(model, raw, loaded, fused, fmt, mx_dtype, requantize)
         if mx_dtype is not None:
             _cast(model, mx_dtype)
@@ -294,9 +306,22 @@ def update_line(update_size, scale, sizes, adapter, instruct, log=print):
     return line + (f": the update is {update_size / same:.2f}x the pair's distance" if same else "")
 
 
+def _write_gguf(folder, model, raw, instruct, gguf_type, pre_tokenizer, out):
+    """The merged model as one GGUF file (float weights; the file's type decides f16/bf16/q8_0)."""
+    from mlx_lm.utils import dequantize_model
+
+    dequantize_model(model)
+    config = {k: v for k, v in raw.items() if k not in export.QUANT_KEYS}
+    export.write_gguf(folder / GGUF_FILE, _take_weights(model), config, local_path(instruct), gguf_type,
+                      pre_tokenizer, Path(out).name)
+
+
 def _write_card(folder, adapter, instruct, fmt, out, **extra):
     record = export.build_record(adapter, "merged-model", fmt, instruct_model=instruct, **extra)
-    if fmt == "hf":
+    if fmt == "gguf":
+        usage = (f"bash\nllama-cli -m {out}/{GGUF_FILE} -cnv\n"
+                 f"# Ollama: a Modelfile with the line FROM {out}/{GGUF_FILE}, then: ollama create NAME -f Modelfile\n")
+    elif fmt == "hf":
         usage = (f"python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
                  f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
                  f"tokenizer = AutoTokenizer.from_pretrained({str(out)!r})\n")
@@ -305,4 +330,5 @@ def _write_card(folder, adapter, instruct, fmt, out, **extra):
     what = (f"`{instruct}` with the update of a {adapter.kind.upper()} adapter trained on "
             f"`{record['base_model']}` (method `{record['method']}`, GIFT transfer) added to it: "
             f"W' = W_instruct + {extra['merge_scale']}·ΔW.")
-    export.write_card(folder, Path(out).name, record, what, usage, "transformers" if fmt == "hf" else "mlx")
+    library = {"hf": "transformers", "gguf": "gguf"}.get(fmt, "mlx")
+    export.write_card(folder, Path(out).name, record, what, usage, library)

@@ -25,7 +25,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tqdm import tqdm
 
-from . import __version__, adapters, blas
+from . import __version__, adapters, blas, plot
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
@@ -332,6 +332,16 @@ def truncate_metrics(path, step):
     return final
 
 
+def reporting(cfg, out):
+    """mlx-lm's Weights & Biases / SwanLab callback for --report-to (the run is named after the adapter folder)."""
+    if not cfg.report_to:
+        return None
+    from mlx_lm.tuner.callbacks import get_reporting_callbacks
+
+    return get_reporting_callbacks(cfg.report_to, project_name=cfg.project_name or "gift-mlx", log_dir=str(out),
+                                   config=dataclasses.asdict(cfg))
+
+
 def train(cfg: TrainConfig, log=print):
     """Score (if needed) and train; writes the adapter in mlx-lm's format; returns the run record.
 
@@ -432,6 +442,7 @@ def _train(cfg, log, stack):
                                     "instruct_model": cfg.instruct, "method": cfg.method})
     final = truncate_metrics(out / "metrics.jsonl", start) if rank == 0 and start else {}
     metrics_file = LineWriter(out / "metrics.jsonl" if rank == 0 else os.devnull, "a" if start else "w")
+    reporter = reporting(cfg, out) if rank == 0 else None
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"train: {cfg.method} on {trained_id}, {steps} steps of {global_batch} rows, "
         f"{n_trainable / 1e6:.3f}M trainable parameters")
@@ -440,6 +451,9 @@ def _train(cfg, log, stack):
     def emit(row):
         metrics_file.write(row)
         final.update(row)
+        if reporter:  # mlx-lm's callbacks take the step as "iteration"
+            report = reporter.on_train_loss_report if "loss" in row else reporter.on_val_loss_report
+            report({**row, "iteration": row["step"]})
 
     model.train()
     window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
@@ -500,6 +514,10 @@ def _train(cfg, log, stack):
     finally:
         bar.close()
         metrics_file.close()
+        if reporter and "wandb" in cfg.report_to:
+            import wandb
+
+            wandb.finish()
 
     if start < steps:
         save_checkpoint(out, steps, model, optimizer, identity, cfg.keep_checkpoints, world)
@@ -513,5 +531,6 @@ def _train(cfg, log, stack):
     }
     if rank == 0:
         adapters.write_run_record(out, record)
+        plot.training(out / "loss.png", plot.read_metrics(out / "metrics.jsonl"))
     log(f"adapter: {out / adapters.WEIGHTS}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record

@@ -509,7 +509,7 @@ def test_cases_cover_every_command():
 
 @pytest.mark.parametrize("args, option", [
     (["train", "--iters", "ten"], "'--iters': 'ten' is not a valid integer"),
-    (["merge", "--out", "m", "--format", "gguf"], "'--format': 'gguf' is not one of 'mlx', 'hf'"),
+    (["merge", "--out", "m", "--format", "onnx"], "'--format': 'onnx' is not one of 'mlx', 'hf', 'gguf'"),
     (["eval", "--model", "m", "--data", "d", "--samples", "1.5"], "'--samples': '1.5' is not a valid integer"),
     (["chat", "--model", "m", "--temperature", "hot"], "'--temperature': 'hot' is not a valid float"),
 ])

@@ -35,6 +35,7 @@ def test_score_then_train_from_yaml_with_overrides_then_mlx_lm_generate(tmp_path
     run = json.loads((tmp_path / "a" / "gift_run.json").read_text())
     assert run["config"]["iters"] == 3 and run["method"] == "gift"
     assert len([l for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]) == 3
+    assert (tmp_path / "a" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     g = subprocess.run([sys.executable, "-m", "mlx_lm", "generate", "--model", str(instruct), "--adapter-path",
                         str(tmp_path / "a"), "--prompt", "What is 1+2?", "--max-tokens", "4"],

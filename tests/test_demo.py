@@ -20,7 +20,7 @@ def test_demo_trains_merges_and_evaluates_every_method(tmp_path):
     for m in summary["models"]:
         for part in ("task", "retention"):
             assert 0 <= m[part]["average"] <= m[part]["pass"] <= 1
-    for f in ("report.md", "summary.json"):
+    for f in ("report.md", "summary.json", "methods.png"):
         assert (tmp_path / "eval" / f).stat().st_size > 0
     for part in ("task", "retention"):
         for f in ("results.md", "summary.json", "samples.jsonl", "scaling.png"):

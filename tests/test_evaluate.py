@@ -11,6 +11,7 @@ import pytest
 
 from gift_mlx import evaluate as ev
 from gift_mlx import grading, metrics, plot, problems
+from test_plot import read_rgb, rgb
 from gift_mlx.errors import GiftError
 
 
@@ -87,10 +88,10 @@ def test_gift_eval_end_to_end(tmp_path, llama_pair, task_data):
 
     table = (out / "results.md").read_text()
     assert "| metric | base | instruct |" in table and "| pass@4 |" in table and "| greedy accuracy |" in table
-    image = plot.read_png(out / "scaling.png")
-    assert image.shape[1] == 720
+    image = read_rgb(out / "scaling.png")
+    assert image.shape[1] > 700
     for color in plot.COLORS[:2]:  # one curve color per model
-        assert (image == color).all(axis=-1).sum() > 50
+        assert (image == rgb(color)).all(axis=-1).sum() > 50
 
     # --seed makes a run repeatable; an existing output needs --overwrite
     r = gift(*args)

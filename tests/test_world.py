@@ -56,7 +56,7 @@ def test_task_splits_are_gradable_and_disjoint():
     assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
     retention = rows(WORLD / "data" / "retention.jsonl")
     assert len(retention) == WORLD_JSON["data"]["retention"]
-    assert all(grading.to_number(r["answer"]) is not None for r in retention)
+    assert all(grading.parse_answer(r["answer"]) for r in retention)
 
 
 def test_instruct_follows_instructions_and_ends_its_turn_where_the_base_does_not(tmp_path):
