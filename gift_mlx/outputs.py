@@ -194,7 +194,7 @@ def folder_lock(folder, what="run"):
 
 # ---- files ----
 
-def _atomic(path, write):
+def atomic_write(path, write):
     """Run write(tmp) for a hidden sibling tmp, then rename it to `path`; remove tmp on any failure."""
     path = Path(path)
     tmp = _tmp_path(path)
@@ -217,7 +217,7 @@ def write_bytes(path, data):
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def write_text(path, text):
@@ -271,7 +271,7 @@ def save_tensors(path, tensors, metadata=None, check=True):
 
     if check:
         check_finite(tensors, path)
-    return _atomic(path, lambda tmp: mx.save_safetensors(str(tmp), tensors, metadata=metadata or {}))
+    return atomic_write(path, lambda tmp: mx.save_safetensors(str(tmp), tensors, metadata=metadata or {}))
 
 
 class LineWriter:

@@ -7,6 +7,8 @@ from a run's metrics.jsonl for `gift train`; methods: task accuracy vs retention
 import json
 from pathlib import Path
 
+from .outputs import atomic_write
+
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 STYLES = {"pass@k": "-", "maj@k": "--", "average@k": ":"}
 LABELS = {"pass@k": "pass@k", "maj@k": "maj@k", "average@k": "Average@k"}
@@ -22,7 +24,8 @@ def _pyplot():
 
 
 def _save(fig, path):
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    # atomic, and a failed write is one error line naming the figure (outputs.py)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     _pyplot().close(fig)
 
 

@@ -530,7 +530,7 @@ def _train(cfg, log, stack):
         "pair_check": pair and {"overall": pair["overall"], "verdict": pair["verdict"], "file": PAIR_FILE},
     }
     if rank == 0:
-        adapters.write_run_record(out, record)
         plot.training(out / "loss.png", plot.read_metrics(out / "metrics.jsonl"))
+        adapters.write_run_record(out, record)  # last: its presence marks the run complete
     log(f"adapter: {out / adapters.WEIGHTS}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record
