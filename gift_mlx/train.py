@@ -28,7 +28,7 @@ from . import __version__, adapters, blas
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError
-from .models import check_compatible, cpu_float32, load_model, load_tokenizer, read_config
+from .models import check_compatible, cpu_float32, load_model, load_tokenizer, model_ref, read_config
 from .objective import confidence, token_weights, weighted_sums
 from .scoring import ensure_scores, load_guide
 
@@ -171,6 +171,11 @@ def settings_hash(cfg):
     return hashlib.sha256(json.dumps([getattr(cfg, f) for f in RESUME_FIELDS]).encode()).hexdigest()[:16]
 
 
+def dropout_seed(seed, rank):
+    """The seed of a process's dropout stream: a function of (seed, rank) only, apart from the LoRA init's."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0])
+
+
 def set_rng(key):
     """mx.random.state cannot be assigned to; seeding with the key's two words restores it exactly."""
     hi, lo = np.array(key).tolist()
@@ -256,6 +261,10 @@ def train(cfg: TrainConfig, log=print):
     Under mlx.launch, every process takes its share of each micro-batch and rank 0 alone writes and logs.
     """
     cfg.validate()
+    # Local models and data are recorded (adapter_config.json, gift_run.json) by absolute path; Hub ids stay ids.
+    cfg = dataclasses.replace(cfg, base=model_ref(cfg.base), instruct=model_ref(cfg.instruct),
+                              data=os.path.abspath(cfg.data),
+                              scores_path=cfg.scores_path and os.path.abspath(cfg.scores_path))
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
     if rank:
@@ -290,8 +299,6 @@ def train(cfg: TrainConfig, log=print):
         raise GiftError(f"{trained_id}: vocabulary of {vocab_rows} rows, but the instruct tokenizer has {len(tokenizer)} tokens")
     mx.random.seed(cfg.seed)  # the same LoRA initialisation in every process
     adapter_config = add_lora(model, cfg)
-    if rank:
-        mx.random.seed(cfg.seed * 1000 + rank)  # but independent dropout masks
 
     out.mkdir(parents=True, exist_ok=True)
     if guide_id and not cfg.online_scores:
@@ -309,6 +316,9 @@ def train(cfg: TrainConfig, log=print):
             guide_stream, blas_threads = mx.new_stream(mx.cpu), max(1, blas.cores() // 2)
     if cfg.grad_checkpoint:
         checkpoint_layers(model)
+    # Building a model (scoring, a guide) draws from MLX's global generator; reseeding here makes the
+    # dropout masks depend on (seed, rank) alone, so cached and freshly computed scores give one adapter.
+    mx.random.seed(dropout_seed(cfg.seed, rank))
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
     step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream)
 
