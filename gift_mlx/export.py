@@ -18,6 +18,7 @@ from . import __version__
 from .adapters import WEIGHTS, read_adapter, read_run_record
 from .data import file_sha256
 from .errors import GiftError
+from .models import model_ref
 from .outputs import RECORD, output_folder, write_json
 
 QUANT_KEYS = ("quantization", "quantization_config")
@@ -212,7 +213,7 @@ def export_peft(adapter_path, out, instruct=None, scale=1.0, force=False):
             f"{adapter.path}: a DoRA adapter cannot be exported for PEFT: its update depends on the weights it "
             "was trained on, and PEFT would apply it to the instruct weights; use `gift merge --base` instead"
         )
-    instruct = instruct or adapter.config.get("instruct_model")
+    instruct = model_ref(instruct or adapter.config.get("instruct_model"))  # a local folder by absolute path
     tensors = {}
     for path, t in adapter.layers.items():
         tensors[f"base_model.model.{path}.lora_A.weight"] = t["lora_a"].T

@@ -70,3 +70,31 @@ def test_doctor_reports_backend_and_blas():
     r = gift("doctor")
     assert r.returncode == 0, r.stderr
     assert "mlx" in r.stdout and "GFLOP/s" in r.stdout and "BLAS" in r.stdout
+
+
+def test_relative_paths_are_recorded_absolute_and_merge_names_the_config(tmp_path, llama_pair, task_data):
+    import shutil
+
+    project = tmp_path / "project"
+    for name, src in (("base", llama_pair[0]), ("instruct", llama_pair[1]), ("data", task_data)):
+        shutil.copytree(src, project / name)
+    r = gift("train", "--base", "base", "--instruct", "./instruct", "--data", "data", "--adapter-path", "a",
+             "--lora-rank", 4, "--lora-alpha", 8, "--batch-size", 4, "--iters", 1, cwd=project)
+    assert r.returncode == 0, r.stderr
+    conf = json.loads((project / "a" / "adapter_config.json").read_text())
+    run = json.loads((project / "a" / "gift_run.json").read_text())
+    assert conf["base_model"] == run["config"]["base"] == str(project / "base")
+    assert conf["instruct_model"] == run["instruct_model"] == str(project / "instruct")
+    assert run["config"]["data"] == str(project / "data")
+    assert run["data"]["train"]["file"] == str(project / "data" / "train.jsonl")
+    r = gift("export-adapter", "--adapter-path", project / "a", "--out", "peft", cwd=tmp_path)  # another folder
+    assert r.returncode == 0, r.stderr
+    peft = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert peft["base_model_name_or_path"] == str(project / "instruct")
+
+    (project / "instruct").rename(project / "moved")
+    r = gift("merge", "--adapter-path", project / "a", "--out", "m", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {project / 'a' / 'adapter_config.json'}: field instruct_model: "
+                               f"{project / 'instruct'}: no such model folder"), r.stderr
+    assert "--instruct" in r.stderr and not (tmp_path / "m").exists()
