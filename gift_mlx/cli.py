@@ -112,11 +112,13 @@ def train(**options):
 @click.option("--gift-base", is_flag=True, help="Also run the paper's ablation (base model's own confidences).")
 @click.option("--world", type=click.Path(), help="A toy world folder (default: the built-in one).")
 @click.option("--limit", type=int, help="Evaluate only the first N problems of each set (a quick check).")
-def demo(out, iters, samples, seed, gift_base, world, limit):
+@click.option("--force", is_flag=True, help="Replace an earlier demo in --out.")
+def demo(out, iters, samples, seed, gift_base, world, limit, force):
     """Train, merge and evaluate every method on the built-in toy world (no download, minutes on a CPU)."""
     from .demo import demo as run
 
-    run(out, iters=iters, samples=samples, seed=seed, gift_base=gift_base, world=world, limit=limit, log=click.echo)
+    run(out, iters=iters, samples=samples, seed=seed, gift_base=gift_base, world=world, limit=limit, force=force,
+        log=click.echo)
 
 
 @main.command()
