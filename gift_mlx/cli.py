@@ -47,6 +47,14 @@ def option(*decls, **kwargs):
     return click.option(*decls, cls=Option, **kwargs)
 
 
+def check_blas():
+    """On Linux CPU, warn before the work starts when the BLAS is slow or GIFT_BLAS unusable (doctor.py)."""
+    from .doctor import blas_warnings
+
+    for warning in blas_warnings():
+        click.echo(f"warning: {warning}", err=True)
+
+
 @click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(package_name="gift-mlx")
 def main():
@@ -140,6 +148,7 @@ def score(**options):
     """Precompute the instruct model's confidence in every target token (cached for `gift train`)."""
     from .scoring import score as run
 
+    check_blas()
     for split, path in run(make_config(**options), log=click.echo).items():
         click.echo(f"{split}: {path}")
 
@@ -150,6 +159,7 @@ def train(**options):
     """Train a LoRA adapter on the base model with confidence-weighted loss."""
     from .train import train as run
 
+    check_blas()
     run(make_config(**options), log=click.echo)
 
 
@@ -162,11 +172,14 @@ def train(**options):
 @option("--gift-base", is_flag=True, help="Also run the paper's ablation (base model's own confidences).")
 @option("--world", type=click.Path(), shown="the built-in one", help="A toy world folder.")
 @option("--limit", type=int, shown="all", help="Evaluate only the first N problems of each set (a quick check).")
-def demo(out, iters, samples, seed, gift_base, world, limit):
+@option("--force", is_flag=True, help="Replace an earlier demo in --out.")
+def demo(out, iters, samples, seed, gift_base, world, limit, force):
     """Train, merge and evaluate every method on the built-in toy world (no download, minutes on a CPU)."""
     from .demo import demo as run
 
-    run(out, iters=iters, samples=samples, seed=seed, gift_base=gift_base, world=world, limit=limit, log=click.echo)
+    check_blas()
+    run(out, iters=iters, samples=samples, seed=seed, gift_base=gift_base, world=world, limit=limit, force=force,
+        log=click.echo)
 
 
 @main.command("pair-check")
@@ -264,6 +277,7 @@ def eval_command(models, data, out, **options):
 
     from pathlib import Path
 
+    check_blas()
     evaluate(list(models), data, out, log=click.echo, **options)
     click.echo(f"wrote {out}: " + ", ".join(sorted(p.name for p in Path(out).iterdir())))
 
@@ -281,4 +295,5 @@ def chat_command(model, **options):
     """Chat with a model: streaming replies, history, /reset, /system <text>, /quit; reads a pipe too."""
     from .chat import chat
 
+    check_blas()
     chat(model, **options)

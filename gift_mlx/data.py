@@ -12,6 +12,8 @@ from mlx_lm.utils import common_prefix_len
 from .errors import GiftError
 
 SPLITS = ("train", "valid", "test")
+# (prompt field, response field) of the non-chat record shapes; Alpaca's "input" and a "system" may join them.
+TRAINING_PAIRS = (("prompt", "completion"), ("instruction", "response"), ("instruction", "output"))
 
 
 @dataclass
@@ -121,7 +123,7 @@ def to_messages(record, where):
         if messages[0]["role"] == "assistant":
             raise GiftError(f"{where}: 'messages' starts with an assistant turn; a response needs a prompt before it")
         return [{"role": m["role"], "content": m["content"]} for m in messages]
-    for prompt_key, response_key in (("prompt", "completion"), ("instruction", "response"), ("instruction", "output")):
+    for prompt_key, response_key in TRAINING_PAIRS:
         if prompt_key in record and response_key in record:
             prompt = _text(record, prompt_key, where)
             if record.get("input"):  # Alpaca-style extra context

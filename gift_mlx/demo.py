@@ -11,6 +11,7 @@ every adapter into the instruct model, and evaluates the instruct model and ever
 Average@k, pass@k and maj@k on the task test set, Average@k on the retention set.
 """
 
+import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +29,25 @@ METHODS = ("direct", "shadow-ft", "gift")
 SETTINGS = dict(iters=100, batch_size=16, lora_rank=8, lora_alpha=16.0, learning_rate=1e-3, max_seq_length=256,
                 seed=0)
 MAX_TOKENS = dict(task=64, retention=64)  # answers are under 60 characters (one token each)
+# What a demo writes in its --out folder: --force replaces a folder that holds nothing else.
+OUTPUTS = ("world", "merged", "eval", *METHODS, "gift-base")
+
+
+def clear_output(out, force):
+    """Refuse an existing non-empty --out unless force; with force, remove an earlier demo's outputs."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise GiftError(f"{out}: output folder exists and is not empty (use --force to replace an earlier demo, "
+                        "or choose another --out)")
+    other = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
+    other = [name for name in other if name not in OUTPUTS]
+    if other:
+        raise GiftError(f"{out}: not a gift demo folder (holds {', '.join(other[:3])}); --force replaces only "
+                        "an earlier demo's output")
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
 
 
 def world_paths(world=None):
@@ -45,8 +65,6 @@ def float32_copy(model_dir, out):
     """The model folder with float32 weights, so that the merged models (written in the instruct model's
     dtype) keep the adapters' updates in float32, as when the demo's recorded figures were made. Computing
     in float32 on a CPU alone would not need this: models.cpu_float32 does that at load time."""
-    import shutil
-
     import mlx.core as mx
 
     out = Path(out)
@@ -66,31 +84,63 @@ def _row(entry, k):
             "truncated": entry["sampling"]["truncated"]}
 
 
+def _pct(x):
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+METRIC_LEGEND = (
+    "Average@{k}: the accuracy over the {k} samples drawn for each problem (the paper's metric); pass@{k}: the "
+    "share of problems with at least one right answer among their {k} samples; maj@{k}: the "
+    "accuracy of the majority answer of {k} samples. Values in %."
+)
+
+
 def report_markdown(summary):
-    k, lines = summary["samples"], []
+    """report.md: the side-by-side table, what its columns mean, warnings, and links to every file behind it."""
+    k, s, lines = summary["samples"], summary["settings"], []
     lines += [
         f"# gift demo — toy world, seed {summary['seed']}",
         "",
         f"{summary['task_problems']} task problems and {summary['retention_problems']} retention instructions, "
-        f"{k} samples each at temperature 1.0; every adapter trained {summary['settings']['iters']} steps "
-        f"(batch {summary['settings']['batch_size']}, LoRA rank {summary['settings']['lora_rank']}, "
-        f"lr {summary['settings']['learning_rate']}) and merged into the instruct model.",
+        f"{k} samples each at temperature 1.0; every adapter trained {s['iters']} steps "
+        f"(batch {s['batch_size']}, LoRA rank {s['lora_rank']}, lr {s['learning_rate']}) and merged into the "
+        "instruct model.",
         "",
-        f"| model | task Average@{k} | task pass@{k} | task maj@{k} | retention Average@{k} | final val loss |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| model | task Average@{k} (%) | task pass@{k} (%) | task maj@{k} (%) | retention Average@{k} (%) "
+        "| val loss, plain | val loss, weighted |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in summary["models"]:
-        loss = f"{m['val_plain_loss']:.3f}" if m.get("val_plain_loss") is not None else "–"
-        lines.append(f"| {m['name']} | {m['task']['average']:.3f} | {m['task']['pass']:.3f} | "
-                     f"{m['task']['maj']:.3f} | {m['retention']['average']:.3f} | {loss} |")
-    lines += ["", "Stage times (s): " + ", ".join(f"{s} {t:.0f}" for s, t in summary["seconds"].items()), "",
-              "Details: `task/` and `retention/` hold each evaluation's results.md, summary.json, every sample "
-              "(samples.jsonl) and the accuracy-vs-k plot (scaling.png).", ""]
+        losses = [f"{m[key]:.3f}" if m.get(key) is not None else "–" for key in ("val_plain_loss", "val_loss")]
+        lines.append(f"| {m['name']} | {_pct(m['task']['average'])} | {_pct(m['task']['pass'])} | "
+                     f"{_pct(m['task']['maj'])} | {_pct(m['retention']['average'])} | {' | '.join(losses)} |")
+    lines += [
+        "",
+        METRIC_LEGEND.format(k=k) + " Validation loss on the task's valid.jsonl after training: plain is the mean "
+        "token loss Σℓ/n, weighted is the training objective Σw·ℓ/Σw (the same as plain for direct and shadow-ft, "
+        "whose weights are uniform).",
+    ]
+    cut = [(part, m["name"], m[part]["truncated"]) for part in ("task", "retention") for m in summary["models"]
+           if m[part].get("truncated", 0) > 0.5]
+    if cut:
+        limits = summary.get("max_tokens", MAX_TOKENS)
+        lines += ["", "**Warning:** most completions hit the token limit, so their answers may be cut off: "
+                  + ", ".join(f"{name} on {part} {_pct(f)}% (limit {limits[part]})" for part, name, f in cut) + "."]
+    lines += ["", "Stage times (s): " + ", ".join(f"{st} {t:.0f}" for st, t in summary["seconds"].items()), "",
+              "## Files", ""]
+    for part in ("task", "retention"):
+        lines.append(f"- {part} set: [results]({part}/results.md), [every sample]({part}/samples.jsonl), "
+                     f"[summary]({part}/summary.json), [accuracy-vs-k plot]({part}/scaling.png)")
+    lines += ["- task vs retention per method: [methods.png](methods.png)",
+              "- this report's figures: [summary.json](summary.json); adapters, their training metrics and run "
+              "records: `../<method>/`; merged models: `../merged/<method>/`", ""]
+    lines += ["![task vs retention per method](methods.png)"]
+    lines += [f"![{part}: accuracy vs k]({part}/scaling.png)" for part in ("task", "retention")] + [""]
     return "\n".join(lines)
 
 
 def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_base=False, world=None, limit=None,
-         log=print):
+         force=False, log=print):
     """Train, merge and evaluate each method on the toy world; write <out>/eval/report.md; return the summary."""
     iters = SETTINGS["iters"] if iters is None else iters
     check_value("--iters", iters, int, 1, COUNT_MAX)  # before any work is done
@@ -100,6 +150,7 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
     methods = tuple(methods) + (("gift-base",) if gift_base and "gift-base" not in methods else ())
     base, instruct, task, retention = world_paths(world)
     out = Path(out)
+    clear_output(out, force)
     out.mkdir(parents=True, exist_ok=True)
     settings = {**SETTINGS, "iters": iters, "seed": seed}
     world_dir = base.parent
@@ -141,6 +192,7 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
 
     names = ["instruct", *methods]
     summary = {"world": str(world_dir), "seed": seed, "samples": samples, "settings": settings,
+               "max_tokens": MAX_TOKENS,
                "task_problems": evals["task"]["problems"], "retention_problems": evals["retention"]["problems"],
                "seconds": {k: round(v, 1) for k, v in seconds.items()}, "models": []}
     for i, name in enumerate(names):

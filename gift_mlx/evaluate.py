@@ -168,15 +168,19 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
         correct, _, entry["greedy"] = run_mode(model, tokenizer, problems, prompts, settings, "greedy",
                                                write_record, progress, name)
         entry["greedy_accuracy"] = float(np.mean([c[0] for c in correct]))
-        log(f"{name}: greedy accuracy {entry['greedy_accuracy']:.3f}")
+        log(f"{name}: greedy accuracy {entry['greedy_accuracy']:.1%}")
     if settings.samples:
         mx.random.seed(settings.seed)  # every model sees the same sampling seed, and a rerun the same samples
         correct, keys, entry["sampling"] = run_mode(model, tokenizer, problems, prompts, settings, "sample",
                                                     write_record, progress, name)
         entry.update(sample_metrics(correct, keys))
         n = settings.samples
-        log(f"{name}: Average@{n} {entry['average@k'][n]:.3f}  pass@{n} {entry['pass@k'][n]:.3f}  "
-            f"maj@{n} {entry['maj@k'][n]:.3f}  ({entry['sampling']['tokens_per_second']:.0f} tok/s)")
+        log(f"{name}: Average@{n} {entry['average@k'][n]:.1%}  pass@{n} {entry['pass@k'][n]:.1%}  "
+            f"maj@{n} {entry['maj@k'][n]:.1%}  ({entry['sampling']['tokens_per_second']:.0f} tok/s)")
+    for mode in ("greedy", "sampling"):
+        if cut_off(entry, mode) > 0.5:
+            log(f"warning: {name}: {cut_off(entry, mode):.0%} of the {mode} completions hit --max-tokens "
+                f"{settings.max_tokens}; their answers may be cut off (raise --max-tokens)")
     del model
     mx.clear_cache()  # free this model's buffers before the next one loads
     return entry
@@ -202,20 +206,44 @@ def staged_output(out, overwrite=False, inputs=()):
         yield stage
 
 
+LEGEND = (
+    "Average@k: the accuracy over the first k samples of each problem (Average@{n}, over all {n} samples, is the "
+    "paper's metric; Average@1 counts only each problem's first sample). pass@k: the chance that at least one of "
+    "k samples is right, estimated from all {n} samples (Chen et al., 2021), so pass@1 is the accuracy over all "
+    "{n} samples and equals Average@{n}. maj@k: the accuracy of the majority answer of k samples. "
+    "All values in %."
+)
+
+
+def cut_off(entry, mode="sampling"):
+    """The share of a model's completions that stopped at --max-tokens (0 when the mode did not run)."""
+    return entry.get(mode, {}).get("truncated", 0.0)
+
+
 def markdown_table(summary):
-    """Metrics side by side, one column per model."""
-    models = summary["models"]
-    rows = [("greedy accuracy", lambda m: m.get("greedy_accuracy"))] if summary["settings"]["greedy"] else []
+    """Metrics side by side, one column per model, in %, with what each metric is and a warning when most
+    completions were cut off by --max-tokens."""
+    models, settings = summary["models"], summary["settings"]
+    rows = [("greedy accuracy", lambda m: m.get("greedy_accuracy"))] if settings["greedy"] else []
     for metric in ("average@k", "pass@k", "maj@k"):
-        rows += [(metric.replace("@k", f"@{k}"), lambda m, metric=metric, k=k: m[metric][k]) for k in summary["ks"]]
+        rows += [(metric.replace("average", "Average").replace("@k", f"@{k}"),
+                  lambda m, metric=metric, k=k: m[metric][k]) for k in summary["ks"]]
+    if summary["ks"]:
+        rows.append((f"cut off at --max-tokens {settings['max_tokens']}", cut_off))
     lines = [
-        f"Evaluation of `{summary['data']}` ({summary['problems']} problems, {summary['settings']['samples']} samples, "
-        f"temperature {summary['settings']['temperature']}, top-p {summary['settings']['top_p']}).",
+        f"Evaluation of `{summary['data']}` ({summary['problems']} problems, {settings['samples']} samples, "
+        f"temperature {settings['temperature']}, top-p {settings['top_p']}).",
         "",
-        "| metric | " + " | ".join(m["name"] for m in models) + " |",
+        "| metric (%) | " + " | ".join(m["name"] for m in models) + " |",
         "|---|" + "---:|" * len(models),
     ]
-    lines += [f"| {label} | " + " | ".join(f"{get(m):.3f}" for m in models) + " |" for label, get in rows]
+    lines += [f"| {label} | " + " | ".join(f"{100 * get(m):.1f}" for m in models) + " |" for label, get in rows]
+    if summary["ks"]:
+        lines += ["", LEGEND.format(n=settings["samples"])]
+    cut = [m["name"] for m in models if max(cut_off(m), cut_off(m, "greedy")) > 0.5]
+    if cut:
+        lines += ["", f"**Warning:** most completions of {', '.join(cut)} hit --max-tokens {settings['max_tokens']}: "
+                  "their answers may be cut off; raise --max-tokens."]
     return "\n".join(lines) + "\n"
 
 

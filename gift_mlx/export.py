@@ -20,6 +20,7 @@ from .data import file_sha256
 from .errors import GiftError
 from .config import check_value
 from .outputs import RECORD, check_finite, output_folder, save_tensors, write_json, write_text
+from .models import model_ref
 
 QUANT_KEYS = ("quantization", "quantization_config")
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -240,7 +241,7 @@ def export_peft(adapter_path, out, instruct=None, scale=1.0, force=False):
             f"{adapter.path}: a DoRA adapter cannot be exported for PEFT: its update depends on the weights it "
             "was trained on, and PEFT would apply it to the instruct weights; use `gift merge --base` instead"
         )
-    instruct = instruct or adapter.config.get("instruct_model")
+    instruct = model_ref(instruct or adapter.config.get("instruct_model"))  # a local folder by absolute path
     tensors = {}
     for path, t in adapter.layers.items():
         tensors[f"base_model.model.{path}.lora_A.weight"] = t["lora_a"].T

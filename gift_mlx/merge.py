@@ -20,9 +20,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import export
-from .adapters import read_adapter
+from .adapters import CONFIG, read_adapter
 from .errors import GiftError
-from .models import check_compatible, load_model, local_path, read_config
+from .models import check_compatible, check_model_arg, load_model, local_path, model_ref, read_config
 from .outputs import output_folder, write_json
 from .pair_check import distance_over, known_result
 
@@ -216,9 +216,14 @@ def _dominant_float(model):
 
 def _check_options(adapter, instruct, fmt, dtype, base, requantize):
     """Cheap checks before anything is loaded; return the instruct model to merge into."""
-    instruct = instruct or adapter.config.get("instruct_model")
     if not instruct:
-        raise GiftError(f"{adapter.path}/adapter_config.json: names no instruct_model; pass --instruct")
+        instruct = adapter.config.get("instruct_model")
+        if not instruct:
+            raise GiftError(f"{adapter.path / CONFIG}: names no instruct_model; pass --instruct")
+        try:
+            check_model_arg(instruct)
+        except GiftError as e:
+            raise GiftError(f"{adapter.path / CONFIG}: field instruct_model: {e}; pass --instruct") from None
     if fmt not in FORMATS:
         raise GiftError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in export.DTYPES:
@@ -229,7 +234,7 @@ def _check_options(adapter, instruct, fmt, dtype, base, requantize):
         raise GiftError("--requantize: GGUF output is quantized by llama.cpp's own types (--gguf-type q8_0)")
     if adapter.kind == "dora" and not base:
         raise GiftError(DORA_NEEDS_BASE.format(path=adapter.path, base=adapter.config.get("base_model") or "<model>"))
-    return instruct
+    return model_ref(instruct)
 
 
 def _load_checked(adapter, instruct, raw, base, requantize):

@@ -24,6 +24,14 @@ def check_model_arg(path_or_id):
         raise GiftError(f"{path_or_id}: no such model folder (and not a Hugging Face id 'org/name')")
 
 
+def model_ref(path_or_id):
+    """How records name a model: a local folder by its absolute path, so that a record read from another
+    folder (merge, export, resume, a PEFT config) still finds it; a Hub id as it is."""
+    if path_or_id is None or not Path(path_or_id).exists():
+        return path_or_id
+    return os.path.abspath(path_or_id)
+
+
 def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=False):
     """mlx_lm.utils.load with clear errors; returns (model, tokenizer, config)."""
     from mlx_lm.utils import load

@@ -44,7 +44,8 @@ def scaling(path, summary):
     ax.minorticks_off()
     ax.set_xlabel("k (samples per problem)")
     ax.set_ylabel("accuracy")
-    ax.set_title("Test-time scaling: accuracy vs k")
+    data = Path(summary["data"]) if summary.get("data") else None  # task/test.jsonl vs retention.jsonl differ
+    ax.set_title((f"{data.parent.name}/{data.name}: " if data else "") + "accuracy vs k (test-time scaling)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     _save(fig, path)

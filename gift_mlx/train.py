@@ -29,7 +29,7 @@ from . import __version__, adapters, blas, plot
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
-from .models import check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, read_config
+from .models import check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, read_config
 from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, remove_if_empty, save_tensors,
                       write_json, write_text, writing)
 from .objective import confidence, token_weights, weighted_sums
@@ -188,6 +188,11 @@ def tensors_hash(tensors):
         h.update(k.encode())
         h.update(np.asarray(tensors[k].reshape(-1).view(mx.uint8)).tobytes())
     return h.hexdigest()[:16]
+
+
+def dropout_seed(seed, rank):
+    """The seed of a process's dropout stream: a function of (seed, rank) only, apart from the LoRA init's."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0])
 
 
 def set_rng(key):
@@ -354,6 +359,10 @@ def train(cfg: TrainConfig, log=print):
 
 def _train(cfg, log, stack):
     cfg.validate()
+    # Local models and data are recorded (adapter_config.json, gift_run.json) by absolute path; Hub ids stay ids.
+    cfg = dataclasses.replace(cfg, base=model_ref(cfg.base), instruct=model_ref(cfg.instruct),
+                              data=os.path.abspath(cfg.data),
+                              scores_path=cfg.scores_path and os.path.abspath(cfg.scores_path))
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
     if rank:
@@ -392,8 +401,6 @@ def _train(cfg, log, stack):
     check_vocab(tokenizer, model_config, trained_id)
     mx.random.seed(cfg.seed)  # the same LoRA initialisation in every process
     adapter_config = add_lora(model, cfg)
-    if rank:
-        mx.random.seed((cfg.seed * 1000 + rank) % 2**64)  # but independent dropout masks
 
     if not out.exists():
         stack.callback(remove_if_empty, out)  # a run stopped before writing leaves no empty folder behind
@@ -418,6 +425,9 @@ def _train(cfg, log, stack):
             guide_stream, blas_threads = mx.new_stream(mx.cpu), max(1, blas.cores() // 2)
     if cfg.grad_checkpoint:
         checkpoint_layers(model)
+    # Building a model (scoring, a guide) draws from MLX's global generator; reseeding here makes the
+    # dropout masks depend on (seed, rank) alone, so cached and freshly computed scores give one adapter.
+    mx.random.seed(dropout_seed(cfg.seed, rank))
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
     step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream, cfg.method == "dft")
 

@@ -281,6 +281,9 @@ CASES = [
     ("merge-no-instruct-named", lambda w, t: ["merge", "--adapter-path", adapter_copy(
         w, t, config=lambda c: {k: v for k, v in c.items() if k != "instruct_model"}), "--out", t / "out"],
      "names no instruct_model; pass --instruct"),
+    ("merge-recorded-instruct-moved", lambda w, t: ["merge", "--adapter-path", adapter_copy(
+        w, t, config=lambda c: {**c, "instruct_model": str(t / "moved-instruct")}), "--out", t / "out"],
+     "adapter_config.json: field instruct_model: "),
     ("merge-instruct-hub-id-offline", lambda w, t: merge(w, t, instruct=HUB_ID),
      f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
     ("merge-out-inside-instruct", lambda w, t: merge(w, t, out=w.instruct / "merged"),
@@ -345,6 +348,10 @@ CASES = [
     ("eval-out-under-a-file", lambda w, t: evaluate(w, t, out=a_file(t) / "sub"), "a-file/sub: cannot write (Not a directory)"),
     ("demo-zero-iters", lambda w, t: ["demo", "--out", t / "out", "--iters", 0], "--iters: must be at least 1, got 0"),
     ("demo-out-under-a-file", lambda w, t: ["demo", "--out", a_file(t) / "sub", "--iters", 1], "Not a directory"),
+    ("demo-out-exists", lambda w, t: ["demo", "--out", nonempty_folder(t)],
+     "output folder exists and is not empty (use --force to replace an earlier demo"),
+    ("demo-force-over-foreign-folder", lambda w, t: ["demo", "--out", nonempty_folder(t), "--force"],
+     "not a gift demo folder (holds notes.txt)"),
     ("eval-second-model-missing-checked-first", lambda w, t: evaluate(w, t, "--model", t / "nope"), "nope: no such model folder"),
     ("eval-second-model-hub-id-offline-checked-first", lambda w, t: evaluate(w, t, "--model", HUB_ID),
      f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
