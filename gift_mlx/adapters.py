@@ -5,7 +5,7 @@
 """
 
 import json
-import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .errors import GiftError
-from .outputs import write_json
+from .outputs import check_finite, save_tensors, write_json
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
@@ -39,22 +39,47 @@ def read_adapter(path):
     try:
         config = json.loads(cfg_file.read_text())
         weights = mx.load(str(weights_file))
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, RecursionError) as e:
         raise GiftError(f"{folder}: cannot read adapter ({str(e).splitlines()[0]})")
-    kind = config.get("fine_tune_type", "lora")
-    if kind not in ("lora", "dora"):
-        raise GiftError(f"{cfg_file}: fine_tune_type '{kind}' cannot be merged (only lora and dora)")
-    params = config.get("lora_parameters") or {}
-    if "rank" not in params or "scale" not in params:
-        raise GiftError(f"{cfg_file}: lora_parameters needs 'rank' and 'scale'")
+    kind, rank, scale = _check_config(config, cfg_file)
     layers = {}
     for name, w in weights.items():
         module, _, leaf = name.rpartition(".")
         if leaf not in LEAVES:
             raise GiftError(f"{weights_file}: tensor {name} is not a LoRA/DoRA tensor")
         layers.setdefault(module, {})[leaf] = w
-    _check_layers(layers, kind, int(params["rank"]), weights_file)
-    return Adapter(folder, config, kind, float(params["scale"]), layers)
+    _check_layers(layers, kind, rank, weights_file)
+    check_finite(weights, weights_file)
+    return Adapter(folder, config, kind, scale, layers)
+
+
+def _check_config(config, cfg_file):
+    """(kind, rank, scale) of adapter_config.json, every field gift reads checked for its type."""
+    if not isinstance(config, dict):
+        raise GiftError(f"{cfg_file}: expected a JSON object, got {type(config).__name__}")
+    kind = config.get("fine_tune_type", "lora")
+    if kind not in ("lora", "dora"):
+        raise GiftError(f"{cfg_file}: fine_tune_type '{kind}' cannot be merged (only lora and dora)")
+    for key in ("base_model", "instruct_model", "model", "method"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise GiftError(f"{cfg_file}: field '{key}' must be a string, got {type(config[key]).__name__}")
+    if config.get("num_layers") is not None and (isinstance(config["num_layers"], bool)
+                                                 or not isinstance(config["num_layers"], int)):
+        raise GiftError(f"{cfg_file}: field 'num_layers' must be an integer, got {config['num_layers']!r}")
+    params = config.get("lora_parameters") or {}
+    if not isinstance(params, dict):
+        raise GiftError(f"{cfg_file}: field 'lora_parameters' must be an object, got {type(params).__name__}")
+    if "rank" not in params or "scale" not in params:
+        raise GiftError(f"{cfg_file}: lora_parameters needs 'rank' and 'scale'")
+    rank, scale = params["rank"], params["scale"]
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise GiftError(f"{cfg_file}: field 'lora_parameters.rank' must be a positive integer, got {rank!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise GiftError(f"{cfg_file}: field 'lora_parameters.scale' must be a finite number, got {scale!r}")
+    keys = params.get("keys")
+    if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+        raise GiftError(f"{cfg_file}: field 'lora_parameters.keys' must be a list of strings, got {keys!r}")
+    return kind, rank, float(scale)
 
 
 def _check_layers(layers, kind, rank, weights_file):
@@ -73,9 +98,12 @@ def read_run_record(adapter_path):
     """The run record `gift train` left beside the adapter ({} when there is none)."""
     path = Path(adapter_path) / RUN_RECORD
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError) as e:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError, RecursionError) as e:
         raise GiftError(f"{path}: cannot read run record ({e})")
+    if not isinstance(record, dict):
+        raise GiftError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def write_config(folder, config):
@@ -85,10 +113,7 @@ def write_config(folder, config):
 
 def write_weights(model, folder):
     """adapters.safetensors: the model's trainable (adapter) parameters, atomically."""
-    path = Path(folder) / WEIGHTS
-    tmp = path.with_name(path.stem + ".tmp.safetensors")
-    mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
-    os.replace(tmp, path)
+    save_tensors(Path(folder) / WEIGHTS, dict(tree_flatten(model.trainable_parameters())))
 
 
 def write_run_record(folder, record):

@@ -4,7 +4,8 @@ The mlx-cpu wheel links netlib's reference BLAS (a few GFLOP/s). Loading an opti
 RTLD_GLOBAL *before* `mlx.core` is imported makes MLX's sgemm calls resolve to it (~20-30x faster
 matmuls on x86-64). macOS uses Accelerate/Metal and is left alone.
 
-Set GIFT_BLAS=/path/to/libopenblas.so to choose the library, GIFT_BLAS=0 to turn this off.
+Set GIFT_BLAS=/path/to/libopenblas.so to choose the library, GIFT_BLAS=0 to turn this off. A GIFT_BLAS
+that does not exist or does not load is noted in `problem` (the commands warn) and the usual places are tried.
 """
 
 import contextlib
@@ -21,22 +22,27 @@ CANDIDATES = (
 )
 
 loaded = None  # path of the library that was preloaded, if any
+problem = None  # why the GIFT_BLAS library was not used, if it was not
 _lib = None
 
 
 def preload():
     """Preload an optimized BLAS once; return its path or None."""
-    global loaded, _lib
+    global loaded, problem, _lib
     choice = os.environ.get("GIFT_BLAS", "")
     if loaded or choice == "0" or not sys.platform.startswith("linux"):
         return loaded
     if "mlx.core" in sys.modules:  # too late: MLX already bound its BLAS symbols
         return None
-    for path in (choice,) if choice else CANDIDATES:
+    if choice and not os.path.exists(choice):
+        problem = f"GIFT_BLAS={choice}: no such file"
+    for path in ((choice,) if choice and not problem else ()) + CANDIDATES:
         if os.path.exists(path):
             try:
                 _lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            except OSError:
+            except OSError as e:
+                if path == choice:
+                    problem = f"GIFT_BLAS={choice}: cannot load ({str(e).splitlines()[0]})"
                 continue
             loaded = path
             break

@@ -7,6 +7,7 @@ trimmed back to the longest prefix it shares with the new prompt, and only the r
 
 import sys
 
+from .config import SEED_RANGE, check_value
 from .errors import GiftError
 
 HELP = "commands: /reset (clear history), /system <text> (set the system prompt; empty clears it), /quit"
@@ -64,6 +65,15 @@ class Chat:
         return reply
 
 
+def check_text(name, text):
+    """A message must be encodable: a lone surrogate (from a shell's broken bytes) cannot be tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise GiftError(f"{name}: not valid Unicode ({e.reason} at position {e.start})")
+    return text
+
+
 def input_lines(interactive):
     """User lines: with a prompt and line editing at a terminal, plain lines from a pipe."""
     if interactive:
@@ -72,15 +82,18 @@ def input_lines(interactive):
                 yield input(">> ")
             except EOFError:
                 return
-    else:
-        for line in sys.stdin:
-            yield line.rstrip("\n")
+            except UnicodeDecodeError:
+                print("[that line was not UTF-8; type it again]", file=sys.stderr)
+    else:  # bytes that are not UTF-8 become U+FFFD instead of stopping the chat
+        stream = getattr(sys.stdin, "buffer", None)
+        for line in stream if stream is not None else sys.stdin:
+            yield (line.decode("utf-8", "replace") if isinstance(line, bytes) else line).rstrip("\n")
 
 
 def repl(chat, lines, write, note):
     """Run the chat over user lines: commands start with '/', anything else is a user turn."""
     for line in lines:
-        text = line.strip()
+        text = line.encode("utf-8", "replace").decode("utf-8").strip()  # lone surrogates -> '?'
         if not text:
             continue
         if text in ("/quit", "/exit"):
@@ -109,8 +122,13 @@ def chat(model_path, prompt=None, system=None, temperature=0.7, top_p=1.0, max_t
 
     from .models import cpu_float32, load_model
 
-    if temperature < 0 or not 0 < top_p <= 1 or max_tokens < 1:
-        raise GiftError("chat needs --temperature >= 0, --top-p in (0, 1] and --max-tokens >= 1")
+    check_value("--temperature", temperature, float, 0, 100)
+    check_value("--top-p", top_p, float, 0, 1, open_lo=True)
+    check_value("--max-tokens", max_tokens, int, 1, 2**24)
+    check_value("--seed", seed, int, *SEED_RANGE, optional=True)
+    for name, text in (("--prompt", prompt), ("--system", system)):
+        if text is not None:
+            check_text(name, text)
     model, tokenizer, _ = load_model(model_path, trust_remote_code=trust_remote_code)
     cpu_float32(model, model_path, log=lambda message: None)  # stdout is the conversation
     if not getattr(tokenizer, "has_chat_template", False):

@@ -15,14 +15,47 @@ class Group(click.Group):
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except OSError as e:  # unwritable output, a file where a folder should be, a full disk...
-            click.echo(f"error: {e.filename or ''}: {e.strerror or e}", err=True)
+            click.echo(f"error: {e.filename or ctx.invoked_subcommand or 'gift'}: {e.strerror or e}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+        except KeyboardInterrupt as e:  # said once, with what was saved when a command says so (Interrupted)
+            click.echo("interrupted" + (f": {e}" if str(e) else ""), err=True)
             sys.exit(130)
 
 
-@click.group(cls=Group)
+# -h works as --help everywhere, and every option's help shows its default.
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+class Option(click.Option):
+    """An option whose help always shows a default: `shown` (for a default computed later), the value,
+    'off' for a flag, 'none' for an optional value."""
+
+    def __init__(self, *args, shown=None, **kwargs):
+        self.shown = shown
+        super().__init__(*args, **kwargs)
+
+    def get_help_extra(self, ctx):
+        extra = super().get_help_extra(ctx)
+        if self.shown is not None:
+            extra["default"] = self.shown
+        elif "default" not in extra and not self.required:
+            extra["default"] = "off" if self.is_flag else "none"
+        return extra
+
+
+def option(*decls, **kwargs):
+    return click.option(*decls, cls=Option, **kwargs)
+
+
+def check_blas():
+    """On Linux CPU, warn before the work starts when the BLAS is slow or GIFT_BLAS unusable (doctor.py)."""
+    from .doctor import blas_warnings
+
+    for warning in blas_warnings():
+        click.echo(f"warning: {warning}", err=True)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(package_name="gift-mlx")
 def main():
     """GIFT: instruct-guided LoRA fine-tuning on a base model, transferred to its instruct model."""
@@ -31,50 +64,74 @@ def main():
 # ---- score / train (core) ----
 
 # Flags keep mlx-lm's names (--iters, --batch-size, --adapter-path, --save-every, ...) where it has them.
-# Every flag defaults to None so that it overrides a YAML config only when given.
-TRAIN_OPTIONS = [
-    click.option("-c", "--config", type=click.Path(), help="YAML file of TrainConfig fields; flags override it."),
-    click.option("--base", help="Base (pretrained) model: Hub id or folder."),
-    click.option("--instruct", help="Instruct model: Hub id or folder (chat template, confidences)."),
-    click.option("--data", help="Folder with train/valid.jsonl, or one .jsonl file."),
-    click.option("--adapter-path", help="Output folder for the adapter (default: adapters)."),
-    click.option("--method", type=click.Choice(["gift", "shadow-ft", "direct", "gift-base"]), help="Default: gift."),
-    click.option("--scores-path", help="Folder of cached score files (default: <adapter-path>/scores)."),
-    click.option("--online-scores", is_flag=True, default=None, help="Score inside the training step."),
-    click.option("--floor", type=float, help="Weight floor: w = max(q, floor)^gamma (default 1e-4)."),
-    click.option("--gamma", type=float, help="Weight exponent (default 1)."),
-    click.option("--fine-tune-type", type=click.Choice(["lora", "dora"])),
-    click.option("--lora-rank", type=int, help="Default 64."),
-    click.option("--lora-alpha", type=float, help="Default 128 (scale = alpha / rank)."),
-    click.option("--lora-dropout", type=float, help="Default 0.05."),
-    click.option("--lora-keys", help="Comma-separated module keys, e.g. self_attn.q_proj,mlp.down_proj."),
-    click.option("--num-layers", type=int, help="Adapt the last N blocks (-1: all)."),
-    click.option("--iters", type=int, help="Optimizer steps (default: one epoch)."),
-    click.option("--epochs", type=float),
-    click.option("--batch-size", type=int, help="Micro-batch rows (default 4)."),
-    click.option("--grad-accumulation-steps", type=int, help="Micro-batches per optimizer step."),
-    click.option("--learning-rate", type=float, help="Default 2e-4."),
-    click.option("--warmup-ratio", type=float, help="Default 0.1."),
-    click.option("--weight-decay", type=float),
-    click.option("--max-seq-length", type=int, help="Default 2048."),
-    click.option("--pad-lengths", type=int, help="Batch lengths (compiled shapes), fitted to the data (default 8)."),
-    click.option("--grad-checkpoint", is_flag=True, default=None),
-    click.option("--seed", type=int),
-    click.option("--steps-per-report", type=int),
-    click.option("--steps-per-eval", type=int),
-    click.option("--val-batches", type=int),
-    click.option("--save-every", type=int, help="Steps between checkpoints (default 100)."),
-    click.option("--keep-checkpoints", type=int, help="Checkpoints kept for --resume (default 3)."),
-    click.option("--resume", is_flag=True, default=None, help="Continue from the latest checkpoint."),
-    click.option("--skip-nonfinite", is_flag=True, default=None, help="Skip steps with a NaN/Inf loss."),
-    click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the Hub."),
-]
+# Every flag defaults to None so that it overrides a YAML config only when given; the help shows the
+# default of the TrainConfig field it sets (config.py), which also checks every value (YAML alike).
+OPTIONS = {
+    "config": (("-c", "--config"), dict(type=click.Path(), help="YAML file of TrainConfig fields; flags override it.")),
+    "base": (("--base",), dict(help="Base (pretrained) model: Hub id or folder.")),
+    "instruct": (("--instruct",), dict(help="Instruct model: Hub id or folder (chat template, confidences).")),
+    "data": (("--data",), dict(help="Folder with train/valid.jsonl, or one .jsonl file.")),
+    "adapter_path": (("--adapter-path",), dict(help="Output folder for the adapter.")),
+    "method": (("--method",), dict(type=click.Choice(["gift", "shadow-ft", "direct", "gift-base", "dft"]))),
+    "scores_path": (("--scores-path",), dict(help="Folder of cached score files.")),
+    "online_scores": (("--online-scores",), dict(is_flag=True, help="Score inside the training step.")),
+    "pair_check": (("--pair-check/--no-pair-check",), dict(help="Measure base vs instruct before training.")),
+    "floor": (("--floor",), dict(type=float, help="Weight floor: w = max(q, floor)^gamma.")),
+    "gamma": (("--gamma",), dict(type=float, help="Weight exponent.")),
+    "fine_tune_type": (("--fine-tune-type",), dict(type=click.Choice(["lora", "dora"]))),
+    "lora_rank": (("--lora-rank",), dict(type=int)),
+    "lora_alpha": (("--lora-alpha",), dict(type=float, help="scale = alpha / rank.")),
+    "lora_dropout": (("--lora-dropout",), dict(type=float)),
+    "lora_keys": (("--lora-keys",), dict(help="Comma-separated module keys, e.g. self_attn.q_proj,mlp.down_proj.")),
+    "num_layers": (("--num-layers",), dict(type=int, help="Adapt the last N blocks (-1: all).")),
+    "iters": (("--iters",), dict(type=int, help="Optimizer steps.")),
+    "epochs": (("--epochs",), dict(type=float, help="Used when --iters is not given.")),
+    "batch_size": (("--batch-size",), dict(type=int, help="Micro-batch rows.")),
+    "grad_accumulation_steps": (("--grad-accumulation-steps",), dict(type=int, help="Micro-batches per optimizer step.")),
+    "learning_rate": (("--learning-rate",), dict(type=float)),
+    "warmup_ratio": (("--warmup-ratio",), dict(type=float)),
+    "weight_decay": (("--weight-decay",), dict(type=float)),
+    "max_seq_length": (("--max-seq-length",), dict(type=int)),
+    "pad_lengths": (("--pad-lengths",), dict(type=int, help="Batch lengths (compiled shapes), fitted to the data.")),
+    "grad_checkpoint": (("--grad-checkpoint",), dict(is_flag=True)),
+    "seed": (("--seed",), dict(type=int)),
+    "steps_per_report": (("--steps-per-report",), dict(type=int)),
+    "steps_per_eval": (("--steps-per-eval",), dict(type=int)),
+    "val_batches": (("--val-batches",), dict(type=int, help="-1: the whole validation set.")),
+    "save_every": (("--save-every",), dict(type=int, help="Steps between checkpoints.")),
+    "keep_checkpoints": (("--keep-checkpoints",), dict(type=int, help="Checkpoints kept for --resume.")),
+    "resume": (("--resume",), dict(is_flag=True, help="Continue from the latest intact checkpoint.")),
+    "overwrite": (("--overwrite",), dict(is_flag=True, help="Start afresh in an --adapter-path holding an earlier run.")),
+    "skip_nonfinite": (("--skip-nonfinite",), dict(is_flag=True, help="Skip steps with a NaN/Inf loss.")),
+    "trust_remote_code": (("--trust-remote-code",), dict(is_flag=True, help="Allow model code from the Hub.")),
+    "report_to": (("--report-to",), dict(help="Log metrics to wandb (or swanlab; comma-separated), as mlx_lm.lora does.")),
+    "project_name": (("--project-name",), dict(help="W&B / SwanLab project for --report-to.")),
+}
+SHOWN_DEFAULTS = {"config": "none", "base": "none", "instruct": "none", "data": "none", "scores_path": "<adapter-path>/scores",
+                  "iters": "one epoch", "lora_keys": "every linear layer",
+                  "pair_check": "when both models are on this machine", "report_to": "none",
+                  "project_name": "gift-mlx"}
+SCORE_FIELDS = ("config", "base", "instruct", "data", "adapter_path", "method", "scores_path", "max_seq_length",
+                "trust_remote_code")
 
 
-def train_options(f):
-    for option in reversed(TRAIN_OPTIONS):
-        f = option(f)
-    return f
+def config_options(names):
+    """The TrainConfig flags `names`, each defaulting to None (so it overrides YAML only when given) and
+    showing the field's default in --help."""
+    from .config import TrainConfig
+
+    defaults = TrainConfig()
+
+    def decorate(f):
+        for name in reversed(names):
+            decls, kw = OPTIONS[name]
+            shown = SHOWN_DEFAULTS.get(name, getattr(defaults, name, None))
+            f = option(*decls, default=None, shown="off" if shown is False else str(shown), **kw)(f)
+        return f
+    return decorate
+
+
+train_options = config_options(list(OPTIONS))
 
 
 def make_config(config, lora_keys=None, **overrides):
@@ -86,11 +143,12 @@ def make_config(config, lora_keys=None, **overrides):
 
 
 @main.command()
-@train_options
+@config_options(SCORE_FIELDS)
 def score(**options):
     """Precompute the instruct model's confidence in every target token (cached for `gift train`)."""
     from .scoring import score as run
 
+    check_blas()
     for split, path in run(make_config(**options), log=click.echo).items():
         click.echo(f"{split}: {path}")
 
@@ -101,22 +159,41 @@ def train(**options):
     """Train a LoRA adapter on the base model with confidence-weighted loss."""
     from .train import train as run
 
+    check_blas()
     run(make_config(**options), log=click.echo)
 
 
 @main.command()
-@click.option("--out", default="runs/demo", show_default=True, help="Folder for the adapters, merged models and report.")
-@click.option("--iters", type=int, default=None, help="Optimizer steps per method (default: configs/demo.yaml's, 32).")
-@click.option("--samples", default=4, show_default=True, help="Samples per problem (Average@k, pass@k, maj@k).")
-@click.option("--seed", default=0, show_default=True, help="Seed of LoRA init, data order and sampling.")
-@click.option("--gift-base", is_flag=True, help="Also run the paper's ablation (base model's own confidences).")
-@click.option("--world", type=click.Path(), help="A toy world folder (default: the built-in one).")
-@click.option("--limit", type=int, help="Evaluate only the first N problems of each set (a quick check).")
-def demo(out, iters, samples, seed, gift_base, world, limit):
+@option("--out", default="runs/demo", help="Folder for the adapters, merged models and report.")
+@option("--iters", type=int, default=None, shown="configs/demo.yaml's, 32",
+              help="Optimizer steps per method.")
+@option("--samples", default=4, help="Samples per problem (Average@k, pass@k, maj@k).")
+@option("--seed", default=0, help="Seed of LoRA init, data order and sampling.")
+@option("--gift-base", is_flag=True, help="Also run the paper's ablation (base model's own confidences).")
+@option("--world", type=click.Path(), shown="the built-in one", help="A toy world folder.")
+@option("--limit", type=int, shown="all", help="Evaluate only the first N problems of each set (a quick check).")
+@option("--force", is_flag=True, help="Replace an earlier demo in --out.")
+def demo(out, iters, samples, seed, gift_base, world, limit, force):
     """Train, merge and evaluate every method on the built-in toy world (no download, minutes on a CPU)."""
     from .demo import demo as run
 
-    run(out, iters=iters, samples=samples, seed=seed, gift_base=gift_base, world=world, limit=limit, log=click.echo)
+    check_blas()
+    run(out, iters=iters, samples=samples, seed=seed, gift_base=gift_base, world=world, limit=limit, force=force,
+        log=click.echo)
+
+
+@main.command("pair-check")
+@click.argument("base")
+@click.argument("instruct")
+@option("--json", "as_json", is_flag=True, help="Print the whole result as JSON (per tensor, type and layer).")
+def pair_check_command(base, instruct, as_json):
+    """Is BASE/INSTRUCT a transfer pair? Architecture, tensors, tokenizers, and how far apart the weights are."""
+    import json
+
+    from .pair_check import pair_check, summary_text
+
+    result = pair_check(base, instruct)
+    click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
 @main.command()
@@ -133,76 +210,90 @@ DTYPE_CHOICE = click.Choice(["bfloat16", "float16", "float32"])
 
 
 @main.command()
-@click.option("--instruct", help="Instruct model (Hub id or folder); default: the adapter's instruct_model.")
-@click.option("--adapter-path", default="adapters", show_default=True, help="Adapter trained on the base model.")
-@click.option("--out", required=True, help="Output folder (written whole at the end, never half).")
-@click.option("--format", "fmt", type=click.Choice(["mlx", "hf"]), default="mlx", show_default=True,
-              help="mlx: for mlx_lm.load/server; hf: for transformers.")
-@click.option("--dtype", type=DTYPE_CHOICE, help="Float dtype of the output (default: the instruct's).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="λ in W' = W_instruct + λ·ΔW.")
-@click.option("--base", help="The base model the adapter was trained on (required for DoRA adapters).")
-@click.option("--requantize", is_flag=True, help="Re-quantize merged layers of a quantized instruct (lossy).")
-@click.option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
-def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, force):
+@option("--instruct", shown="the adapter's instruct_model", help="Instruct model (Hub id or folder).")
+@option("--adapter-path", default="adapters", show_default=True, help="Adapter trained on the base model.")
+@option("--out", required=True, help="Output folder (written whole at the end, never half).")
+@option("--format", "fmt", type=click.Choice(["mlx", "hf", "gguf"]), default="mlx", show_default=True,
+        help="mlx: for mlx_lm.load/server; hf: for transformers; gguf: one model.gguf for llama.cpp, "
+             "Ollama, LM Studio (llama, qwen2).")
+@option("--dtype", type=DTYPE_CHOICE, shown="the instruct's", help="Float dtype of the output.")
+@option("--scale", type=float, default=1.0, show_default=True, help="λ in W' = W_instruct + λ·ΔW.")
+@option("--base", shown="none", help="The base model the adapter was trained on (required for DoRA adapters).")
+@option("--requantize", is_flag=True, help="Re-quantize merged layers of a quantized instruct (lossy).")
+@option("--gguf-type", type=click.Choice(["f16", "bf16", "q8_0", "f32"]), shown="from --dtype, else f16",
+        help="Tensor type of --format gguf (norms stay f32).")
+@option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
+@option("--upload-repo", help="Then upload the output (with its model card) to this Hugging Face Hub repo.")
+def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf_type, force, upload_repo):
     """Add the adapter's update to the instruct model and save the merged model."""
+    from .export import upload
     from .merge import merge as run
 
+    if gguf_type and fmt != "gguf":
+        raise GiftError("--gguf-type applies to --format gguf only")
     run(instruct, adapter_path, out, fmt=fmt, dtype=dtype, scale=scale, base=base, requantize=requantize,
-        force=force, log=click.echo)
+        gguf_type=gguf_type, force=force, log=click.echo)
+    if upload_repo:
+        upload(out, upload_repo, log=click.echo)
 
 
 @main.command("export-adapter")
-@click.option("--adapter-path", default="adapters", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
-@click.option("--out", required=True, help="Output folder.")
-@click.option("--instruct", help="base_model_name_or_path for PEFT; default: the adapter's instruct_model.")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="λ, folded into lora_alpha.")
-@click.option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
-def export_adapter(adapter_path, fmt, out, instruct, scale, force):
+@option("--adapter-path", default="adapters", show_default=True)
+@option("--format", "fmt", type=click.Choice(["peft"]), default="peft", show_default=True)
+@option("--out", required=True, help="Output folder.")
+@option("--instruct", shown="the adapter's instruct_model", help="base_model_name_or_path for PEFT.")
+@option("--scale", type=float, default=1.0, show_default=True, help="λ, folded into lora_alpha.")
+@option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
+@option("--upload-repo", help="Then upload the adapter (with its model card) to this Hugging Face Hub repo.")
+def export_adapter(adapter_path, fmt, out, instruct, scale, force, upload_repo):
     """Write the adapter in PEFT's layout, to apply to the instruct model with transformers."""
-    from .export import export_peft
+    from .export import export_peft, upload
 
     click.echo(f"wrote {export_peft(adapter_path, out, instruct=instruct, scale=scale, force=force)} ({fmt})")
+    if upload_repo:
+        upload(out, upload_repo, log=click.echo)
 
 # ---- eval / chat (evaluate.py, chat.py) ----
 
 
 @main.command("eval")
-@click.option("--model", "models", multiple=True, required=True, help="Model folder or Hub id; repeat to compare.")
-@click.option("--data", required=True, type=click.Path(), help="JSONL of problems (GSM8K, MATH, choices, chat...).")
-@click.option("--out", default="results", show_default=True, type=click.Path(), help="Output folder.")
-@click.option("--samples", default=16, show_default=True, help="Samples per problem (n); 0 with --greedy: greedy only.")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--max-tokens", default=512, show_default=True, help="Tokens per completion.")
-@click.option("--instruction", default=None, help="Appended to each question (default: reason, answer in \\boxed{}).")
-@click.option("--greedy", is_flag=True, help="Also measure greedy (temperature 0) accuracy.")
-@click.option("--seed", default=0, show_default=True, help="Sampling seed: a rerun gives the same samples.")
-@click.option("--batch-size", default=64, show_default=True, help="Sequences decoded together.")
-@click.option("--limit", type=int, default=None, help="Evaluate only the first N problems.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the Hub.")
+@option("--model", "models", multiple=True, required=True, help="Model folder or Hub id; repeat to compare.")
+@option("--data", required=True, type=click.Path(), help="JSONL of problems (GSM8K, MATH, choices, chat...).")
+@option("--out", default="results", show_default=True, type=click.Path(), help="Output folder.")
+@option("--samples", default=16, show_default=True, help="Samples per problem (n); 0 with --greedy: greedy only.")
+@option("--temperature", default=1.0, show_default=True)
+@option("--top-p", default=1.0, show_default=True)
+@option("--max-tokens", default=512, show_default=True, help="Tokens per completion.")
+@option("--instruction", default=None, shown="reason, answer in \\boxed{}", help="Appended to each question.")
+@option("--greedy", is_flag=True, help="Also measure greedy (temperature 0) accuracy.")
+@option("--seed", default=0, show_default=True, help="Sampling seed: a rerun gives the same samples.")
+@option("--batch-size", default=64, show_default=True, help="Sequences decoded together.")
+@option("--limit", type=int, default=None, shown="all", help="Evaluate only the first N problems.")
+@option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
+@option("--trust-remote-code", is_flag=True, help="Allow model code from the Hub.")
 def eval_command(models, data, out, **options):
     """Sample each model on a test set: Average@k, pass@k, maj@k (k = 1, 2, 4, ... samples) and a scaling plot."""
     from .evaluate import evaluate
 
     from pathlib import Path
 
+    check_blas()
     evaluate(list(models), data, out, log=click.echo, **options)
     click.echo(f"wrote {out}: " + ", ".join(sorted(p.name for p in Path(out).iterdir())))
 
 
 @main.command("chat")
-@click.option("--model", required=True, help="Model folder or Hub id (with a chat template).")
-@click.option("--prompt", default=None, help="Answer this one message and exit.")
-@click.option("--system", default=None, help="System prompt.")
-@click.option("--temperature", default=0.7, show_default=True)
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--max-tokens", default=512, show_default=True, help="Tokens per reply.")
-@click.option("--seed", type=int, default=None, help="Sampling seed.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the Hub.")
+@option("--model", required=True, help="Model folder or Hub id (with a chat template).")
+@option("--prompt", default=None, shown="none: a conversation", help="Answer this one message and exit.")
+@option("--system", default=None, shown="none", help="System prompt.")
+@option("--temperature", default=0.7, show_default=True)
+@option("--top-p", default=1.0, show_default=True)
+@option("--max-tokens", default=512, show_default=True, help="Tokens per reply.")
+@option("--seed", type=int, default=None, shown="random", help="Sampling seed.")
+@option("--trust-remote-code", is_flag=True, help="Allow model code from the Hub.")
 def chat_command(model, **options):
     """Chat with a model: streaming replies, history, /reset, /system <text>, /quit; reads a pipe too."""
     from .chat import chat
 
+    check_blas()
     chat(model, **options)

@@ -1,6 +1,15 @@
-"""Run configuration: a plain dataclass, loadable from YAML, with command-line overrides on top."""
+"""Run configuration: plain dataclasses, loadable from YAML, with command-line overrides on top, and the one
+validation layer every command's options go through (types, ranges, finiteness).
+
+A field's bounds live in its metadata (`bounded(...)`); `check_fields` checks every field of a dataclass
+against its annotation and bounds, so a YAML value and a command-line flag are held to the same rules, and
+`check_value` does the same for a single option of a command without a config class (merge's --scale).
+"""
 
 import dataclasses
+import importlib.util
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -9,8 +18,91 @@ import yaml
 
 from .errors import GiftError
 
-METHODS = ("gift", "shadow-ft", "direct", "gift-base")
-NUMBER_TYPES = {int: int, float: float, Optional[int]: int}
+METHODS = ("gift", "shadow-ft", "direct", "gift-base", "dft")
+COUNT_MAX = 2**31 - 1  # steps, rows, tokens, samples: beyond this a value is a typo, not a plan
+SEED_RANGE = (0, 2**64 - 1)  # what mx.random.seed and numpy's generators accept
+FLOAT32_TINY = 1.1754944e-38  # the smallest normal float32
+
+
+def bounded(default, lo=None, hi=None, *, open_lo=False, open_hi=False, default_factory=None):
+    """A dataclass field with bounds [lo, hi] (open_lo / open_hi: the bound itself is excluded)."""
+    meta = {"lo": lo, "hi": hi, "open_lo": open_lo, "open_hi": open_hi}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _kind(annotation):
+    """(python type, optional) for the annotations the config classes use."""
+    optional = getattr(annotation, "__origin__", None) is not None and type(None) in getattr(annotation, "__args__", ())
+    if optional:
+        annotation = next(a for a in annotation.__args__ if a is not type(None))
+    return annotation, optional
+
+
+def _type_name(kind):
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a list of strings", dict: "a mapping"}[kind]
+
+
+def check_value(name, value, kind, lo=None, hi=None, open_lo=False, open_hi=False, optional=False, where=None):
+    """`value` converted to `kind` (int, float, bool, str, list, dict) after checking type, finiteness and
+    range; a GiftError naming `name` (and `where`, the config file) otherwise."""
+    if value is None and optional:
+        return None
+    prefix = f"{where}: field '{name}'" if where else f"{name}:"
+    bad_type = GiftError(f"{prefix} must be {_type_name(kind)}, got {value!r}"[:300])
+    if kind is bool:
+        if not isinstance(value, bool):  # YAML "no" is a string, not False: refuse it rather than guess
+            raise bad_type
+        return value
+    if kind in (str, list):
+        if not (isinstance(value, str) if kind is str else
+                isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise bad_type
+        try:  # a lone surrogate (YAML "\ud800", a shell's broken bytes) is no text a path or tokenizer takes
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise GiftError(f"{prefix} {'is ' if where else ''}not valid Unicode ({e.reason})")
+        return value
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise bad_type
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad_type
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GiftError(f"{name}: must be a finite number, got {value}")
+    if kind is int:
+        if value != int(value):
+            raise bad_type
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):  # an integer too large for a float
+            raise GiftError(f"{name}: must be a finite number, got {value}")
+    if lo is not None and (value < lo or (open_lo and value == lo)):
+        if open_lo and lo == 0:
+            raise GiftError(f"{name}: must be positive, got {value}")
+        raise GiftError(f"{name}: must be at least {lo}, got {value}" if not open_lo else
+                        f"{name}: must be more than {lo}, got {value}")
+    if hi is not None and (value > hi or (open_hi and value == hi)):
+        raise GiftError(f"{name}: must be at most {hi}, got {value}" if not open_hi else
+                        f"{name}: must be less than {hi}, got {value}")
+    return value
+
+
+def check_fields(obj, where=None, flags=False):
+    """Check (and convert: YAML gives ints where floats are meant) every field of a config dataclass;
+    errors name the field, or with flags=True the command-line option (--top-p)."""
+    for f in dataclasses.fields(obj):
+        kind, optional = _kind(f.type)
+        meta = {k: f.metadata.get(k) for k in ("lo", "hi")}
+        meta.update(open_lo=bool(f.metadata.get("open_lo")), open_hi=bool(f.metadata.get("open_hi")))
+        name = "--" + f.name.replace("_", "-") if flags else f.name
+        value = check_value(name, getattr(obj, f.name), kind, optional=optional, where=where, **meta)
+        setattr(obj, f.name, value)
+    return obj
 
 
 @dataclass
@@ -20,47 +112,49 @@ class TrainConfig:
     instruct: Optional[str] = None  # Hub id or folder: chat template, confidences, merge target
     data: Optional[str] = None  # folder with train/valid(/test).jsonl, or one .jsonl file
     adapter_path: str = "adapters"
-    method: str = "gift"  # gift | shadow-ft | direct | gift-base
+    method: str = "gift"  # gift | shadow-ft | direct | gift-base | dft
     scores_path: Optional[str] = None  # folder of cached score files (default: <adapter_path>/scores)
     online_scores: bool = False  # compute confidences inside the step, instruct held in memory
+    pair_check: Optional[bool] = None  # measure base vs instruct first; None: when both are on this machine
     # weights w = max(q, floor)^gamma
-    floor: float = 1e-4
-    gamma: float = 1.0
+    floor: float = bounded(1e-4, 0, 1, open_lo=True)
+    gamma: float = bounded(1.0, 0, 1e6, open_lo=True)
     # LoRA (paper: rank 64, alpha 128, dropout 0.05, every linear projection of every block)
     fine_tune_type: str = "lora"  # lora | dora
-    lora_rank: int = 64
-    lora_alpha: float = 128.0
-    lora_dropout: float = 0.05
+    lora_rank: int = bounded(64, 1, 2**16)
+    lora_alpha: float = bounded(128.0, 0, 1e6, open_lo=True)
+    lora_dropout: float = bounded(0.05, 0, 1, open_hi=True)
     lora_keys: Optional[list] = None  # e.g. [self_attn.q_proj, mlp.down_proj]; None: every linear layer
-    num_layers: int = -1  # last N blocks; -1: all
+    num_layers: int = bounded(-1, None, 2**16)  # last N blocks; -1: all
     # optimization (paper: lr 2e-4, 1 epoch, global batch 256, warmup ratio 0.1, cosine)
-    iters: Optional[int] = None  # optimizer steps; None: derived from epochs
-    epochs: float = 1.0
-    batch_size: int = 4  # micro-batch rows
-    grad_accumulation_steps: int = 1  # global batch = batch_size * grad_accumulation_steps
-    learning_rate: float = 2e-4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_seq_length: int = 2048
-    pad_lengths: int = 8  # batches are padded to one of at most this many lengths fitted to the data
+    iters: Optional[int] = bounded(None, 1, COUNT_MAX)  # optimizer steps; None: derived from epochs
+    epochs: float = bounded(1.0, 0, 1e6, open_lo=True)
+    batch_size: int = bounded(4, 1, 2**20)  # micro-batch rows
+    grad_accumulation_steps: int = bounded(1, 1, 2**16)  # global batch = batch_size * grad_accumulation_steps
+    learning_rate: float = bounded(2e-4, 0, 1e3, open_lo=True)
+    warmup_ratio: float = bounded(0.1, 0, 1, open_hi=True)
+    weight_decay: float = bounded(0.0, 0, 1e3)
+    max_seq_length: int = bounded(2048, 1, 2**24)
+    pad_lengths: int = bounded(8, 1, 64)  # batches are padded to one of at most this many lengths fitted to the data
     grad_checkpoint: bool = False
-    seed: int = 0
+    seed: int = bounded(0, *SEED_RANGE)
     # bookkeeping
-    steps_per_report: int = 10
-    steps_per_eval: int = 50
-    val_batches: int = 25  # -1: the whole validation set
-    save_every: int = 100
-    keep_checkpoints: int = 3  # full-state checkpoints (adapter + optimizer + RNG) kept for --resume
+    steps_per_report: int = bounded(10, 1, COUNT_MAX)
+    steps_per_eval: int = bounded(50, 1, COUNT_MAX)
+    val_batches: int = bounded(25, -1, COUNT_MAX)  # -1: the whole validation set
+    save_every: int = bounded(100, 1, COUNT_MAX)
+    keep_checkpoints: int = bounded(3, 1, 10_000)  # full-state checkpoints (adapter + optimizer + RNG) kept for --resume
     resume: bool = False  # continue from the latest checkpoint in adapter_path
+    overwrite: bool = False  # start afresh in an adapter_path that holds another run (its checkpoints are removed)
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/Inf instead of stopping
     trust_remote_code: bool = False
+    report_to: Optional[str] = None  # wandb and/or swanlab (comma-separated), through mlx-lm's callbacks
+    project_name: Optional[str] = None  # the W&B / SwanLab project (default: gift-mlx)
     extra: dict = field(default_factory=dict)  # free-form notes copied into the run record
 
     def validate(self):
         """Every field, for training."""
         self.validate_options()
-        if self.method not in METHODS:
-            raise GiftError(f"method: '{self.method}' is not one of {', '.join(METHODS)}")
         if not self.data:
             raise GiftError("data: required (a folder with train.jsonl or a .jsonl file)")
         if not self.instruct:
@@ -69,23 +163,32 @@ class TrainConfig:
             raise GiftError(f"base: required for method '{self.method}'")
         return self
 
-    def validate_options(self):
-        """The numeric and choice fields (all that scoring needs besides the models and data)."""
+    def validate_options(self, where=None):
+        """Types, ranges and finiteness of every field, and the rules between fields."""
+        check_fields(self, where)
+        if self.method not in METHODS:
+            raise GiftError(f"method: '{self.method}' is not one of {', '.join(METHODS)}")
         if self.fine_tune_type not in ("lora", "dora"):
             raise GiftError(f"fine_tune_type: '{self.fine_tune_type}' is not lora or dora")
         if self.num_layers == 0 or self.num_layers < -1:
             raise GiftError(f"num_layers: must be -1 (all) or at least 1, got {self.num_layers}")
-        for name in ("batch_size", "grad_accumulation_steps", "lora_rank", "max_seq_length", "pad_lengths",
-                     "steps_per_report", "steps_per_eval", "save_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise GiftError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "lora_alpha", "epochs", "gamma", "floor"):
-            if not getattr(self, name) > 0:
-                raise GiftError(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.iters is not None and self.iters < 1:
-            raise GiftError(f"iters: must be at least 1, got {self.iters}")
-        if not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
-            raise GiftError("lora_dropout and warmup_ratio must lie in [0, 1)")
+        for name in ("base", "instruct", "data", "adapter_path", "scores_path"):
+            if getattr(self, name) == "":
+                raise GiftError(f"{name}: must not be empty")
+        if self.resume and self.overwrite:
+            raise GiftError("--resume and --overwrite exclude each other (continue a run, or start it afresh)")
+        # Every weight is at least floor^gamma; if that is 0 in float32, a batch of confident-free tokens
+        # has Σw = 0 and the loss Σw·ℓ/Σw is undefined.
+        if self.gamma * math.log10(self.floor) < math.log10(FLOAT32_TINY):
+            raise GiftError(f"gamma: floor^gamma = {self.floor}^{self.gamma} underflows to 0 in float32, so "
+                            "weights of unconfident tokens vanish and a step's Σw can be 0; lower --gamma "
+                            "or raise --floor")
+        for service in (self.report_to or "").split(","):
+            service = service.strip().lower()
+            if service and service not in ("wandb", "swanlab"):
+                raise GiftError(f"report_to: '{service}' is not wandb or swanlab")
+            if service and importlib.util.find_spec(service) is None:
+                raise GiftError(f"report_to: {service} is not installed (pip install 'gift-mlx[{service}]')")
         return self
 
     @property
@@ -94,27 +197,24 @@ class TrainConfig:
 
 
 def load_config(path=None, overrides=None, cls=TrainConfig):
-    """Defaults < YAML file < overrides (None values in overrides are ignored)."""
+    """Defaults < YAML file < overrides (None values in overrides are ignored), then checked."""
     values = {}
     if path:
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise GiftError(f"{path}: cannot read config ({str(e).splitlines()[0]})")
         if not isinstance(values, dict):
             raise GiftError(f"{path}: config must be a mapping of field: value")
+        if not all(isinstance(k, str) for k in values):
+            raise GiftError(f"{path}: field names must be strings, got {[k for k in values if not isinstance(k, str)][0]!r}")
     values = {k.replace("-", "_"): v for k, v in values.items()}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
     if unknown:
         raise GiftError(f"{path or 'config'}: unknown field(s): {', '.join(unknown)}")
+    check_fields(cls(**values), where=path or "config")  # the file's own values, named as its fields
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     config = cls(**values)
-    for name, f in fields.items():  # YAML gives ints where floats are meant, and strings by mistake
-        value, kind = getattr(config, name), NUMBER_TYPES.get(f.type)
-        if kind is None or (value is None and f.type == Optional[int]):
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise GiftError(f"{path or 'config'}: field '{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-        setattr(config, name, kind(value))
+    check_fields(config)
     return config

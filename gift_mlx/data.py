@@ -12,6 +12,8 @@ from mlx_lm.utils import common_prefix_len
 from .errors import GiftError
 
 SPLITS = ("train", "valid", "test")
+# (prompt field, response field) of the non-chat record shapes; Alpaca's "input" and a "system" may join them.
+TRAINING_PAIRS = (("prompt", "completion"), ("instruction", "response"), ("instruction", "output"))
 
 
 @dataclass
@@ -57,10 +59,21 @@ def file_sha256(path):
     return h.hexdigest()
 
 
+class _NotJSON(ValueError):
+    pass
+
+
+def _not_json(constant):  # Python reads NaN and Infinity; JSON has neither
+    raise _NotJSON(constant)
+
+
 def read_jsonl(path):
-    """[(line_number, record)] with file:line errors for unreadable or malformed lines."""
+    """[(line_number, record)] with file:line errors for unreadable or malformed lines.
+
+    Lines end at "\n" only (JSON Lines): U+2028 and other Unicode line breaks are legal inside a string.
+    """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise GiftError(f"{path}: cannot read ({e})")
     rows = []
@@ -68,11 +81,21 @@ def read_jsonl(path):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_not_json)
         except json.JSONDecodeError as e:
             raise GiftError(f"{path}:{n}: malformed JSON ({e.msg})")
+        except _NotJSON as e:
+            raise GiftError(f"{path}:{n}: malformed JSON ({e} is not a JSON value)")
+        except RecursionError:
+            raise GiftError(f"{path}:{n}: JSON nested too deeply")
         if not isinstance(record, dict):
             raise GiftError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+        try:  # "\ud800" parses, but a lone surrogate is not text: no tokenizer or file can take it
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise GiftError(f"{path}:{n}: not valid Unicode (a lone surrogate \\u{ord(e.object[e.start]):04x} in a string)")
+        except RecursionError:
+            raise GiftError(f"{path}:{n}: JSON nested too deeply")
         rows.append((n, record))
     if not rows:
         raise GiftError(f"{path}: no records")
@@ -100,7 +123,7 @@ def to_messages(record, where):
         if messages[0]["role"] == "assistant":
             raise GiftError(f"{where}: 'messages' starts with an assistant turn; a response needs a prompt before it")
         return [{"role": m["role"], "content": m["content"]} for m in messages]
-    for prompt_key, response_key in (("prompt", "completion"), ("instruction", "response"), ("instruction", "output")):
+    for prompt_key, response_key in TRAINING_PAIRS:
         if prompt_key in record and response_key in record:
             prompt = _text(record, prompt_key, where)
             if record.get("input"):  # Alpaca-style extra context
@@ -141,12 +164,34 @@ def tokenize(messages, tokenizer):
     return np.array(tokens[:last], np.int32), target[:last]  # nothing after the last target is needed
 
 
+def control_texts(tokenizer):
+    """The texts the tokenizer reads as control tokens (end of turn, turn starts, ...)."""
+    texts = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    texts |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+              if getattr(t, "special", False)}
+    texts |= {tokenizer.convert_ids_to_tokens(i) for i in tokenizer.eos_token_ids}
+    return sorted(t for t in texts if isinstance(t, str) and len(t) > 1)
+
+
+def check_control_text(messages, controls, where):
+    """A message holding the text of a control token (e.g. '<|im_end|>') would be tokenized as that token:
+    the turn would end early in the model's eyes and the targets after it would be lost. Refused, not guessed."""
+    for m in messages:
+        for t in controls:
+            if t in m["content"]:
+                raise GiftError(f"{where}: the {m['role']} message contains the text {t!r}, which the tokenizer reads "
+                                "as a control token (the turn would end there and later targets be lost); remove it")
+
+
 def load_split(path, tokenizer, max_seq_length):
     """Read, format and tokenize one JSONL file."""
     examples, truncated, dropped = [], 0, 0
+    controls = control_texts(tokenizer)
     for n, record in read_jsonl(path):
         where = f"{path}:{n}"
-        tokens, target = tokenize(to_messages(record, where), tokenizer)
+        messages = to_messages(record, where)
+        check_control_text(messages, controls, where)
+        tokens, target = tokenize(messages, tokenizer)
         target[0] = False  # the first token has no context to be predicted from
         if not target.any():
             raise GiftError(f"{where}: record has no target tokens")

@@ -1,9 +1,10 @@
 """`gift demo`: the whole method, end to end, on the built-in toy world (no download).
 
 The world (gift_mlx/world/, built by scripts/build_toy_world.py) is a character-level base model pretrained
-from scratch on arithmetic facts and short number stories, its instruct model (the base tuned on chat
-instructions: it follows them and ends its turn), a two-step arithmetic word-problem TASK with a short
-chain of thought and '#### N', and a RETENTION set of held-out general instructions.
+from scratch on arithmetic facts, number stories and plain-text user/assistant exchanges, its instruct model
+(the base tuned briefly on ChatML chats: it follows them and ends its turn, and stays close to the base in
+weight space), a TASK of two-step sums written in a terse chain of thought with '#### N' (the instruct model
+solves some of them in its own words), and a RETENTION set of held-out general instructions.
 
 With one budget and seed the demo trains `direct` (LoRA on the instruct model), `shadow-ft` and `gift`
 (LoRA on the base model; uniform vs instruct-confidence token weights) and optionally `gift-base`, merges
@@ -12,24 +13,46 @@ Average@k, pass@k and maj@k on the task test set, Average@k on the retention set
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
-from .config import TrainConfig
-from .errors import GiftError
+from .config import COUNT_MAX, SEED_RANGE, TrainConfig, check_value
+from .errors import GiftError, Interrupted
 from .evaluate import evaluate
 from .merge import merge
-from .outputs import RECORD
+from .outputs import RECORD, write_json, write_text
+from .pair_check import one_line, pair_check
+from .plot import methods as methods_plot
 from .train import train
 
 WORLD = Path(__file__).parent / "world"
 METHODS = ("direct", "shadow-ft", "gift")
-# The demo's training settings; configs/demo.yaml holds the same (a test keeps them equal).
-# One epoch of the 1000 training rows at lr 1e-4 (the paper: one epoch of 2,000 rows, about 8 steps at 2e-4): the
-# updates stay well below the base -> instruct distance, as a real recipe's do (docs/results.md measures both).
+# The demo's training settings; configs/demo.yaml holds the same (a test keeps them equal). One epoch of the
+# 1000 training rows at lr 1e-4, as a real recipe is (the paper: one epoch of 2,000 rows, ~8 steps at 2e-4), so
+# that the updates stay well below the base -> instruct distance (the report prints both).
 SETTINGS = dict(iters=32, batch_size=32, lora_rank=8, lora_alpha=16.0, learning_rate=1e-4, max_seq_length=256,
                 seed=0)
 MAX_TOKENS = dict(task=96, retention=64)  # answers are under 80 characters (one token each)
+# What a demo writes in its --out folder: --force replaces a folder that holds nothing else.
+OUTPUTS = ("world", "merged", "eval", *METHODS, "gift-base")
+
+
+def clear_output(out, force):
+    """Refuse an existing non-empty --out unless force; with force, remove an earlier demo's outputs."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise GiftError(f"{out}: output folder exists and is not empty (use --force to replace an earlier demo, "
+                        "or choose another --out)")
+    other = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
+    other = [name for name in other if name not in OUTPUTS]
+    if other:
+        raise GiftError(f"{out}: not a gift demo folder (holds {', '.join(other[:3])}); --force replaces only "
+                        "an earlier demo's output")
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
 
 
 def world_paths(world=None):
@@ -47,8 +70,6 @@ def float32_copy(model_dir, out):
     """The model folder with float32 weights, so that the merged models (written in the instruct model's
     dtype) keep the adapters' updates in float32, as when the demo's recorded figures were made. Computing
     in float32 on a CPU alone would not need this: models.cpu_float32 does that at load time."""
-    import shutil
-
     import mlx.core as mx
 
     out = Path(out)
@@ -63,25 +84,22 @@ def float32_copy(model_dir, out):
     return out
 
 
-def pair_distance(world_dir):
-    """The base -> instruct relative distance recorded in the world's world.json (None if not recorded)."""
-    record = Path(world_dir) / "world.json"
-    return json.loads(record.read_text()).get("distance", {}).get("overall") if record.exists() else None
-
-
-def update_size(merged_dir):
-    """The merged update's relative size ||ΔW||_F / ||W||_F, as `gift merge` recorded it."""
-    return json.loads((Path(merged_dir) / RECORD).read_text()).get("update_relative_size")
-
-
 def train_method(out, method, base, instruct, task, settings, name=None, log=print, **overrides):
     """Train one method's adapter into <out>/<name or method> with the demo's settings (plus overrides)."""
     iters = settings["iters"]
     cfg = TrainConfig(base=str(base), instruct=str(instruct), data=str(task), method=method,
                       adapter_path=str(Path(out) / (name or method)), steps_per_eval=max(iters // 2, 1),
-                      steps_per_report=max(iters // 5, 1), save_every=max(iters, 1), val_batches=-1,
+                      steps_per_report=max(iters // 5, 1), save_every=max(iters, 1), val_batches=-1, overwrite=True,
                       **{**settings, **overrides})
-    return train(cfg, log=log)
+    try:
+        return train(cfg, log=log)
+    except KeyboardInterrupt:  # the demo has no --resume: its next run starts this method afresh
+        raise Interrupted(f"while training {name or method}; run the demo again to start over") from None
+
+
+def update_size(merged_dir):
+    """The merged update's relative size ‖λ·ΔW‖_F / ‖W‖_F over the adapted matrices, as `gift merge` recorded it."""
+    return json.loads((Path(merged_dir) / RECORD).read_text()).get("update_relative_size")
 
 
 def _row(entry, k):
@@ -89,53 +107,88 @@ def _row(entry, k):
             "truncated": entry["sampling"]["truncated"]}
 
 
+def _pct(x):
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+METRIC_LEGEND = (
+    "Average@{k}: the accuracy over the {k} samples drawn for each problem (the paper's metric); pass@{k}: the "
+    "share of problems with at least one right answer among their {k} samples; maj@{k}: the "
+    "accuracy of the majority answer of {k} samples. Values in %."
+)
+
+
 def report_markdown(summary):
-    k, lines = summary["samples"], []
+    """report.md: the side-by-side table, what its columns mean, warnings, and links to every file behind it."""
+    k, s, lines = summary["samples"], summary["settings"], []
     lines += [
         f"# gift demo — toy world, seed {summary['seed']}",
         "",
         f"{summary['task_problems']} task problems and {summary['retention_problems']} retention instructions, "
-        f"{k} samples each at temperature 1.0; every adapter trained {summary['settings']['iters']} steps "
-        f"(batch {summary['settings']['batch_size']}, LoRA rank {summary['settings']['lora_rank']}, "
-        f"lr {summary['settings']['learning_rate']}) and merged into the instruct model.",
+        f"{k} samples each at temperature 1.0; every adapter trained {s['iters']} steps "
+        f"(batch {s['batch_size']}, LoRA rank {s['lora_rank']}, lr {s['learning_rate']}) and merged into the "
+        "instruct model.",
         "",
     ]
-    if summary.get("pair_distance") is not None:
-        lines += [f"Pair: relative distance base → instruct ‖W_instruct − W_base‖_F / ‖W_base‖_F = "
-                  f"{summary['pair_distance']:.4f} over all matrices. A transfer keeps the instruct model only "
-                  "if the task update is small next to it: the update column is ‖λ·ΔW‖_F / ‖W‖_F over the "
-                  "adapted matrices.", ""]
+    if summary.get("pair"):
+        lines += [f"The {summary['pair']}. A transfer keeps the instruct model only if the task update is small "
+                  "next to that distance: the last column is the update's ‖λ·ΔW‖_F / ‖W‖_F over the adapted "
+                  "matrices.", ""]
     lines += [
-        f"| model | task Average@{k} | task pass@{k} | task maj@{k} | retention Average@{k} | final val loss "
-        "| update size |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| model | task Average@{k} (%) | task pass@{k} (%) | task maj@{k} (%) | retention Average@{k} (%) "
+        "| val loss, plain | val loss, weighted | update size |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in summary["models"]:
-        loss = f"{m['val_plain_loss']:.3f}" if m.get("val_plain_loss") is not None else "–"
+        losses = [f"{m[key]:.3f}" if m.get(key) is not None else "–" for key in ("val_plain_loss", "val_loss")]
         size = f"{m['update_size']:.4f}" if m.get("update_size") is not None else "–"
-        lines.append(f"| {m['name']} | {m['task']['average']:.3f} | {m['task']['pass']:.3f} | "
-                     f"{m['task']['maj']:.3f} | {m['retention']['average']:.3f} | {loss} | {size} |")
-    lines += ["", "Stage times (s): " + ", ".join(f"{s} {t:.0f}" for s, t in summary["seconds"].items()), "",
-              "Details: `task/` and `retention/` hold each evaluation's results.md, summary.json, every sample "
-              "(samples.jsonl) and the accuracy-vs-k plot (scaling.png).", ""]
+        lines.append(f"| {m['name']} | {_pct(m['task']['average'])} | {_pct(m['task']['pass'])} | "
+                     f"{_pct(m['task']['maj'])} | {_pct(m['retention']['average'])} | {' | '.join(losses)} "
+                     f"| {size} |")
+    lines += [
+        "",
+        METRIC_LEGEND.format(k=k) + " Validation loss on the task's valid.jsonl after training: plain is the mean "
+        "token loss Σℓ/n, weighted is the training objective Σw·ℓ/Σw (the same as plain for direct and shadow-ft, "
+        "whose weights are uniform).",
+    ]
+    cut = [(part, m["name"], m[part]["truncated"]) for part in ("task", "retention") for m in summary["models"]
+           if m[part].get("truncated", 0) > 0.5]
+    if cut:
+        limits = summary.get("max_tokens", MAX_TOKENS)
+        lines += ["", "**Warning:** most completions hit the token limit, so their answers may be cut off: "
+                  + ", ".join(f"{name} on {part} {_pct(f)}% (limit {limits[part]})" for part, name, f in cut) + "."]
+    lines += ["", "Stage times (s): " + ", ".join(f"{st} {t:.0f}" for st, t in summary["seconds"].items()), "",
+              "## Files", ""]
+    for part in ("task", "retention"):
+        lines.append(f"- {part} set: [results]({part}/results.md), [every sample]({part}/samples.jsonl), "
+                     f"[summary]({part}/summary.json), [accuracy-vs-k plot]({part}/scaling.png)")
+    lines += ["- task vs retention per method: [methods.png](methods.png)",
+              "- this report's figures: [summary.json](summary.json); adapters, their training metrics and run "
+              "records: `../<method>/`; merged models: `../merged/<method>/`", ""]
+    lines += ["![task vs retention per method](methods.png)"]
+    lines += [f"![{part}: accuracy vs k]({part}/scaling.png)" for part in ("task", "retention")] + [""]
     return "\n".join(lines)
 
 
 def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_base=False, world=None, limit=None,
-         log=print):
+         force=False, log=print):
     """Train, merge and evaluate each method on the toy world; write <out>/eval/report.md; return the summary."""
     iters = SETTINGS["iters"] if iters is None else iters
-    if iters < 1 or samples < 1:  # before any work is done
-        raise GiftError(f"--iters and --samples must be at least 1, got {iters} and {samples}")
+    check_value("--iters", iters, int, 1, COUNT_MAX)  # before any work is done
+    check_value("--samples", samples, int, 1, 2**20)
+    check_value("--seed", seed, int, *SEED_RANGE)
+    check_value("--limit", limit, int, 1, COUNT_MAX, optional=True)
     methods = tuple(methods) + (("gift-base",) if gift_base and "gift-base" not in methods else ())
     base, instruct, task, retention = world_paths(world)
     out = Path(out)
+    clear_output(out, force)
     out.mkdir(parents=True, exist_ok=True)
     settings = {**SETTINGS, "iters": iters, "seed": seed}
     world_dir = base.parent
     base, instruct = (float32_copy(m, out / "world" / m.name) for m in (base, instruct))
     seconds, start = {}, time.perf_counter()
-    log(f"demo: toy world {world_dir} (float32 copies of its models in {base.parent})\n"
+    pair = one_line(pair_check(base, instruct, check_tokenizer=False))
+    log(f"demo: toy world {world_dir} (float32 copies of its models in {base.parent})\n{pair}\n"
         f"demo: methods {', '.join(methods)}; {iters} steps each, seed {seed}")
 
     runs = {}
@@ -164,7 +217,7 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
 
     names = ["instruct", *methods]
     summary = {"world": str(world_dir), "seed": seed, "samples": samples, "settings": settings,
-               "pair_distance": pair_distance(world_dir),
+               "max_tokens": MAX_TOKENS, "pair": pair,
                "task_problems": evals["task"]["problems"], "retention_problems": evals["retention"]["problems"],
                "seconds": {k: round(v, 1) for k, v in seconds.items()}, "models": []}
     for i, name in enumerate(names):
@@ -173,9 +226,11 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
                                   "retention": _row(evals["retention"]["models"][i], samples),
                                   "val_loss": final.get("val_loss"), "val_plain_loss": final.get("val_plain_loss"),
                                   "update_size": update_size(merged[i]) if i else None})
-    (out / "eval" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "eval" / "summary.json", summary)
     report = report_markdown(summary)
-    (out / "eval" / "report.md").write_text(report)
+    write_text(out / "eval" / "report.md", report)
+    methods_plot(out / "eval" / "methods.png", summary)
     log("\n" + report)
-    log(f"report: {out / 'eval'} (report.md, summary.json; task/ and retention/ with samples and scaling.png)")
+    log(f"report: {out / 'eval'} (report.md, summary.json, methods.png; task/ and retention/ with samples and "
+        "scaling.png)")
     return summary

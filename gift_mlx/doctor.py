@@ -1,5 +1,7 @@
-"""`gift doctor`: what this machine gives MLX (version, device, BLAS, matmul speed)."""
+"""`gift doctor`: what this machine gives MLX (version, device, BLAS, matmul speed); and its quick form,
+`blas_warnings`, which the heavy commands run first so that a slow BLAS is found before a slow run."""
 
+import os
 import platform
 import time
 
@@ -7,9 +9,14 @@ import mlx.core as mx
 
 from . import blas
 
+INSTALL_HINT = ("install an optimized one, e.g. `apt-get install libopenblas0-pthread` (Debian/Ubuntu), "
+                "or set GIFT_BLAS=/path/to/libopenblas.so.0")
+SLOW_GFLOPS = 15.0  # reference BLAS: ~4 GFLOP/s on a 2-core x86-64; OpenBLAS: ~50+ even at n=256
+
 
 def matmul_gflops(n=1024, seconds=1.0):
-    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
+    """float32 n x n matmul rate, measured for about `seconds` (without drawing from the global RNG)."""
+    a, b = mx.ones((n, n)), mx.full((n, n), 0.5)
     mx.eval(a @ b)
     count, tic = 0, time.perf_counter()
     while time.perf_counter() - tic < seconds:
@@ -18,16 +25,40 @@ def matmul_gflops(n=1024, seconds=1.0):
     return 2 * n**3 * count / (time.perf_counter() - tic) / 1e9
 
 
+def linux_cpu():
+    return platform.system() == "Linux" and mx.default_device() == mx.cpu
+
+
+def blas_warnings(rate=None):
+    """Warnings about this process's BLAS on Linux CPU: an unusable GIFT_BLAS, and a low matmul rate.
+
+    The rate is measured (a 256x256 matmul for ~0.05 s) only when no optimized BLAS was preloaded;
+    `rate` (GFLOP/s) stands in for the measurement in tests. GIFT_BLAS_WARN=0 silences both.
+    """
+    if not linux_cpu() or os.environ.get("GIFT_BLAS_WARN") == "0":
+        return []
+    found = []
+    if blas.problem:
+        found.append(f"{blas.problem}; using " + (blas.loaded or "the mlx-cpu wheel's reference BLAS") + " instead")
+    if rate is None and not blas.loaded:
+        rate = matmul_gflops(256, 0.05)
+    if rate is not None and rate < SLOW_GFLOPS:
+        found.append(f"matmuls run at {rate:.1f} GFLOP/s here (the mlx-cpu wheel's reference BLAS): training is "
+                     f"about 5-20x slower than it could be; {INSTALL_HINT} (`gift doctor` checks)")
+    return found
+
+
 def report():
     import mlx_lm
 
     if blas.loaded:
         blas_line = f"{blas.loaded} (preloaded by gift_mlx; GIFT_BLAS=0 turns this off)"
-    elif platform.system() == "Linux" and mx.default_device() == mx.cpu:
-        blas_line = ("the mlx-cpu wheel's reference BLAS (slow): install an optimized one, "
-                     "e.g. `apt-get install libopenblas0-pthread`, or set GIFT_BLAS=/path/to/libopenblas.so")
+    elif linux_cpu():
+        blas_line = f"the mlx-cpu wheel's reference BLAS (slow): {INSTALL_HINT}"
     else:
         blas_line = "the platform's own (Accelerate / GPU)"
+    if blas.problem:
+        blas_line += f"; note: {blas.problem}"
     return "\n".join([
         f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}, python {platform.python_version()}",
         f"device: {mx.default_device()} ({platform.system()} {platform.machine()})",

@@ -3,3 +3,7 @@
 
 class GiftError(Exception):
     """A user mistake (bad file, bad option, incompatible models): the CLI prints it as one line, exit 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was saved and how to go on: the CLI prints `interrupted: <message>` once, exit 130."""

@@ -7,44 +7,41 @@ BatchGenerator; each problem's prompt is prefilled once and its KV cache shared 
 cost of the prompt is paid once, not n times.
 """
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from . import grading
+from . import grading, plot
 from .errors import GiftError
 from .metrics import ks_for, sample_metrics
 from .models import local_path
-from .outputs import staged_folder
+from .config import COUNT_MAX, SEED_RANGE, bounded, check_fields
+from .outputs import LineWriter, check_not_inside, staged_folder, write_json, write_text
 from .problems import prompt_messages, read_problems
 
 @dataclass
 class EvalSettings:
-    samples: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 512
-    instruction: str = None  # None: the default for each problem's kind; "" for none
+    samples: int = bounded(16, 0, 2**20)
+    temperature: float = bounded(1.0, 0, 100)
+    top_p: float = bounded(1.0, 0, 1, open_lo=True)
+    max_tokens: int = bounded(512, 1, 2**24)
+    instruction: Optional[str] = None  # None: the default for each problem's kind; "" for none
     greedy: bool = False
-    seed: int = 0
-    batch_size: int = 64
-    limit: int = None
+    seed: int = bounded(0, *SEED_RANGE)
+    batch_size: int = bounded(64, 1, 2**16)
+    limit: Optional[int] = bounded(None, 1, COUNT_MAX)
 
     def check(self):
-        """One-line errors for option values that cannot give a meaningful run."""
+        """One-line errors for option values that cannot give a meaningful run (config.check_fields: types,
+        ranges, finiteness; then the rules between options)."""
+        check_fields(self, flags=True)
         rules = [
-            (self.samples >= 0, "--samples must be >= 0"),
             (self.samples > 0 or self.greedy, "--samples 0 needs --greedy (nothing would be evaluated)"),
-            (self.temperature >= 0, "--temperature must be >= 0"),
             (self.temperature > 0 or self.samples <= 1, "--temperature 0 makes all samples identical: use --greedy"),
-            (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
-            (self.max_tokens >= 1, "--max-tokens must be >= 1"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.limit is None or self.limit >= 1, "--limit must be >= 1"),
         ]
         for ok, message in rules:
             if not ok:
@@ -129,20 +126,23 @@ def run_mode(model, tokenizer, problems, prompts, settings, mode, write, progres
     sampler = make_sampler(temperature, settings.top_p)
     correct = [[False] * n for _ in problems]
     keys = [[None] * n for _ in problems]
-    stats = {"generated_tokens": 0, "truncated": 0, "no_answer": 0}
+    stats = {"generated_tokens": 0, "truncated": 0, "no_answer": 0, "grading_seconds": 0.0}
     start = time.perf_counter()
     with tqdm(total=len(problems) * n, desc=f"{label} {mode}", unit="seq", disable=not progress) as bar:
         for i, j, ids, finish in generate_batched(model, tokenizer, prompts, n, sampler, settings.max_tokens,
                                                   settings.batch_size):
             text = tokenizer.decode(ids)
-            answer, correct[i][j] = grading.grade(text, problems[i].reference, problems[i].n_choices)
-            keys[i][j] = grading.canonical(answer)
+            graded = time.perf_counter()
+            judged = grading.judge(text, problems[i].reference, problems[i].n_choices)
+            stats["grading_seconds"] += time.perf_counter() - graded
+            correct[i][j], keys[i][j] = judged.correct, judged.key
             stats["generated_tokens"] += len(ids)
             stats["truncated"] += finish == "length"
-            stats["no_answer"] += answer is None
+            stats["no_answer"] += judged.answer is None
             write({"problem": i, "line": problems[i].line, "mode": mode, "sample": j,
-                   "reference": problems[i].reference, "answer": answer, "correct": correct[i][j],
-                   "finish_reason": finish, "tokens": len(ids), "completion": text})
+                   "reference": problems[i].reference, "answer": judged.answer, "correct": judged.correct,
+                   "found": judged.found, "judge": judged.judge, "finish_reason": finish, "tokens": len(ids),
+                   "completion": text})
             bar.update(1)
     stats["seconds"] = time.perf_counter() - start
     stats["tokens_per_second"] = stats["generated_tokens"] / max(stats["seconds"], 1e-9)
@@ -168,15 +168,19 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
         correct, _, entry["greedy"] = run_mode(model, tokenizer, problems, prompts, settings, "greedy",
                                                write_record, progress, name)
         entry["greedy_accuracy"] = float(np.mean([c[0] for c in correct]))
-        log(f"{name}: greedy accuracy {entry['greedy_accuracy']:.3f}")
+        log(f"{name}: greedy accuracy {entry['greedy_accuracy']:.1%}")
     if settings.samples:
         mx.random.seed(settings.seed)  # every model sees the same sampling seed, and a rerun the same samples
         correct, keys, entry["sampling"] = run_mode(model, tokenizer, problems, prompts, settings, "sample",
                                                     write_record, progress, name)
         entry.update(sample_metrics(correct, keys))
         n = settings.samples
-        log(f"{name}: Average@{n} {entry['average@k'][n]:.3f}  pass@{n} {entry['pass@k'][n]:.3f}  "
-            f"maj@{n} {entry['maj@k'][n]:.3f}  ({entry['sampling']['tokens_per_second']:.0f} tok/s)")
+        log(f"{name}: Average@{n} {entry['average@k'][n]:.1%}  pass@{n} {entry['pass@k'][n]:.1%}  "
+            f"maj@{n} {entry['maj@k'][n]:.1%}  ({entry['sampling']['tokens_per_second']:.0f} tok/s)")
+    for mode in ("greedy", "sampling"):
+        if cut_off(entry, mode) > 0.5:
+            log(f"warning: {name}: {cut_off(entry, mode):.0%} of the {mode} completions hit --max-tokens "
+                f"{settings.max_tokens}; their answers may be cut off (raise --max-tokens)")
     del model
     mx.clear_cache()  # free this model's buffers before the next one loads
     return entry
@@ -186,13 +190,14 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
 
 
 @contextmanager
-def staged_output(out, overwrite=False):
+def staged_output(out, overwrite=False, inputs=()):
     """Yield a hidden staging folder that replaces `out` only when the block completes (outputs.staged_folder).
 
     An interrupted or failed run removes its staging folder and leaves `out` as it was. An existing non-empty
     `out` is replaced only with overwrite=True and only when it holds a previous evaluation (summary.json).
     """
     out = Path(out)
+    check_not_inside(out, inputs, "eval output")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite or not (out / "summary.json").is_file():
             raise GiftError(f"{out}: output folder exists and is not empty (use --overwrite to replace an earlier "
@@ -201,41 +206,52 @@ def staged_output(out, overwrite=False):
         yield stage
 
 
+LEGEND = (
+    "Average@k: the accuracy over the first k samples of each problem (Average@{n}, over all {n} samples, is the "
+    "paper's metric; Average@1 counts only each problem's first sample). pass@k: the chance that at least one of "
+    "k samples is right, estimated from all {n} samples (Chen et al., 2021), so pass@1 is the accuracy over all "
+    "{n} samples and equals Average@{n}. maj@k: the accuracy of the majority answer of k samples. "
+    "All values in %."
+)
+
+
+def cut_off(entry, mode="sampling"):
+    """The share of a model's completions that stopped at --max-tokens (0 when the mode did not run)."""
+    return entry.get(mode, {}).get("truncated", 0.0)
+
+
 def markdown_table(summary):
-    """Metrics side by side, one column per model."""
-    models = summary["models"]
-    rows = [("greedy accuracy", lambda m: m.get("greedy_accuracy"))] if summary["settings"]["greedy"] else []
+    """Metrics side by side, one column per model, in %, with what each metric is and a warning when most
+    completions were cut off by --max-tokens."""
+    models, settings = summary["models"], summary["settings"]
+    rows = [("greedy accuracy", lambda m: m.get("greedy_accuracy"))] if settings["greedy"] else []
     for metric in ("average@k", "pass@k", "maj@k"):
-        rows += [(metric.replace("@k", f"@{k}"), lambda m, metric=metric, k=k: m[metric][k]) for k in summary["ks"]]
+        rows += [(metric.replace("average", "Average").replace("@k", f"@{k}"),
+                  lambda m, metric=metric, k=k: m[metric][k]) for k in summary["ks"]]
+    if summary["ks"]:
+        rows.append((f"cut off at --max-tokens {settings['max_tokens']}", cut_off))
     lines = [
-        f"Evaluation of `{summary['data']}` ({summary['problems']} problems, {summary['settings']['samples']} samples, "
-        f"temperature {summary['settings']['temperature']}, top-p {summary['settings']['top_p']}).",
+        f"Evaluation of `{summary['data']}` ({summary['problems']} problems, {settings['samples']} samples, "
+        f"temperature {settings['temperature']}, top-p {settings['top_p']}).",
         "",
-        "| metric | " + " | ".join(m["name"] for m in models) + " |",
+        "| metric (%) | " + " | ".join(m["name"] for m in models) + " |",
         "|---|" + "---:|" * len(models),
     ]
-    lines += [f"| {label} | " + " | ".join(f"{get(m):.3f}" for m in models) + " |" for label, get in rows]
+    lines += [f"| {label} | " + " | ".join(f"{100 * get(m):.1f}" for m in models) + " |" for label, get in rows]
+    if summary["ks"]:
+        lines += ["", LEGEND.format(n=settings["samples"])]
+    cut = [m["name"] for m in models if max(cut_off(m), cut_off(m, "greedy")) > 0.5]
+    if cut:
+        lines += ["", f"**Warning:** most completions of {', '.join(cut)} hit --max-tokens {settings['max_tokens']}: "
+                  "their answers may be cut off; raise --max-tokens."]
     return "\n".join(lines) + "\n"
 
 
-def scaling_plot(path, summary):
-    """PNG of accuracy vs k per model: pass@k solid, maj@k dashed, Average@k dotted."""
-    from .plot import line_plot
-
-    styles = {"pass@k": "solid", "maj@k": "dashed", "average@k": "dotted"}
-    series = [
-        (f"{m['name']} {metric}", summary["ks"], [m[metric][k] for k in summary["ks"]], color, style)
-        for color, m in enumerate(summary["models"]) for metric, style in styles.items()
-    ]
-    line_plot(path, series, title="accuracy vs k (test-time scaling)", xlabel="k (samples per problem)",
-              ylabel="accuracy")
-
-
 def write_summary(folder, summary):
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (folder / "results.md").write_text(markdown_table(summary))
+    write_json(folder / "summary.json", summary)
+    write_text(folder / "results.md", markdown_table(summary))
     if summary["ks"]:
-        scaling_plot(folder / "scaling.png", summary)
+        plot.scaling(folder / "scaling.png", summary)
 
 
 # ---- the whole run ----------------------------------------------------------------------------------------
@@ -256,12 +272,9 @@ def evaluate(models, data, out, overwrite=False, progress=True, log=print, trust
         local_path(model_id)
     summary = {"data": str(data), "problems": len(problems), "settings": asdict(settings),
                "ks": ks_for(settings.samples), "models": []}
-    with staged_output(out, overwrite) as stage, open(stage / "samples.jsonl", "w") as f:
-        def write(record):
-            f.write(json.dumps(record) + "\n")
-
+    with staged_output(out, overwrite, [*models, data]) as stage, LineWriter(stage / "samples.jsonl") as f:
         for model_id, name in zip(models, display_names(models)):
-            entry = evaluate_model(model_id, name, problems, settings, write, progress, log, trust_remote_code)
+            entry = evaluate_model(model_id, name, problems, settings, f.write, progress, log, trust_remote_code)
             summary["models"].append(entry)
         f.close()
         write_summary(stage, summary)

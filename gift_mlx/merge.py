@@ -12,6 +12,7 @@ The instruct model is loaded lazily and written shard by shard, so a merge needs
 """
 
 import json
+import math
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,12 +20,15 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import export
-from .adapters import read_adapter
+from .adapters import CONFIG, read_adapter
 from .errors import GiftError
-from .models import check_compatible, load_model, local_path, read_config
+from .models import check_compatible, check_model_arg, load_model, local_path, model_ref, read_config
 from .outputs import output_folder, write_json
+from .pair_check import distance_over, known_result
 
-FORMATS = ("mlx", "hf")
+FORMATS = ("mlx", "hf", "gguf")
+GGUF_FILE = "model.gguf"
+GGUF_OF_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
 LINEARS = (nn.Linear, nn.QuantizedLinear)
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
 
@@ -148,19 +152,19 @@ def _fit(model, adapter, label):
 # ---- the merge ----
 
 def fuse_model(model, adapter, scale=1.0, base_model=None, dtype=None, requantize=False, log=print):
-    """Replace every adapted layer of `model` by its merged layer (lazily); return the merged paths, the mean
-    re-quantization error (or None) and the update's relative size ||λΔW||_F / ||W||_F over the adapted layers."""
+    """Replace every adapted layer of `model` by its merged layer (lazily); return the merged paths."""
     modules = dict(model.named_modules())
     base_modules = dict(base_model.named_modules()) if base_model is not None else {}
-    fused, errors, norms = [], [], []
+    fused, errors, sizes = [], [], {}
     for path in adapter.layers:
         update = scale * delta(adapter, path, base_modules.get(path))
         weight = float_weight(modules[path])
-        norms.append(mx.stack([mx.sum(update * update), mx.sum(weight * weight)]))
         merged = weight + update
+        # ‖λΔW‖² and ‖W_instruct‖², evaluated with the merged weight when it is written (no second read)
+        sizes[f"{path}.weight"] = [mx.square(update).sum(), mx.square(weight).sum()]
         layer = fuse_layer(modules[path], merged, dtype, requantize)
         if isinstance(layer, nn.QuantizedLinear):  # measured now, so the warning can give numbers
-            mx.eval(layer.parameters())
+            mx.eval(layer.parameters(), sizes[f"{path}.weight"])
             errors.append(requantization_error(layer, merged, update))
             q = layer
         fused.append((path, layer))
@@ -169,8 +173,7 @@ def fuse_model(model, adapter, scale=1.0, base_model=None, dtype=None, requantiz
         log(f"warning: re-quantized {len(errors)} merged layers ({q.bits}-bit, group {q.group_size}, {q.mode}): "
             f"the rounding error is {sum(errors) / len(errors):.2f}x the adapter's update on average "
             f"(max {max(errors):.2f}x), so part of the update is lost; merge without --requantize to keep it")
-    du2, w2 = mx.sum(mx.stack(norms), axis=0).tolist() if norms else (0.0, 1.0)
-    return [p for p, _ in fused], (sum(errors) / len(errors) if errors else None), (du2 / w2) ** 0.5
+    return [p for p, _ in fused], (sum(errors) / len(errors) if errors else None), sizes
 
 
 def _cast(model, dtype):
@@ -213,18 +216,25 @@ def _dominant_float(model):
 
 def _check_options(adapter, instruct, fmt, dtype, base, requantize):
     """Cheap checks before anything is loaded; return the instruct model to merge into."""
-    instruct = instruct or adapter.config.get("instruct_model")
     if not instruct:
-        raise GiftError(f"{adapter.path}/adapter_config.json: names no instruct_model; pass --instruct")
+        instruct = adapter.config.get("instruct_model")
+        if not instruct:
+            raise GiftError(f"{adapter.path / CONFIG}: names no instruct_model; pass --instruct")
+        try:
+            check_model_arg(instruct)
+        except GiftError as e:
+            raise GiftError(f"{adapter.path / CONFIG}: field instruct_model: {e}; pass --instruct") from None
     if fmt not in FORMATS:
         raise GiftError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in export.DTYPES:
         raise GiftError(f"--dtype: '{dtype}' is not one of {', '.join(export.DTYPES)}")
     if requantize and fmt == "hf":
         raise GiftError("--requantize: Hugging Face output is always float (transformers cannot read MLX quantization)")
+    if requantize and fmt == "gguf":
+        raise GiftError("--requantize: GGUF output is quantized by llama.cpp's own types (--gguf-type q8_0)")
     if adapter.kind == "dora" and not base:
         raise GiftError(DORA_NEEDS_BASE.format(path=adapter.path, base=adapter.config.get("base_model") or "<model>"))
-    return instruct
+    return model_ref(instruct)
 
 
 def _load_checked(adapter, instruct, raw, base, requantize):
@@ -252,35 +262,72 @@ def _output_config(model, raw, loaded, fused, fmt, dtype, requantize):
 
 
 def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dtype=None, scale=1.0, base=None,
-          requantize=False, force=False, log=print):
-    """Merge the adapter into the instruct model and write it to `out` in `fmt` (mlx | hf); return out."""
+          requantize=False, gguf_type=None, force=False, log=print):
+    """Merge the adapter into the instruct model and write it to `out` in `fmt` (mlx | hf | gguf); return out."""
+    scale = export.check_scale(scale)
     adapter = read_adapter(adapter_path)
     instruct = _check_options(adapter, instruct, fmt, dtype, base, requantize)
     raw = read_config(instruct)
     if fmt == "hf":
         export.check_hf(raw)
+    if fmt == "gguf":
+        gguf_type = gguf_type or GGUF_OF_DTYPE.get(dtype, "f16")
+        pre_tokenizer = export.check_gguf(raw, local_path(instruct), gguf_type)
     with output_folder(out, [instruct, adapter.path, base], force) as tmp:
         model, loaded, base_model = _load_checked(adapter, instruct, raw, base, requantize)
         mx_dtype = export.DTYPES[dtype] if dtype else None
-        fused, rq_error, size = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
+        fused, rq_error, sizes = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
+        if fmt == "gguf":
+            _write_gguf(tmp, model, raw, instruct, gguf_type, pre_tokenizer, out)
+            _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale, dtype=gguf_type)
+            log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out}/{GGUF_FILE} ({gguf_type})")
+            return Path(out)
         mx_dtype, config = _output_config(model, raw, loaded, fused, fmt, mx_dtype, requantize)
         if mx_dtype is not None:
             _cast(model, mx_dtype)
-        export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx")
+        export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx",
+                             label=f"{out}: merged weights", extras=sizes)
+        update_size = math.sqrt(sum(u.item() for u, _ in sizes.values()) / sum(w.item() for _, w in sizes.values()))
         write_json(tmp / "config.json", config)
         export.copy_tokenizer(local_path(instruct), tmp, raw)
         _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale,
                     dtype=export.dtype_name(mx_dtype) if mx_dtype is not None else "as instruct",
                     requantized={"mean_error_over_update": rq_error} if requantize else None,
-                    update_relative_size=round(size, 6))
-    log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out} ({fmt}); the update's relative "
-        f"size ||{scale:g}·ΔW||_F / ||W||_F over those layers is {size:.4f}")
+                    update_relative_size=round(update_size, 6))
+    log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out} ({fmt})")
+    log(update_line(update_size, scale, sizes, adapter, instruct, log))
     return Path(out)
+
+
+def update_line(update_size, scale, sizes, adapter, instruct, log=print):
+    """The update's relative size, next to the base -> instruct distance when the base is on this machine."""
+    line = (f"update: ‖λ·ΔW‖_F / ‖W_instruct‖_F = {update_size:.4f} over the {len(sizes)} adapted matrices "
+            f"(λ = {scale:g})")
+    pair = known_result(adapter.path, adapter.config.get("base_model"), instruct, log)
+    if pair is None:
+        return line + "; base -> instruct distance: not measured (the base model is not on this machine)"
+    same = distance_over(pair, set(sizes))
+    line += (f"; base -> instruct distance over the same matrices {same:.4f} (all matrices "
+             f"{pair['overall']['relative_distance']:.4f})")
+    return line + (f": the update is {update_size / same:.2f}x the pair's distance" if same else "")
+
+
+def _write_gguf(folder, model, raw, instruct, gguf_type, pre_tokenizer, out):
+    """The merged model as one GGUF file (float weights; the file's type decides f16/bf16/q8_0)."""
+    from mlx_lm.utils import dequantize_model
+
+    dequantize_model(model)
+    config = {k: v for k, v in raw.items() if k not in export.QUANT_KEYS}
+    export.write_gguf(folder / GGUF_FILE, _take_weights(model), config, local_path(instruct), gguf_type,
+                      pre_tokenizer, Path(out).name)
 
 
 def _write_card(folder, adapter, instruct, fmt, out, **extra):
     record = export.build_record(adapter, "merged-model", fmt, instruct_model=instruct, **extra)
-    if fmt == "hf":
+    if fmt == "gguf":
+        usage = (f"bash\nllama-cli -m {out}/{GGUF_FILE} -cnv\n"
+                 f"# Ollama: a Modelfile with the line FROM {out}/{GGUF_FILE}, then: ollama create NAME -f Modelfile\n")
+    elif fmt == "hf":
         usage = (f"python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
                  f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
                  f"tokenizer = AutoTokenizer.from_pretrained({str(out)!r})\n")
@@ -289,4 +336,5 @@ def _write_card(folder, adapter, instruct, fmt, out, **extra):
     what = (f"`{instruct}` with the update of a {adapter.kind.upper()} adapter trained on "
             f"`{record['base_model']}` (method `{record['method']}`, GIFT transfer) added to it: "
             f"W' = W_instruct + {extra['merge_scale']}·ΔW.")
-    export.write_card(folder, Path(out).name, record, what, usage, "transformers" if fmt == "hf" else "mlx")
+    library = {"hf": "transformers", "gguf": "gguf"}.get(fmt, "mlx")
+    export.write_card(folder, Path(out).name, record, what, usage, library)

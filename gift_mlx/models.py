@@ -24,6 +24,14 @@ def check_model_arg(path_or_id):
         raise GiftError(f"{path_or_id}: no such model folder (and not a Hugging Face id 'org/name')")
 
 
+def model_ref(path_or_id):
+    """How records name a model: a local folder by its absolute path, so that a record read from another
+    folder (merge, export, resume, a PEFT config) still finds it; a Hub id as it is."""
+    if path_or_id is None or not Path(path_or_id).exists():
+        return path_or_id
+    return os.path.abspath(path_or_id)
+
+
 def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=False):
     """mlx_lm.utils.load with clear errors; returns (model, tokenizer, config)."""
     from mlx_lm.utils import load
@@ -40,15 +48,30 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
         raise GiftError(f"{path_or_id}: cannot load model: {_first_line(e)}")
 
 
-def load_tokenizer(path_or_id):
-    """The tokenizer (with chat template) alone, without loading weights."""
+def load_tokenizer(path_or_id, chat=False):
+    """The tokenizer alone, without loading weights; chat=True: it must have a chat template."""
     from mlx_lm.utils import load_tokenizer as _load_tokenizer
 
     check_model_arg(str(path_or_id))
     try:
-        return _load_tokenizer(str(path_or_id))
+        tokenizer = _load_tokenizer(str(path_or_id))
     except Exception as e:
         raise GiftError(f"{path_or_id}: cannot load tokenizer: {_first_line(e)}")
+    if chat:
+        check_chat_template(tokenizer, path_or_id, "the data is formatted in the instruct model's chat template")
+    return tokenizer
+
+
+def check_chat_template(tokenizer, name, why):
+    if not getattr(tokenizer, "has_chat_template", False):
+        raise GiftError(f"{name}: tokenizer has no chat template ({why})")
+
+
+def check_vocab(tokenizer, config, name):
+    """Every token id the tokenizer can produce must have a row in the model's embedding."""
+    rows = config.get("vocab_size")
+    if rows and len(tokenizer) > rows:
+        raise GiftError(f"{name}: vocabulary of {rows} rows, but the instruct tokenizer has {len(tokenizer)} tokens")
 
 
 def local_path(path_or_id):
@@ -66,12 +89,45 @@ def local_path(path_or_id):
         raise GiftError(f"{path_or_id}: cannot fetch from the Hugging Face Hub ({type(e).__name__})")
 
 
+def cached_path(path_or_id):
+    """The local folder of a model whose weights are all on this machine (a folder, or complete in the
+    Hugging Face cache), else None; never downloads."""
+    p = Path(path_or_id)
+    if not p.exists():
+        try:
+            from huggingface_hub import snapshot_download
+            from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+            p = Path(snapshot_download(str(path_or_id), allow_patterns=DEFAULT_ALLOW_PATTERNS, local_files_only=True))
+        except Exception:  # not cached, or not a valid repo id
+            return None
+    index = p / "model.safetensors.index.json"
+    try:
+        files = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else ()
+    except (OSError, ValueError, KeyError):
+        return None
+    complete = all((p / f).is_file() for f in files) and any(p.glob("*.safetensors"))
+    return p if complete and (p / "config.json").is_file() else None
+
+
 def read_config(path_or_id):
+    """config.json of a model, with the fields gift compares checked for their types."""
     path = local_path(path_or_id) / "config.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
         raise GiftError(f"{path}: cannot read model config ({e})")
+    if not isinstance(config, dict):
+        raise GiftError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key in SHAPE_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if key == "model_type" and not isinstance(value, str):
+            raise GiftError(f"{path}: field 'model_type' must be a string, got {value!r}")
+        if key != "model_type" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise GiftError(f"{path}: field '{key}' must be a positive integer, got {value!r}")
+    return config
 
 
 def check_compatible(base_config, instruct_config, base_name="base", instruct_name="instruct"):

@@ -1,33 +1,88 @@
-"""Safe outputs for every command: nothing half-written, no input overwritten, nothing foreign deleted.
+"""Safe outputs for every command: nothing half-written, no input overwritten, nothing foreign deleted, and a
+failed write (a full disk, a read-only folder) reported as one `error: PATH: ...` line.
 
 An output folder is built in a hidden sibling folder and renamed into place at the end, so an interrupted
 run leaves no half-written output; temporary folders left by a killed run are removed by the next one.
-`check_output` refuses an output that is, contains or lies inside an input, and replaces (with --force) only
-a folder that gift wrote. JSON files are written atomically.
+Single files (JSON, safetensors, raw bytes) are written to a hidden sibling and renamed into place; the
+temporary is removed on any failure. `check_output` refuses an output that is, contains or lies inside an
+input, and replaces (with --force) only a folder that gift wrote. `folder_lock` keeps two runs out of one
+folder. Hidden names stay within the 255-byte limit of a file name however long the output's name is.
 """
 
 import glob
+import hashlib
 import json
+import math
 import os
 import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import GiftError
 
 RECORD = "gift_export.json"  # the provenance record of a merged model or exported adapter: marks gift's outputs
+NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
 
+
+# ---- names ----
+
+def hidden_name(name, tag):
+    """`.<name>.<tag>`, with the name shortened (and a hash of it kept) when the whole would not fit NAME_MAX."""
+    full = f".{name}.{tag}"
+    if len(full.encode()) <= NAME_MAX:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    room = NAME_MAX - len(f"..{tag}~{digest}".encode())
+    short = name.encode()[:room].decode("utf-8", "ignore")
+    return f".{short}~{digest}.{tag}"
+
+
+def _tmp_path(path, tag="tmp"):
+    path = Path(path)
+    name = hidden_name(path.name, f"{tag}-{os.getpid()}")
+    # MLX's writer appends .safetensors to any other name: keep the suffix last
+    return path.with_name(name + (".safetensors" if path.suffix == ".safetensors" else ""))
+
+
+# ---- errors ----
+
+def write_error(path, e):
+    """The GiftError for a failed write of `path` (an OSError, or MLX's RuntimeError for its own writes)."""
+    if isinstance(e, GiftError):
+        return e
+    where = getattr(e, "filename", None) or path
+    what = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return GiftError(f"{where}: cannot write ({what})")
+
+
+@contextmanager
+def writing(path):
+    """Report an OSError inside the block as one line naming `path` (or the file the OS names)."""
+    try:
+        yield
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
+# ---- folders ----
 
 def _overlaps(a, b):
     return a == b or a in b.parents or b in a.parents
 
 
-def check_output(out, inputs=(), force=False):
-    """Refuse outputs that would overwrite an input or an existing folder; return the resolved path."""
+def check_not_inside(out, inputs, what="output"):
+    """Refuse an output path that is, contains or lies inside an existing input path."""
     out = Path(out).resolve()
     for p in inputs:
         if p and Path(p).exists() and _overlaps(out, Path(p).resolve()):
-            raise GiftError(f"{out}: the output must not be, contain or lie inside the input {p}")
+            raise GiftError(f"{out}: the {what} must not be, contain or lie inside the input {p}")
+    return out
+
+
+def check_output(out, inputs=(), force=False):
+    """Refuse outputs that would overwrite an input or an existing folder; return the resolved path."""
+    out = check_not_inside(out, inputs)
     if out.exists() and not force:
         raise GiftError(f"{out}: already exists (pass --force to replace it)")
     # --force deletes the old output, so only ever delete what gift wrote (or an empty folder).
@@ -45,34 +100,51 @@ def output_folder(out, inputs=(), force=False):
 
 @contextmanager
 def staged_folder(out):
-    """Yield a temporary sibling folder that replaces `out` in one rename on success and is removed on failure.
-    The caller decides beforehand whether an existing `out` may be replaced."""
+    """Yield a temporary sibling folder that replaces `out` in one rename on success and is removed on any
+    failure (an OSError becomes one error line naming the path). The caller decides beforehand whether an
+    existing `out` may be replaced."""
     out = Path(out)
-    remove_orphans(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _tmp_path(out)
+    try:
+        remove_orphans(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    except OSError as e:  # named by the output asked for, not its hidden stand-in
+        raise GiftError(str(write_error(out, e)).replace(str(tmp), str(out))) from None
     try:
         yield tmp
-    except BaseException:
+        if out.exists():  # --force: move the old output aside first, so some complete output exists at every moment
+            old = _tmp_path(out, "old")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            e = write_error(out, e)
+        if isinstance(e, GiftError):  # name the output the user asked for, not its hidden stand-in
+            raise GiftError(str(e).replace(str(tmp), str(out))) from None
         raise
-    if out.exists():  # --force: move the old output aside first, so some complete output exists at every moment
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 def remove_orphans(out):
     """Delete temporary folders beside `out` left by a killed run (SIGKILL skips clean-up): those whose
     process is gone."""
-    for tmp in Path(out).parent.glob(f".{glob.escape(Path(out).name)}.tmp-*"):
+    stem = hidden_name(Path(out).name, "tmp-0")[: -len("tmp-0")]
+    for tmp in Path(out).parent.glob(glob.escape(stem) + "tmp-*"):
         pid = tmp.name.rsplit("-", 1)[1]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_if_empty(folder):
+    """Remove a folder this command created if it stayed empty (a run stopped before writing anything)."""
+    try:
+        Path(folder).rmdir()
+    except OSError:  # not empty, or gone
+        pass
 
 
 def process_alive(pid):
@@ -85,8 +157,150 @@ def process_alive(pid):
     return True
 
 
-def write_json(path, data):
+@contextmanager
+def folder_lock(folder, what="run"):
+    """Hold `<folder>/.gift.lock` (this process's id and host) for the block. A second process gets one
+    error line; a lock whose process is gone (a killed run) is taken over."""
+    path = Path(folder) / ".gift.lock"
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise write_error(path, e) from None
+        try:
+            pid, _, host = path.read_text().strip().partition(" ")
+        except OSError:
+            continue  # released meanwhile
+        if pid.isdigit() and (host != socket.gethostname() or process_alive(int(pid))):
+            raise GiftError(f"{folder}: in use by another gift {what} (process {pid} on {host or 'this host'}); "
+                            f"wait for it to finish or use another folder (if no such run exists, delete {path})")
+        path.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise GiftError(f"{path}: cannot take the lock")
+    try:
+        with writing(path):
+            try:
+                os.write(fd, me.encode())
+            finally:
+                os.close(fd)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# ---- files ----
+
+def atomic_write(path, write):
+    """Run write(tmp) for a hidden sibling tmp, then rename it to `path`; remove tmp on any failure."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, (OSError, RuntimeError)):  # named by the file asked for, not its temporary
+            raise write_error(path, e if getattr(e, "filename", None) != str(tmp) else OSError(e.errno, e.strerror)) from None
+        raise
+    return path
+
+
+def write_bytes(path, data):
     """Atomic: written beside and renamed into place, so a reader never sees half a file."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return atomic_write(path, write)
+
+
+def write_text(path, text):
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def nonfinite_at(data, where=""):
+    """The place (a.b[2]) of the first NaN or infinity in nested JSON data, or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "the value"
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(data))
+    else:
+        return None
+    for k, v in items:
+        found = nonfinite_at(v, f"{where}{'' if str(k).startswith('[') or not where else '.'}{k}")
+        if found:
+            return found
+    return None
+
+
+def json_text(path, data):
+    """JSON of data (one object) with no NaN or infinity, which JSON cannot hold."""
+    bad = nonfinite_at(data)
+    if bad:
+        raise GiftError(f"{path}: {bad} is not a finite number; nothing written")
+    return json.dumps(data, indent=2, default=str, allow_nan=False) + "\n"
+
+
+def write_json(path, data):
+    """Atomic, and never a NaN."""
+    return write_text(path, json_text(path, data))
+
+
+def check_finite(tensors, where):
+    """Raise naming the first floating tensor (of a name -> mx.array dict) that holds a NaN or infinity."""
+    import mlx.core as mx
+
+    # One tensor at a time, so the check's temporaries never exceed one tensor's size.
+    bad = [k for k, v in tensors.items() if mx.issubdtype(v.dtype, mx.inexact) and not mx.isfinite(v).all().item()]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise GiftError(f"{where}: tensor {bad[0]}{more} holds NaN or infinite values; nothing written")
+
+
+def save_tensors(path, tensors, metadata=None, check=True):
+    """MLX arrays as safetensors, atomically, after checking they are finite (unless the caller did)."""
+    import mlx.core as mx
+
+    if check:
+        check_finite(tensors, path)
+    return atomic_write(path, lambda tmp: mx.save_safetensors(str(tmp), tensors, metadata=metadata or {}))
+
+
+class LineWriter:
+    """An appendable JSON-lines file (metrics.jsonl, samples.jsonl): one flushed line per row, never a NaN,
+    and a failed write reported naming the file."""
+
+    def __init__(self, path, mode="w"):
+        self.path = Path(path)
+        with writing(self.path):
+            self.file = open(self.path, mode)
+
+    def write(self, row):
+        line = json.dumps(row, allow_nan=False) if nonfinite_at(row) is None else None
+        if line is None:
+            raise GiftError(f"{self.path}: {nonfinite_at(row)} is not a finite number")
+        with writing(self.path):
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def close(self):
+        with writing(self.path):
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.close()
+        except GiftError:
+            if exc[0] is None:
+                raise

@@ -1,133 +1,114 @@
-"""A dependency-free line plot written as PNG (numpy raster + zlib), for accuracy-vs-k curves.
+"""Every figure gift-mlx writes, drawn with matplotlib (Agg backend: no display needed).
 
-The stack has no plotting library; this draws axes, lines (solid, dashed, dotted), tick labels and a legend
-with a built-in 3x5 pixel font, which is all a test-time-scaling figure needs.
+scaling: accuracy vs k per model (test-time scaling) for `gift eval`; training: loss and learning-rate curves
+from a run's metrics.jsonl for `gift train`; methods: task accuracy vs retention per method for `gift demo`.
 """
 
-import struct
-import zlib
+import json
 from pathlib import Path
 
-import numpy as np
+from .outputs import atomic_write
 
-# 3x5 glyphs: five rows of three bits each (4 = left pixel), written as a string of five octal digits.
-FONT = dict(zip(
-    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ.-_/@:()%+=, ?",
-    "75557 26227 71747 71317 55711 74717 74757 71122 75757 75717 25755 65656 34443 65556 74647 74644 34553 "
-    "55755 72227 11152 55655 44447 57755 65555 25552 65644 25563 65655 34216 72222 55557 55552 55775 55255 "
-    "55222 71247 00002 00700 00007 11244 25743 02020 12221 42224 51245 02720 07070 00024 00000 71202".split(),
-))
-WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (215, 215, 215)
-COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
-STYLES = {"solid": None, "dashed": (8, 5), "dotted": (2, 3)}  # (pixels on, pixels off)
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+STYLES = {"pass@k": "-", "maj@k": "--", "average@k": ":"}
+LABELS = {"pass@k": "pass@k", "maj@k": "maj@k", "average@k": "Average@k"}
 
 
-class Canvas:
-    def __init__(self, width, height):
-        self.px = np.full((height, width, 3), 255, np.uint8)
+def _pyplot():
+    import matplotlib
 
-    def rect(self, x0, y0, x1, y1, color):
-        h, w = self.px.shape[:2]
-        self.px[max(0, y0):min(h, y1), max(0, x0):min(w, x1)] = color
+    matplotlib.use("Agg")  # files only; never a window, also without a display
+    import matplotlib.pyplot as plt
 
-    def line(self, p, q, color, style="solid", width=2):
-        n = int(max(abs(q[0] - p[0]), abs(q[1] - p[1]))) + 1
-        pattern = STYLES[style]
-        for i, t in enumerate(np.linspace(0, 1, n)):
-            if pattern and i % sum(pattern) >= pattern[0]:
-                continue
-            x, y = round(p[0] + t * (q[0] - p[0])), round(p[1] + t * (q[1] - p[1]))
-            self.rect(x - width // 2, y - width // 2, x - width // 2 + width, y - width // 2 + width, color)
-
-    def text(self, x, y, s, color=BLACK, scale=2):
-        """Draw s with its top-left corner at (x, y); unknown characters print as '?'."""
-        for ch in str(s).upper():
-            rows = FONT.get(ch, FONT["?"])
-            for r, bits in enumerate(rows):
-                for c in range(3):
-                    if int(bits) & (4 >> c):
-                        self.rect(x + c * scale, y + r * scale, x + (c + 1) * scale, y + (r + 1) * scale, color)
-            x += 4 * scale
-        return x
-
-    @staticmethod
-    def text_width(s, scale=2):
-        return 4 * scale * len(str(s))
-
-    def save(self, path):
-        write_png(path, self.px)
+    return plt
 
 
-def write_png(path, rgb):
-    """Write an (H, W, 3) uint8 array as an 8-bit RGB PNG."""
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + row.tobytes() for row in np.ascontiguousarray(rgb, np.uint8))  # filter 0 per row
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-    Path(path).write_bytes(png)
+def _save(fig, path):
+    # atomic, and a failed write is one error line naming the figure (outputs.py)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    _pyplot().close(fig)
 
 
-def read_png(path):
-    """Read back a PNG written by write_png (8-bit RGB, filter 0): for tests and sanity checks."""
-    data = Path(path).read_bytes()
-    w, h = struct.unpack(">II", data[16:24])
-    pos, idat = 8, b""
-    while pos < len(data):
-        (n,), tag = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
-        idat += data[pos + 8:pos + 8 + n] if tag == b"IDAT" else b""
-        pos += 12 + n
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
-    return rows[:, 1:].reshape(h, w, 3)
+def scaling(path, summary):
+    """PNG of accuracy vs k (log2 axis) per model: pass@k solid, maj@k dashed, Average@k dotted; one colour a model."""
+    plt = _pyplot()
+    ks = summary["ks"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, m in enumerate(summary["models"]):
+        for metric, style in STYLES.items():
+            ax.plot(ks, [m[metric].get(k, m[metric].get(str(k))) for k in ks], style,  # int keys, or str from JSON
+                    color=COLORS[i % len(COLORS)], marker="o", markersize=4, linewidth=2,
+                    label=f"{m['name']} {LABELS[metric]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("accuracy")
+    data = Path(summary["data"]) if summary.get("data") else None  # task/test.jsonl vs retention.jsonl differ
+    ax.set_title((f"{data.parent.name}/{data.name}: " if data else "") + "accuracy vs k (test-time scaling)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _save(fig, path)
 
 
-def _y_range(values):
-    """Axis limits on a 0.1 grid around the data, so small differences between curves stay visible."""
-    lo, hi = np.floor(min(values) * 10) / 10, np.ceil(max(values) * 10) / 10
-    return (lo, hi) if hi > lo else (max(0.0, lo - 0.1), min(1.0, hi + 0.1) if hi < 1 else hi + 0.1)
+def read_metrics(path):
+    """The rows of a metrics.jsonl (training rows carry 'loss', validation rows 'val_loss')."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def line_plot(path, series, title="", xlabel="", ylabel="", width=720, plot_height=340):
-    """Plot series = [(label, xs, ys, color index, style)] with a log2 x axis (xs are powers of two or any k >= 1)."""
-    left, right, top, bottom = 70, width - 20, 40, 40 + plot_height
-    c = Canvas(width, bottom + 62 + 16 * ((len(series) + 1) // 2))  # room for a two-column legend
-    xs_all = sorted({x for _, xs, _, _, _ in series for x in xs})
-    lx0, lx1 = np.log2(xs_all[0]), max(np.log2(xs_all[-1]), np.log2(xs_all[0]) + 1)
-    y0, y1 = _y_range([y for _, _, ys, _, _ in series for y in ys])
-
-    def at(x, y):
-        return left + (np.log2(x) - lx0) / (lx1 - lx0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
-
-    for i in range(int(round((y1 - y0) * 10)) + 1):  # horizontal grid and y tick labels every 0.1
-        y = y0 + i / 10
-        _, py = at(xs_all[0], y)
-        c.line((left, py), (right, py), GREY, width=1)
-        c.text(left - 8 - Canvas.text_width(f"{y:.1f}"), int(py) - 5, f"{y:.1f}")
-    for x in xs_all:  # x ticks at every k
-        px, _ = at(x, y0)
-        c.line((px, bottom), (px, bottom + 5), BLACK, width=1)
-        c.text(int(px) - Canvas.text_width(x) // 2, bottom + 10, x)
-    c.line((left, top), (left, bottom), BLACK, width=1)
-    c.line((left, bottom), (right, bottom), BLACK, width=1)
-    c.text(left, 4, title)
-    c.text((left + right - Canvas.text_width(xlabel)) // 2, bottom + 28, xlabel)
-    c.text(8, top - 20, ylabel)
-    for label, xs, ys, color, style in series:
-        points = [at(x, y) for x, y in zip(xs, ys)]
-        for p, q in zip(points, points[1:]):
-            c.line(p, q, COLORS[color % len(COLORS)], style)
-        for p in points:
-            c.rect(int(p[0]) - 3, int(p[1]) - 3, int(p[0]) + 4, int(p[1]) + 4, COLORS[color % len(COLORS)])
-    _legend(c, series, left, bottom + 52)
-    c.save(path)
+def training(path, rows):
+    """PNG of a training run: weighted and plain training loss, validation losses, learning rate (right axis)."""
+    plt = _pyplot()
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    series = [(train, "loss", "training loss (weighted)", COLORS[0], "-"),
+              (train, "plain_loss", "training loss (plain)", COLORS[0], "--"),
+              (val, "val_loss", "validation loss (weighted)", COLORS[1], "-"),
+              (val, "val_plain_loss", "validation loss (plain)", COLORS[1], "--")]
+    for data, key, label, color, style in series:
+        points = [(r["step"], r[key]) for r in data if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, color=color, marker="o" if data is val else None, markersize=4,
+                    linewidth=2, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per target token)")
+    ax.set_title("Training")
+    ax.grid(True, alpha=0.3)
+    lines, labels = ax.get_legend_handles_labels()
+    lr = [(r["step"], r["learning_rate"]) for r in train if "learning_rate" in r]
+    if lr:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lr), ":", color="grey", linewidth=2, label="learning rate")
+        ax2.set_ylabel("learning rate")
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        more = ax2.get_legend_handles_labels()
+        lines, labels = lines + more[0], labels + more[1]
+    ax.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
+    _save(fig, path)
 
 
-def _legend(c, series, x, y):
-    """One legend row per series, two columns."""
-    for i, (label, _, _, color, style) in enumerate(series):
-        lx, ly = x + (i % 2) * 320, y + (i // 2) * 16
-        c.line((lx, ly + 5), (lx + 30, ly + 5), COLORS[color % len(COLORS)], style)
-        c.text(lx + 38, ly, label[:34])
+def methods(path, summary):
+    """PNG of the demo: task Average@k (x) vs retention Average@k (y) per model, the instruct model as reference."""
+    plt = _pyplot()
+    k = summary["samples"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for i, m in enumerate(summary["models"]):
+        x, y = m["task"]["average"], m["retention"]["average"]
+        reference = m["name"] == "instruct"
+        ax.scatter([x], [y], s=140 if reference else 90, color="black" if reference else COLORS[i % len(COLORS)],
+                   marker="*" if reference else "osD^vP"[i % 6], zorder=3,
+                   label=f"{m['name']}{' (reference)' if reference else ''}: task {x:.3f}, retention {y:.3f}")
+        if reference:
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+            ax.axhline(y, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel(f"task accuracy (Average@{k})")
+    ax.set_ylabel(f"retention accuracy (Average@{k})")
+    ax.set_title("Task vs retention per method\n(up and right is better; dotted lines: the instruct model)")
+    xs = [m["task"]["average"] for m in summary["models"]]
+    ys = [m["retention"]["average"] for m in summary["models"]]
+    ax.set_xlim(0, max(xs) * 1.1 + 0.01)  # from zero, so that distances read as accuracy
+    ax.set_ylim(0, max(ys) * 1.1 + 0.01)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
+    _save(fig, path)

@@ -1,24 +1,26 @@
 """Eval records as they are published -> Problems: the conversation to prompt with and the reference answer.
 
 Shapes: GSM8K (question + answer '#### N'), MATH (problem + boxed solution), generic prompt/question +
-answer, multiple choice (question + choices + answer index/letter, ARC's labelled choices) and chat
-(messages, with the final assistant turn or an 'answer' as the reference). A new shape is one more
-`_x_problem` function and a branch in `to_problem`.
+answer, multiple choice (question + choices + answer index/letter, ARC's labelled choices), chat
+(messages, with the final assistant turn or an 'answer' as the reference) and gift's training shapes
+(prompt/completion, instruction/response or output, Alpaca's input), so a valid.jsonl can be evaluated.
+A new shape is one more `_x_problem` function and a branch in `to_problem`.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import grading
-from .data import read_jsonl
+from .data import TRAINING_PAIRS, read_jsonl, to_messages
 from .errors import GiftError
 
 DEFAULT_INSTRUCTIONS = {
     "math": "Please reason step by step, and put your final answer within \\boxed{}.",
     "choice": "Answer with the letter of the correct choice, and put it within \\boxed{}.",
 }
-SHAPES = "GSM8K question+answer, MATH problem+solution, prompt/question+answer, question+choices+answer, " \
-         "or messages with a reference"
+SHAPES = ("GSM8K question+answer, MATH problem+solution, prompt/question+answer, question+choices+answer, "
+          "messages ending in a user turn plus answer or in an assistant turn, or training data "
+          "(prompt+completion, instruction+response or instruction+output, optional input and system)")
 
 
 @dataclass
@@ -36,23 +38,27 @@ class Problem:
 def _string(record, key, where):
     if not isinstance(record[key], str):
         raise GiftError(f"{where}: field '{key}' must be a string, got {type(record[key]).__name__}")
+    if not record[key].strip():  # an empty question or reference cannot be asked or graded
+        raise GiftError(f"{where}: field '{key}' is empty")
     return record[key]
 
 
 def _reference(record, where):
-    """The reference answer of a non-choice record: GSM8K '#### N', a plain answer, a boxed solution, a completion."""
+    """The reference answer of a non-choice record: GSM8K '#### N', a plain answer, a boxed solution."""
     if "answer" in record:
         answer = record["answer"]
         if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
             raise GiftError(f"{where}: field 'answer' must be a string or number, got {type(answer).__name__}")
         answer = str(answer)
-        return answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
-    for key, extract in (("solution", grading.last_boxed), ("completion", grading.extract_answer)):
-        if key in record:
-            found = extract(_string(record, key, where))
-            if found is None:
-                raise GiftError(f"{where}: field '{key}' states no final answer (no \\boxed{{}} or '#### N')")
-            return found
+        answer = answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
+        if not answer:
+            raise GiftError(f"{where}: field 'answer' is empty")
+        return answer
+    if "solution" in record:
+        found = grading.last_boxed(_string(record, "solution", where))
+        if found is None:
+            raise GiftError(f"{where}: field 'solution' states no final answer (no \\boxed{{}})")
+        return found
     return None
 
 
@@ -85,15 +91,31 @@ def _chat_problem(record, where, line):
     if messages[-1]["role"] == "assistant":  # the final assistant turn is the reference unless one is given
         last = messages.pop()["content"]
         reference = reference if reference is not None else (grading.extract_answer(last) or last.strip())
+    if reference is not None and not reference.strip():
+        raise GiftError(f"{where}: the reference answer (the final assistant turn) is empty")
     if reference is None or not messages or messages[-1]["role"] != "user":
         raise GiftError(f"{where}: 'messages' must end with a user turn (plus an assistant reference or an 'answer')")
     return Problem(line, messages, reference)
 
 
+def _training_problem(record, where, line, response_key):
+    """A training record (prompt/completion, instruction/response|output): the final answer of the response."""
+    messages = to_messages(record, where)
+    if "answer" in record:
+        return _chat_problem({"messages": messages[:-1], "answer": record["answer"]}, where, line)
+    reference = grading.extract_answer(messages[-1]["content"])
+    if reference is None:
+        raise GiftError(f"{where}: field '{response_key}' states no final answer (no \\boxed{{}}, '#### N' or number)")
+    return Problem(line, messages[:-1], reference)
+
+
 def to_problem(record, where, line=0):
-    """A Problem from one record in any supported published shape."""
+    """A Problem from one record in any supported published or training shape."""
     if "messages" in record:
         return _chat_problem(record, where, line)
+    pair = next(((p, r) for p, r in TRAINING_PAIRS if p in record and r in record), None)
+    if pair:
+        return _training_problem(record, where, line, pair[1])
     if "choices" in record and "question" in record and ({"answer", "answerKey"} & set(record)):
         return _choice_problem(record, where, line)
     question = next((k for k in ("problem", "question", "prompt") if k in record), None)

@@ -4,20 +4,20 @@ with the identity of the model, tokenizer output and data they belong to."""
 
 import functools
 import hashlib
-import os
 import time
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 from tqdm import tqdm
 
 from . import __version__, blas
 from .data import collate
 from .errors import GiftError
-from .models import cpu_float32, load_model, local_path
+from .models import check_vocab, cpu_float32, load_model, local_path, read_config
+from .outputs import check_not_inside, write_bytes, writing
 from .objective import confidence
 
 
@@ -134,18 +134,20 @@ def compute_scores(model, dataset, batch_tokens=None, desc="scoring", world=None
 
 
 def save_scores(path, scores, meta):
-    """Write atomically: a temporary file renamed into place, so a kill never leaves a truncated file."""
+    """Write atomically (outputs.write_bytes): a kill or a full disk never leaves a truncated file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.cumsum([0] + [len(s) for s in scores]).astype(np.int64)
     values = np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"values": values, "offsets": offsets}, str(tmp), metadata={**meta, "gift_mlx": __version__})
-    os.replace(tmp, path)
+    if not np.isfinite(values).all():
+        raise GiftError(f"{path}: the model's confidences are not finite (NaN/Inf); nothing written")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, save({"values": values, "offsets": offsets}, metadata={**meta, "gift_mlx": __version__}))
 
 
 def load_scores(path, meta):
-    """Per-example score arrays if `path` exists and matches `meta`; else None (missing or stale)."""
+    """Per-example score arrays if `path` exists and matches `meta`; else None (missing or stale: a file
+    from other data or another model, or one whose tensors are missing, inconsistent or not finite)."""
     path = Path(path)
     if not path.exists():
         return None
@@ -157,7 +159,13 @@ def load_scores(path, meta):
         raise GiftError(f"{path}: unreadable score file ({e}); delete it to recompute")
     if any(stored.get(k) != v for k, v in meta.items() if k not in ("model", "data_file")):
         return None
-    values, offsets = tensors["values"], tensors["offsets"]
+    values, offsets = tensors.get("values"), tensors.get("offsets")
+    if values is None or offsets is None or values.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1:
+        return None
+    if offsets[0] != 0 or offsets[-1] != len(values) or (np.diff(offsets) < 0).any():
+        return None
+    if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():  # q is a probability
+        return None
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
@@ -190,7 +198,8 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
             todo[split] = meta
     if todo:
         if world.rank() == 0:
-            Path(scores_dir).mkdir(parents=True, exist_ok=True)  # fail on an unusable path before the work
+            with writing(scores_dir):  # fail on an unusable path before the work
+                Path(scores_dir).mkdir(parents=True, exist_ok=True)
         model = load_model_fn()
         for split, meta in todo.items():
             tic = time.perf_counter()
@@ -221,7 +230,10 @@ def score(cfg, log=print):
     guide_id, role = (cfg.base, "base") if cfg.method == "gift-base" else (cfg.instruct, "instruct")
     if not guide_id or not cfg.data:
         raise GiftError("score needs --instruct (or --base with --method gift-base) and --data")
-    data = load_data(cfg.data, load_tokenizer(cfg.instruct or cfg.base), cfg.max_seq_length, splits=("train", "valid"))
+    tokenizer = load_tokenizer(cfg.instruct or cfg.base, chat=True)
     scores_dir = Path(cfg.scores_path or Path(cfg.adapter_path) / "scores")
+    check_not_inside(scores_dir, [cfg.base, cfg.instruct, cfg.data], "scores folder")
+    check_vocab(tokenizer, read_config(guide_id), guide_id)  # as train does: every token id must have a row
+    data = load_data(cfg.data, tokenizer, cfg.max_seq_length, splits=("train", "valid"))
     ensure_scores(data, scores_dir, guide_id, role, lambda: load_guide(guide_id, cfg.trust_remote_code, log), log)
     return {split: scores_file(scores_dir, split, role) for split in data}

@@ -5,6 +5,7 @@ micro-batch (and, with online scoring, the guide's confidences), accumulates gra
 micro-batches of an optimizer step, and divides by the step's Σ w before the AdamW update.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -24,12 +25,15 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tqdm import tqdm
 
-from . import __version__, adapters, blas
+from . import __version__, adapters, blas, plot
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
-from .errors import GiftError
-from .models import check_compatible, cpu_float32, load_model, load_tokenizer, read_config
+from .errors import GiftError, Interrupted
+from .models import check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, read_config
+from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, remove_if_empty, save_tensors,
+                      write_json, write_text, writing)
 from .objective import confidence, token_weights, weighted_sums
+from .pair_check import RESULT_FILE as PAIR_FILE, check_for_training
 from .scoring import ensure_scores, load_guide
 
 
@@ -84,7 +88,7 @@ def guide_weights(guide, inputs, labels, w, floor, gamma):
     return mx.where(w > 0, token_weights(confidence(guide, inputs, labels), floor, gamma), 0.0)
 
 
-def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None):
+def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None, own=False):
     """The compiled training step and the state it updates.
 
     step(inputs, labels, w, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
@@ -92,9 +96,10 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, 
     divided by the step's Σ w, so that L = Σ w·ℓ / Σ w over every target token of the optimizer step.
     Under mlx.launch the gradient and the sums are summed over all processes first: Σ w is global.
     The guide's forward (online scoring) may run on its own stream, in parallel with the training forward.
+    own=True (dft): the weights are the trained model's own stop-gradient confidences, from the same logits.
     """
     distributed = world is not None and world.size() > 1
-    loss_and_grad = nn.value_and_grad(model, weighted_sums)
+    loss_and_grad = nn.value_and_grad(model, partial(weighted_sums, own=(floor, gamma) if own else None))
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -150,7 +155,7 @@ def validation_loss(model, dataset, weights, cfg, pad_id, guide=None, world=None
         inputs, labels, w = map(mx.array, next(batches))
         if guide is not None:
             w = guide_weights(guide, inputs, labels, w, cfg.floor, cfg.gamma)
-        wl, (sw, l, n) = weighted_sums(model, inputs, labels, w)
+        wl, (sw, l, n) = weighted_sums(model, inputs, labels, w, own=(cfg.floor, cfg.gamma) if cfg.method == "dft" else None)
         total = total + mx.stack([wl, sw, l, n.astype(mx.float32)])
         mx.eval(total)
     model.train()
@@ -171,6 +176,25 @@ def settings_hash(cfg):
     return hashlib.sha256(json.dumps([getattr(cfg, f) for f in RESUME_FIELDS]).encode()).hexdigest()[:16]
 
 
+def data_hash(data):
+    """The content of every split (a resumed run must see the same rows, not just the same path)."""
+    return hashlib.sha256(json.dumps({s: ds.sha256 for s, ds in sorted(data.items())}).encode()).hexdigest()[:16]
+
+
+def tensors_hash(tensors):
+    """Checksum of a checkpoint's tensors, stored in its metadata and verified when it is read."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(np.asarray(tensors[k].reshape(-1).view(mx.uint8)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def dropout_seed(seed, rank):
+    """The seed of a process's dropout stream: a function of (seed, rank) only, apart from the LoRA init's."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0])
+
+
 def set_rng(key):
     """mx.random.state cannot be assigned to; seeding with the key's two words restores it exactly."""
     hi, lo = np.array(key).tolist()
@@ -189,9 +213,10 @@ def restore(model, optimizer, snap):
     set_rng(rng)
 
 
-def save_checkpoint(out, step, model, optimizer, cfg, keep, world):
+def save_checkpoint(out, step, model, optimizer, identity, keep, world):
     """Adapter, optimizer state and every process's RNG key after a completed step, in one file written
-    atomically by rank 0; the adapter alone goes to adapters.safetensors too. The last `keep` stay."""
+    atomically by rank 0 with the run's identity and a checksum; the adapter alone goes to
+    adapters.safetensors too. Nothing non-finite is written. The last `keep` stay."""
     rngs = mx.random.state[0][None]
     if world.size() > 1:
         rngs = mx.distributed.all_gather(rngs, group=world)
@@ -201,35 +226,63 @@ def save_checkpoint(out, step, model, optimizer, cfg, keep, world):
     tensors = {f"adapter.{k}": v for k, v in tree_flatten(model.trainable_parameters())}
     tensors.update({f"optimizer.{k}": v for k, v in tree_flatten(optimizer.state)})
     tensors["rng"] = rngs
+    mx.eval(tensors)
     path = out / f"checkpoint-{step:07d}.safetensors"
-    tmp = out / f".{path.stem}.tmp.safetensors"  # hidden: never mistaken for a checkpoint
-    mx.save_safetensors(str(tmp), tensors, metadata={"step": str(step), "settings": settings_hash(cfg)})
-    os.replace(tmp, path)
+    check_finite(tensors, f"step {step}: checkpoint {path}")
+    save_tensors(path, tensors, metadata={"step": str(step), **identity, "sha256": tensors_hash(tensors)},
+                 check=False)
     adapters.write_weights(model, out)
-    for old in sorted(out.glob("checkpoint-*.safetensors"))[:-keep]:
+    for old in checkpoints(out)[:-keep]:
         old.unlink()
     return path
 
 
-def read_checkpoint(out, cfg, processes):
-    """(step, tensors) of the latest checkpoint in `out`, or (0, {})."""
-    found = sorted(out.glob("checkpoint-[0-9]*[0-9].safetensors"))
-    if not found:
-        return 0, {}
-    tensors, meta = mx.load(str(found[-1]), return_metadata=True)
-    if meta.get("settings") != settings_hash(cfg):
-        raise GiftError(f"{found[-1]}: written with other settings; resume with the same arguments "
-                        f"({', '.join(RESUME_FIELDS)}) or use a new --adapter-path")
-    if tensors["rng"].shape[0] != processes:
-        raise GiftError(f"{found[-1]}: written by {tensors['rng'].shape[0]} processes; resume with as many")
-    return int(meta["step"]), tensors
+def checkpoints(out):
+    return sorted(Path(out).glob("checkpoint-[0-9]*[0-9].safetensors"))
 
 
-def load_checkpoint(out, model, optimizer, cfg, world):
-    """Restore the latest checkpoint; return its step (0 when there is none). Rank 0 reads the file and
-    the other processes take its state, so their disks need not hold the checkpoint."""
+def verified(path, expected_keys):
+    """(step, tensors, metadata) of an intact checkpoint; raises ValueError for a damaged one."""
+    try:
+        tensors, meta = mx.load(str(path), return_metadata=True)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if not str(meta.get("step", "")).isdigit() or "rng" not in tensors:
+        raise ValueError("no step or RNG state")
+    if "sha256" in meta and meta["sha256"] != tensors_hash(tensors):
+        raise ValueError("checksum mismatch")
+    if {k for k in tensors if k.startswith("adapter.")} != expected_keys:
+        raise ValueError("its adapter tensors are not this model's")
+    return int(meta["step"]), tensors, meta
+
+
+def read_checkpoint(out, identity, processes, expected_keys, log=print):
+    """(step, tensors) of the latest intact checkpoint in `out`, or (0, {}). A damaged one (truncated by a
+    crash, corrupted on disk) is skipped with a warning for the one before it."""
+    for path in reversed(checkpoints(out)):
+        try:
+            step, tensors, meta = verified(path, expected_keys)
+        except ValueError as e:
+            log(f"warning: {path}: damaged checkpoint ({e}); trying the one before it")
+            continue
+        if meta.get("settings") != identity["settings"]:
+            raise GiftError(f"{path}: written with other settings; resume with the same arguments "
+                            f"({', '.join(RESUME_FIELDS)}) or use a new --adapter-path")
+        if meta.get("data", identity["data"]) != identity["data"]:
+            raise GiftError(f"{path}: written for other data (the data files' content changed since); "
+                            "resume with the data it was trained on, or start afresh with --overwrite")
+        if tensors["rng"].shape[0] != processes:
+            raise GiftError(f"{path}: written by {tensors['rng'].shape[0]} processes; resume with as many")
+        return step, tensors
+    return 0, {}
+
+
+def load_checkpoint(out, model, optimizer, identity, world, log=print):
+    """Restore the latest intact checkpoint; return its step (0 when there is none). Rank 0 reads the file
+    and the other processes take its state, so their disks need not hold the checkpoint."""
     rank, size = world.rank(), world.size()
-    step, tensors = read_checkpoint(out, cfg, size) if rank == 0 else (0, {})
+    keys = {f"adapter.{k}" for k, _ in tree_flatten(model.trainable_parameters())}
+    step, tensors = read_checkpoint(out, identity, size, keys, log) if rank == 0 else (0, {})
     if size > 1:
         share = lambda x: mx.distributed.all_sum(x if rank == 0 else mx.zeros_like(x), group=world)
         step = share(mx.array(step)).item()
@@ -250,12 +303,66 @@ def load_checkpoint(out, model, optimizer, cfg, world):
     return step
 
 
+RUN_FILES = (adapters.CONFIG, adapters.WEIGHTS, adapters.RUN_RECORD, "metrics.jsonl")
+
+
+def claim_folder(out, cfg):
+    """A fresh run refuses a folder that holds an earlier run (its checkpoints would mix with this run's and
+    a later --resume would continue the wrong one) unless told to --overwrite it: then the earlier run's
+    files go (cached scores stay: they are checked against their data and model when reused)."""
+    if cfg.resume:
+        return
+    found = checkpoints(out) + [out / f for f in RUN_FILES if (out / f).exists()]
+    if found and not cfg.overwrite:
+        raise GiftError(f"{out}: holds an earlier training run ({found[0].name}); pass --resume to continue it, "
+                        "--overwrite to start afresh (its checkpoints are removed), or use another --adapter-path")
+    for f in found:
+        with writing(f):
+            f.unlink()
+
+
+def truncate_metrics(path, step):
+    """Keep the metrics rows up to `step` (a resumed run logs the later steps again); return their last values."""
+    final, kept = {}, []
+    if path.is_file():
+        for line in path.read_text().split("\n"):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line)
+                final.update(row)
+        write_text(path, "".join(line + "\n" for line in kept))
+    return final
+
+
+def reporting(cfg, out):
+    """mlx-lm's Weights & Biases / SwanLab callback for --report-to (the run is named after the adapter folder)."""
+    if not cfg.report_to:
+        return None
+    from mlx_lm.tuner.callbacks import get_reporting_callbacks
+
+    return get_reporting_callbacks(cfg.report_to, project_name=cfg.project_name or "gift-mlx", log_dir=str(out),
+                                   config=dataclasses.asdict(cfg))
+
+
 def train(cfg: TrainConfig, log=print):
     """Score (if needed) and train; writes the adapter in mlx-lm's format; returns the run record.
 
     Under mlx.launch, every process takes its share of each micro-batch and rank 0 alone writes and logs.
+    The adapter folder is locked for the run (outputs.folder_lock).
     """
+    with contextlib.ExitStack() as stack:
+        return _train(cfg, log, stack)
+
+
+def _train(cfg, log, stack):
     cfg.validate()
+    # Local models and data are recorded (adapter_config.json, gift_run.json) by absolute path; Hub ids stay ids.
+    cfg = dataclasses.replace(cfg, base=model_ref(cfg.base), instruct=model_ref(cfg.instruct),
+                              data=os.path.abspath(cfg.data),
+                              scores_path=cfg.scores_path and os.path.abspath(cfg.scores_path))
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
     if rank:
@@ -263,7 +370,10 @@ def train(cfg: TrainConfig, log=print):
     if cfg.batch_size % size:
         raise GiftError(f"batch_size: {cfg.batch_size} is not a multiple of the {size} processes")
     out = Path(cfg.adapter_path)
-    tokenizer = load_tokenizer(cfg.instruct)
+    inputs = [cfg.base, cfg.instruct, cfg.data]
+    check_not_inside(out, inputs, "adapter path")
+    check_not_inside(cfg.scores_path or out / "scores", inputs, "scores folder")
+    tokenizer = load_tokenizer(cfg.instruct, chat=True)
     if cfg.method != "direct":
         check_compatible(read_config(cfg.base), read_config(cfg.instruct), cfg.base, cfg.instruct)
     data = load_data(cfg.data, tokenizer, cfg.max_seq_length)
@@ -276,6 +386,9 @@ def train(cfg: TrainConfig, log=print):
     if len(train_set) < cfg.batch_size:
         raise GiftError(f"batch_size: {cfg.batch_size} is more than the {len(train_set)} training rows")
     steps = cfg.iters or max(1, math.ceil(cfg.epochs * len(train_set) / global_batch))
+    pair = None  # after the cheap checks: it reads both models once (released before training loads one)
+    if cfg.method != "direct" and rank == 0:
+        pair = check_for_training(cfg.base, cfg.instruct, cfg.pair_check, log)
 
     trained_id = cfg.instruct if cfg.method == "direct" else cfg.base
     guide_id, role = {"gift": (cfg.instruct, "instruct"), "gift-base": (cfg.base, "base")}.get(cfg.method, (None, None))
@@ -285,15 +398,18 @@ def train(cfg: TrainConfig, log=print):
     # while LoRA options are checked before anything is written.
     model, _, model_config = load_model(trained_id, lazy=True, trust_remote_code=cfg.trust_remote_code)
     cpu_float32(model, trained_id, log)
-    vocab_rows = model_config.get("vocab_size")
-    if vocab_rows and len(tokenizer) > vocab_rows:
-        raise GiftError(f"{trained_id}: vocabulary of {vocab_rows} rows, but the instruct tokenizer has {len(tokenizer)} tokens")
+    check_vocab(tokenizer, model_config, trained_id)
     mx.random.seed(cfg.seed)  # the same LoRA initialisation in every process
     adapter_config = add_lora(model, cfg)
-    if rank:
-        mx.random.seed(cfg.seed * 1000 + rank)  # but independent dropout masks
 
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        stack.callback(remove_if_empty, out)  # a run stopped before writing leaves no empty folder behind
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        stack.enter_context(folder_lock(out, "training run"))
+        claim_folder(out, cfg)
+    identity = {"settings": settings_hash(cfg), "data": data_hash(data)}
     if guide_id and not cfg.online_scores:
         scores = ensure_scores(data, cfg.scores_path or out / "scores", guide_id, role,
                                lambda: load_guide(guide_id, cfg.trust_remote_code, log), log)
@@ -309,10 +425,16 @@ def train(cfg: TrainConfig, log=print):
             guide_stream, blas_threads = mx.new_stream(mx.cpu), max(1, blas.cores() // 2)
     if cfg.grad_checkpoint:
         checkpoint_layers(model)
+    # Building a model (scoring, a guide) draws from MLX's global generator; reseeding here makes the
+    # dropout masks depend on (seed, rank) alone, so cached and freshly computed scores give one adapter.
+    mx.random.seed(dropout_seed(cfg.seed, rank))
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
-    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream)
+    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream, cfg.method == "dft")
 
-    start = load_checkpoint(out, model, optimizer, cfg, world) if cfg.resume else 0
+    start = load_checkpoint(out, model, optimizer, identity, world, log) if cfg.resume else 0
+    if cfg.resume and start >= steps and (out / adapters.RUN_RECORD).is_file():
+        log(f"resume: the run in {out} is already complete (step {start} of {steps}); nothing to do")
+        return adapters.read_run_record(out)
     if cfg.resume:
         log(f"resume: from step {start}" if start else "resume: no checkpoint found, starting at step 0")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -324,18 +446,24 @@ def train(cfg: TrainConfig, log=print):
         log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
         val_set = None
     if rank == 0:
+        if pair is not None:
+            write_json(out / PAIR_FILE, pair)
         adapters.write_config(out, {**adapter_config, "model": trained_id, "base_model": cfg.base,
                                     "instruct_model": cfg.instruct, "method": cfg.method})
-    metrics_file = open(out / "metrics.jsonl" if rank == 0 else os.devnull, "a" if start else "w")
+    final = truncate_metrics(out / "metrics.jsonl", start) if rank == 0 and start else {}
+    metrics_file = LineWriter(out / "metrics.jsonl" if rank == 0 else os.devnull, "a" if start else "w")
+    reporter = reporting(cfg, out) if rank == 0 else None
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     log(f"train: {cfg.method} on {trained_id}, {steps} steps of {global_batch} rows, "
         f"{n_trainable / 1e6:.3f}M trainable parameters")
-    final, skipped = {}, 0
+    skipped = 0
 
     def emit(row):
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
+        metrics_file.write(row)
         final.update(row)
+        if reporter:  # mlx-lm's callbacks take the step as "iteration"
+            report = reporter.on_train_loss_report if "loss" in row else reporter.on_val_loss_report
+            report({**row, "iteration": row["step"]})
 
     model.train()
     window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
@@ -353,13 +481,15 @@ def train(cfg: TrainConfig, log=print):
             with blas.threads(blas_threads):
                 mx.eval(state, acc_sums)
             s = np.array(acc_sums)
-            if not np.isfinite(s[0]) or not np.isfinite(s[2]):
-                restore(model, optimizer, last_good)
+            if not (np.isfinite(s[0]) and np.isfinite(s[2]) and s[1] > 0):
+                restore(model, optimizer, last_good)  # the update divided by a NaN or zero Σw: dropped
+                what = "the loss is not finite" if s[1] > 0 or not np.isfinite(s[1]) else \
+                    "every token weight is 0 (Σw = 0), so the loss Σw·ℓ/Σw is undefined"
                 if not cfg.skip_nonfinite:
-                    raise GiftError(f"step {it}: the loss is not finite; the last checkpoint is kept "
-                                    "(lower the learning rate, or pass --skip-nonfinite to skip such batches)")
+                    raise GiftError(f"step {it}: {what}; the last checkpoint is kept "
+                                    "(lower the learning rate or --gamma, or pass --skip-nonfinite to skip such batches)")
                 skipped += 1
-                bar.write(f"step {it}: non-finite loss, batch skipped ({skipped} so far)")
+                bar.write(f"step {it}: {what}: batch skipped ({skipped} so far)")
                 continue
             last_good = snapshot(model, optimizer)
             window["sums"] += s
@@ -382,29 +512,35 @@ def train(cfg: TrainConfig, log=print):
                 emit(row)
                 bar.write(f"step {it}: val_loss {row['val_loss']:.4f}, val_plain_loss {row['val_plain_loss']:.4f}")
             if it % cfg.save_every == 0 and it != steps:
-                save_checkpoint(out, it, model, optimizer, cfg, cfg.keep_checkpoints, world)
+                save_checkpoint(out, it, model, optimizer, identity, cfg.keep_checkpoints, world)
     except KeyboardInterrupt:
         bar.close()
         restore(model, optimizer, last_good)  # the step in flight is dropped whole
         done = it - 1
         if done > start and size == 1:  # saving is collective: under mlx.launch the last checkpoint stands
-            path = save_checkpoint(out, done, model, optimizer, cfg, cfg.keep_checkpoints, world)
-            log(f"interrupted: saved {path}; run the same command with --resume to continue from step {done}")
+            path = save_checkpoint(out, done, model, optimizer, identity, cfg.keep_checkpoints, world)
+            raise Interrupted(f"saved {path}; run the same command with --resume to continue from step {done}") from None
         raise
     finally:
         bar.close()
         metrics_file.close()
+        if reporter and "wandb" in cfg.report_to:
+            import wandb
+
+            wandb.finish()
 
     if start < steps:
-        save_checkpoint(out, steps, model, optimizer, cfg, cfg.keep_checkpoints, world)
+        save_checkpoint(out, steps, model, optimizer, identity, cfg.keep_checkpoints, world)
     record = {
         "gift_mlx": __version__, "mlx": mx.__version__, "method": cfg.method, "base_model": cfg.base,
         "instruct_model": cfg.instruct, "trained_model": trained_id,
         "data": {s: {"file": str(ds.path), "sha256": ds.sha256, "rows": len(ds), "truncated": ds.truncated}
                  for s, ds in data.items()},
-        "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "final": final,
+        "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "identity": identity, "final": final,
+        "pair_check": pair and {"overall": pair["overall"], "verdict": pair["verdict"], "file": PAIR_FILE},
     }
     if rank == 0:
-        adapters.write_run_record(out, record)
+        plot.training(out / "loss.png", plot.read_metrics(out / "metrics.jsonl"))
+        adapters.write_run_record(out, record)  # last: its presence marks the run complete
     log(f"adapter: {out / adapters.WEIGHTS}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record

@@ -268,21 +268,17 @@ def sft_batches(tok, rng, batch, length, mix=None, dialogue_share=0.4):
 # ---- evaluation ------------------------------------------------------------------------------------------------
 
 
-def pair_distance(base_dir, instruct_dir):
-    """Relative Frobenius distance ||W_instruct - W_base|| / ||W_base|| of the saved weights, over all 2-D
-    matrices together and per matrix."""
-    import numpy as np
+def pair_summary(base_dir, instruct_dir):
+    """`gift pair-check`'s figures for the pair: relative distance, cosine and L1 ratio overall and per module
+    type and layer, and its verdict."""
+    from gift_mlx.pair_check import one_line, pair_check
 
-    base, inst = (mx.load(str(Path(d) / "model.safetensors")) for d in (base_dir, instruct_dir))
-    per, num, den = {}, 0.0, 0.0
-    for k in sorted(base):
-        if base[k].ndim != 2:
-            continue
-        b, i = np.array(base[k].astype(mx.float32), np.float64), np.array(inst[k].astype(mx.float32), np.float64)
-        d2, b2 = float(((i - b) ** 2).sum()), float((b**2).sum())
-        per[k], num, den = round((d2 / b2) ** 0.5, 5), num + d2, den + b2
-    return {"overall": round((num / den) ** 0.5, 5), "min": min(per.values()), "max": max(per.values()),
-            "per_matrix": per}
+    r = pair_check(base_dir, instruct_dir)
+    keep = ("relative_distance", "mean_relative_distance", "cosine", "l1_ratio")
+    pick = lambda s: {k: round(s[k], 5) for k in keep if s.get(k) is not None}  # noqa: E731
+    return {"overall": pick(r["overall"]), "by_type": {k: pick(v) for k, v in r["by_type"].items()},
+            "by_layer": {k: pick(v) for k, v in r["by_layer"].items()}, "verdict": r["verdict"],
+            "summary": one_line(r)}
 
 
 def token_kind(text):
@@ -459,9 +455,8 @@ def main(argv=None):
     train_seconds = time.perf_counter() - t0
 
     log("== measuring both models (sampling, temperature 1) ==")
-    distance = pair_distance(out / "base", out / "instruct")
-    log(f"relative distance base -> instruct: {distance['overall']:.4f} overall, "
-        f"{distance['min']:.4f}-{distance['max']:.4f} per matrix")
+    pair = pair_summary(out / "base", out / "instruct")
+    log(pair["summary"])
     confidence = task_confidence(out / "instruct", task / "train.jsonl")
     log(f"instruct confidence on the task's training targets: {json.dumps(confidence)}")
     scores = {}
@@ -482,7 +477,7 @@ def main(argv=None):
         "instruction_tuning": {"steps": args.instruct_steps, "batch": args.batch, "lr": args.instruct_lr,
                                "length": args.instruct_length, "pretraining_mix": args.instruct_mix,
                                "seconds": round(t_ins, 1)},
-        "distance": distance,
+        "pair_check": pair,
         "task_confidence": confidence,
         "data": {"task": {"train": args.n_train, "valid": args.n_valid, "test": args.n_test},
                  "retention": args.n_retention},

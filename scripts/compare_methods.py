@@ -15,6 +15,7 @@ the λ and γ sweeps, the mean GIFT weight by kind of target token, and two figu
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -80,6 +81,8 @@ def sweep(out, seed, samples, limit, settings, log):
 
 def run_seed(seed, args, log):
     out = Path(args.out) / f"seed-{seed}"
+    if out.exists():  # this script's own earlier output
+        shutil.rmtree(out)
     summary = demo(out, iters=args.iters, samples=args.samples, seed=seed, methods=args.methods, limit=args.limit,
                    log=log)
     summary["models"] += sweep(out, seed, args.samples, args.limit, summary["settings"], log)
@@ -195,7 +198,8 @@ def markdown(results, weights, command, seconds, figure_dir):
     s0 = results[0]
     lines = [
         f"Command: `{command}` ({n} seeds, {seconds / 60:.0f} min on this machine). World: "
-        f"`{s0['world']}`, pair distance ‖W_instruct − W_base‖_F / ‖W_base‖_F = {s0['pair_distance']}. "
+        f"`{Path(s0['world']).relative_to(ROOT) if Path(s0['world']).is_relative_to(ROOT) else s0['world']}`; "
+        f"{s0['pair']}. "
         f"Each seed trains every adapter {s0['settings']['iters']} steps (batch {s0['settings']['batch_size']}, "
         f"LoRA rank {s0['settings']['lora_rank']}, alpha {s0['settings']['lora_alpha']:g}, "
         f"lr {s0['settings']['learning_rate']:g}), merges it into the instruct model and samples "

@@ -1,5 +1,11 @@
+import os
+
 import gift_mlx  # noqa: F401  (preloads the optimized BLAS before mlx.core is imported)
 import pytest
+
+# Tests assert exact stderr lines; the slow-BLAS warning, which a machine without OpenBLAS would add to
+# every command, has its own tests (test_cli.py).
+os.environ.setdefault("GIFT_BLAS_WARN", "0")
 
 from gift_mlx import toy
 

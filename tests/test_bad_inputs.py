@@ -56,6 +56,19 @@ def world(llama_pair, qwen2_pair, task_data, tmp_path_factory):
     tok_config = json.loads((w.no_template / "tokenizer_config.json").read_text())
     del tok_config["chat_template"]
     (w.no_template / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    # the instruct model with one tensor fewer, and with two token ids swapped
+    w.missing_tensor = w.root / "missing-tensor"
+    shutil.copytree(w.instruct, w.missing_tensor)
+    tensors = dict(mx.load(str(w.missing_tensor / "model.safetensors")))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    mx.save_safetensors(str(w.missing_tensor / "model.safetensors"), tensors)
+    (w.missing_tensor / "model.safetensors.index.json").unlink()
+    w.other_tokens = w.root / "other-tokens"
+    shutil.copytree(w.instruct, w.other_tokens)
+    tok = json.loads((w.other_tokens / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+    (w.other_tokens / "tokenizer.json").write_text(json.dumps(tok))
     return w
 
 
@@ -137,9 +150,29 @@ def chat(w, t, *extra, model=None):
     return ["chat", "--model", model or w.instruct, "--prompt", "hi", "--max-tokens", 4, *extra]
 
 
-def copy_of(folder, to):
+def copy_of(folder, to, drop=None):
     shutil.copytree(folder, to)
+    if drop:
+        (to / drop).unlink()
     return to
+
+
+def model_copy(w, t, edit, which="base"):
+    """A copy of the base (or instruct) model with its config.json replaced by edit(config)."""
+    folder = copy_of(getattr(w, which), t / f"{which}-copy")
+    config = json.loads((folder / "config.json").read_text())
+    write(folder / "config.json", json.dumps(edit(config)))
+    return folder
+
+
+def nan_weights(weights):
+    """The adapter with a NaN in one tensor."""
+    key = sorted(weights)[0]
+    return {**weights, key: mx.full(weights[key].shape, float("nan"))}
+
+
+def nested(depth):
+    return '{"prompt": ' + "[" * depth + "]" * depth + ', "completion": "x"}'
 
 
 def nonempty_folder(t):
@@ -198,7 +231,7 @@ CASES = [
      "learning_rate: must be positive, got -0.0001"),
     ("train-zero-epochs", lambda w, t: train(w, t, "--epochs", 0), "epochs: must be positive, got 0.0"),
     ("train-zero-floor", lambda w, t: train(w, t, "--floor", 0), "floor: must be positive, got 0.0"),
-    ("train-dropout-one", lambda w, t: train(w, t, "--lora-dropout", 1), "lora_dropout and warmup_ratio must lie in [0, 1)"),
+    ("train-dropout-one", lambda w, t: train(w, t, "--lora-dropout", 1), "lora_dropout: must be less than 1, got 1.0"),
     ("train-config-wrong-type", lambda w, t: train(w, t, "-c", write(t / "run.yaml", "gamma: high\n")),
      "run.yaml: field 'gamma' must be a number, got 'high'"),
     ("train-config-float-for-integer", lambda w, t: train(w, t, "-c", write(t / "run.yaml", "save_every: 2.5\n")),
@@ -248,6 +281,9 @@ CASES = [
     ("merge-no-instruct-named", lambda w, t: ["merge", "--adapter-path", adapter_copy(
         w, t, config=lambda c: {k: v for k, v in c.items() if k != "instruct_model"}), "--out", t / "out"],
      "names no instruct_model; pass --instruct"),
+    ("merge-recorded-instruct-moved", lambda w, t: ["merge", "--adapter-path", adapter_copy(
+        w, t, config=lambda c: {**c, "instruct_model": str(t / "moved-instruct")}), "--out", t / "out"],
+     "adapter_config.json: field instruct_model: "),
     ("merge-instruct-hub-id-offline", lambda w, t: merge(w, t, instruct=HUB_ID),
      f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
     ("merge-out-inside-instruct", lambda w, t: merge(w, t, out=w.instruct / "merged"),
@@ -282,15 +318,15 @@ CASES = [
     ("eval-no-such-file", lambda w, t: evaluate(w, t, data=t / "missing.jsonl"), "no such eval file"),
     ("eval-folder-without-test-jsonl", lambda w, t: evaluate(w, t, data=rows(t, GOOD_ROW)),
      "no such eval file (or folder with test.jsonl)"),
-    ("eval-negative-samples", lambda w, t: evaluate(w, t, "--samples", -1), "--samples must be >= 0"),
+    ("eval-negative-samples", lambda w, t: evaluate(w, t, "--samples", -1), "--samples: must be at least 0, got -1"),
     ("eval-zero-samples-no-greedy", lambda w, t: evaluate(w, t, "--samples", 0), "--samples 0 needs --greedy"),
-    ("eval-negative-temperature", lambda w, t: evaluate(w, t, "--temperature", -0.5), "--temperature must be >= 0"),
+    ("eval-negative-temperature", lambda w, t: evaluate(w, t, "--temperature", -0.5), "--temperature: must be at least 0, got -0.5"),
     ("eval-zero-temperature-many-samples", lambda w, t: evaluate(w, t, "--temperature", 0),
      "--temperature 0 makes all samples identical: use --greedy"),
-    ("eval-zero-top-p", lambda w, t: evaluate(w, t, "--top-p", 0), "--top-p must be in (0, 1]"),
-    ("eval-zero-max-tokens", lambda w, t: evaluate(w, t, "--max-tokens", 0), "--max-tokens must be >= 1"),
-    ("eval-zero-batch-size", lambda w, t: evaluate(w, t, "--batch-size", 0), "--batch-size must be >= 1"),
-    ("eval-zero-limit", lambda w, t: evaluate(w, t, "--limit", 0), "--limit must be >= 1"),
+    ("eval-zero-top-p", lambda w, t: evaluate(w, t, "--top-p", 0), "--top-p: must be positive, got 0.0"),
+    ("eval-zero-max-tokens", lambda w, t: evaluate(w, t, "--max-tokens", 0), "--max-tokens: must be at least 1, got 0"),
+    ("eval-zero-batch-size", lambda w, t: evaluate(w, t, "--batch-size", 0), "--batch-size: must be at least 1, got 0"),
+    ("eval-zero-limit", lambda w, t: evaluate(w, t, "--limit", 0), "--limit: must be at least 1, got 0"),
     ("eval-no-such-model", lambda w, t: evaluate(w, t, model=t / "nope"), "nope: no such model folder"),
     ("eval-model-hub-id-offline", lambda w, t: evaluate(w, t, model=HUB_ID), f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
     ("eval-model-not-a-model", lambda w, t: evaluate(w, t, model=w.data), "cannot load model"),
@@ -299,30 +335,146 @@ CASES = [
     # ---- outputs that cannot be written, options checked before any work ----
     ("train-assistant-turn-first", lambda w, t: train(w, t, data=rows(t, '{"messages": [{"role": "assistant", "content": "hi"}]}')),
      "train.jsonl:1: 'messages' starts with an assistant turn"),
-    ("train-adapter-path-under-a-file", lambda w, t: train(w, t, "--adapter-path", a_file(t) / "sub"), "Not a directory"),
+    ("train-adapter-path-under-a-file", lambda w, t: train(w, t, "--adapter-path", a_file(t) / "sub"), "a-file/sub: cannot write (Not a directory)"),
     ("train-num-layers-more-than-blocks", lambda w, t: train(w, t, "--num-layers", 5), "num_layers: 5 but the model has 2 blocks"),
     ("train-negative-num-layers", lambda w, t: train(w, t, "--num-layers", -3),
      "num_layers: must be -1 (all) or at least 1, got -3"),
     ("train-lora-keys-match-nothing", lambda w, t: train(w, t, "--lora-keys", "nope.proj"), "lora_keys: ['nope.proj'] matched no layer"),
     ("score-negative-max-seq-length", lambda w, t: score(w, t, "--max-seq-length", -1),
      "max_seq_length: must be at least 1, got -1"),
-    ("score-scores-path-is-a-file", lambda w, t: score(w, t, "--scores-path", a_file(t)), "a-file: File exists"),
-    ("merge-out-under-a-file", lambda w, t: merge(w, t, out=a_file(t) / "sub"), "Not a directory"),
-    ("export-out-under-a-file", lambda w, t: export(w, t, out=a_file(t) / "sub"), "Not a directory"),
-    ("eval-out-under-a-file", lambda w, t: evaluate(w, t, out=a_file(t) / "sub"), "Not a directory"),
-    ("demo-zero-iters", lambda w, t: ["demo", "--out", t / "out", "--iters", 0], "--iters and --samples must be at least 1"),
+    ("score-scores-path-is-a-file", lambda w, t: score(w, t, "--scores-path", a_file(t)), "a-file: cannot write (File exists)"),
+    ("merge-out-under-a-file", lambda w, t: merge(w, t, out=a_file(t) / "sub"), "a-file/sub: cannot write (Not a directory)"),
+    ("export-out-under-a-file", lambda w, t: export(w, t, out=a_file(t) / "sub"), "a-file/sub: cannot write (Not a directory)"),
+    ("eval-out-under-a-file", lambda w, t: evaluate(w, t, out=a_file(t) / "sub"), "a-file/sub: cannot write (Not a directory)"),
+    ("demo-zero-iters", lambda w, t: ["demo", "--out", t / "out", "--iters", 0], "--iters: must be at least 1, got 0"),
     ("demo-out-under-a-file", lambda w, t: ["demo", "--out", a_file(t) / "sub", "--iters", 1], "Not a directory"),
+    ("demo-out-exists", lambda w, t: ["demo", "--out", nonempty_folder(t)],
+     "output folder exists and is not empty (use --force to replace an earlier demo"),
+    ("demo-force-over-foreign-folder", lambda w, t: ["demo", "--out", nonempty_folder(t), "--force"],
+     "not a gift demo folder (holds notes.txt)"),
     ("eval-second-model-missing-checked-first", lambda w, t: evaluate(w, t, "--model", t / "nope"), "nope: no such model folder"),
     ("eval-second-model-hub-id-offline-checked-first", lambda w, t: evaluate(w, t, "--model", HUB_ID),
      f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
+    # ---- pair-check ----
+    ("pair-check-other-architecture", lambda w, t: ["pair-check", w.base, w.qinstruct],
+     "differ in architecture: model_type: llama vs qwen2"),
+    ("pair-check-other-vocabulary", lambda w, t: ["pair-check", w.big_vocab, w.instruct],
+     "differ in architecture: vocab_size:"),
+    ("pair-check-missing-tensor", lambda w, t: ["pair-check", w.base, w.missing_tensor],
+     "hold different tensors: 1 only in"),
+    ("pair-check-other-token-ids", lambda w, t: ["pair-check", w.base, w.other_tokens],
+     "have different tokenizers: 2 token ids hold other tokens"),
+    ("pair-check-no-chat-template", lambda w, t: ["pair-check", w.base, w.no_template, "--json"],
+     "tokenizer has no chat template"),
+    ("pair-check-no-such-model", lambda w, t: ["pair-check", t / "nope", w.instruct], "nope: no such model folder"),
+    ("pair-check-not-a-model", lambda w, t: ["pair-check", w.base, w.data], "config.json: cannot read model config"),
+    ("pair-check-hub-id-offline", lambda w, t: ["pair-check", HUB_ID, w.instruct],
+     f"{HUB_ID}: cannot fetch from the Hugging Face Hub"),
+    ("pair-check-shard-missing", lambda w, t: ["pair-check", w.base, copy_of(w.instruct, t / "inst", drop="model.safetensors")],
+     "listed in the shard index but missing"),
+    # ---- one config layer: types, ranges and finiteness, for YAML and flags alike (issue 13) ----
+    ("train-config-bool-as-string", lambda w, t: train(w, t, "-c", write(t / "run.yaml", 'online_scores: "no"\n')),
+     "run.yaml: field 'online_scores' must be true or false, got 'no'"),
+    ("train-config-list-for-a-path", lambda w, t: train(w, t, "-c", write(t / "run.yaml", "data: [a, b]\n")),
+     "run.yaml: field 'data' must be a string, got ['a', 'b']"),
+    ("train-config-nan", lambda w, t: train(w, t, "-c", write(t / "run.yaml", "learning_rate: .nan\n")),
+     "learning_rate: must be a finite number, got nan"),
+    ("train-negative-seed", lambda w, t: train(w, t, "--seed", -1), "seed: must be at least 0, got -1"),
+    ("train-seed-above-2-64", lambda w, t: train(w, t, "--seed", 2**64), "seed: must be at most 18446744073709551615"),
+    ("train-infinite-epochs", lambda w, t: train(w, t, "--epochs", "inf"), "epochs: must be a finite number, got inf"),
+    ("train-huge-iters", lambda w, t: train(w, t, "--iters", 10**30), "iters: must be at most 2147483647"),
+    ("train-huge-lora-rank", lambda w, t: train(w, t, "--lora-rank", 10**30), "lora_rank: must be at most 65536"),
+    ("train-huge-max-seq-length", lambda w, t: train(w, t, "--max-seq-length", 10**30), "max_seq_length: must be at most"),
+    ("train-huge-pad-lengths", lambda w, t: train(w, t, "--pad-lengths", 10**30), "pad_lengths: must be at most 64"),
+    ("train-huge-grad-accumulation", lambda w, t: train(w, t, "--grad-accumulation-steps", 10**30),
+     "grad_accumulation_steps: must be at most 65536"),
+    ("train-gamma-underflows-every-weight", lambda w, t: train(w, t, "--gamma", 1000),
+     "gamma: floor^gamma = 0.0001^1000.0 underflows to 0 in float32"),
+    ("train-infinite-learning-rate", lambda w, t: train(w, t, "--learning-rate", "inf"),
+     "learning_rate: must be a finite number, got inf"),
+    ("train-nan-weight-decay", lambda w, t: train(w, t, "--weight-decay", "nan"), "weight_decay: must be a finite number, got nan"),
+    ("train-resume-and-overwrite", lambda w, t: train(w, t, "--resume", "--overwrite"), "--resume and --overwrite exclude each other"),
+    ("eval-huge-samples", lambda w, t: evaluate(w, t, "--samples", 10**30), "--samples: must be at most 1048576"),
+    ("eval-negative-seed", lambda w, t: evaluate(w, t, "--seed", -1), "--seed: must be at least 0, got -1"),
+    ("eval-nan-temperature", lambda w, t: evaluate(w, t, "--temperature", "nan"), "--temperature: must be a finite number, got nan"),
+    ("chat-negative-seed", lambda w, t: chat(w, t, "--seed", -1), "--seed: must be at least 0, got -1"),
+    ("chat-prompt-lone-surrogate", lambda w, t: ["chat", "--model", w.instruct, "--prompt", "hi \udc80"],
+     "--prompt: not valid Unicode"),
+    ("eval-instruction-lone-surrogate", lambda w, t: evaluate(w, t, "--instruction", "\udc80"),
+     "--instruction: not valid Unicode"),
+    ("chat-infinite-top-p", lambda w, t: chat(w, t, "--top-p", "inf"), "--top-p: must be a finite number, got inf"),
+    ("demo-negative-seed", lambda w, t: ["demo", "--out", t / "out", "--seed", -1], "--seed: must be at least 0, got -1"),
+    ("demo-zero-limit", lambda w, t: ["demo", "--out", t / "out", "--limit", 0], "--limit: must be at least 1, got 0"),
+    ("merge-nan-scale", lambda w, t: merge(w, t, "--scale", "nan"), "--scale: must be a finite number, got nan"),
+    ("merge-infinite-scale", lambda w, t: merge(w, t, "--scale", "inf"), "--scale: must be a finite number, got inf"),
+    ("merge-huge-scale", lambda w, t: merge(w, t, "--scale", "1e30"), "--scale: must be at most 1000"),
+    ("export-nan-scale", lambda w, t: export(w, t, "--scale", "nan"), "--scale: must be a finite number, got nan"),
+    ("export-huge-scale", lambda w, t: export(w, t, "--scale", "-1e30"), "--scale: must be at least -1000"),
+    # ---- non-finite values are never written ----
+    ("merge-adapter-holds-nan", lambda w, t: merge(w, t, adapter=adapter_copy(w, t, weights=nan_weights)),
+     "holds NaN or infinite values; nothing written"),
+    ("export-adapter-holds-nan", lambda w, t: export(w, t, adapter=adapter_copy(w, t, weights=nan_weights)),
+     "holds NaN or infinite values; nothing written"),
+    # ---- config files of the wrong JSON type or with wrong-typed fields ----
+    ("merge-adapter-config-a-list", lambda w, t: merge(w, t, adapter=write(adapter_copy(w, t) / "adapter_config.json", "[1]").parent),
+     "adapter_config.json: expected a JSON object, got list"),
+    ("merge-adapter-config-rank-a-string", lambda w, t: merge(w, t, adapter=adapter_copy(
+        w, t, config=lambda c: {**c, "lora_parameters": {**c["lora_parameters"], "rank": "4"}})),
+     "adapter_config.json: field 'lora_parameters.rank' must be a positive integer, got '4'"),
+    ("export-adapter-config-scale-nan", lambda w, t: export(w, t, adapter=write(adapter_copy(w, t) / "adapter_config.json",
+        json.dumps({"fine_tune_type": "lora", "lora_parameters": {"rank": 4, "scale": "NaN"}})).parent),
+     "field 'lora_parameters.scale' must be a finite number"),
+    ("merge-adapter-config-instruct-a-number", lambda w, t: merge(w, t, adapter=adapter_copy(
+        w, t, config=lambda c: {**c, "instruct_model": 7})), "field 'instruct_model' must be a string, got int"),
+    ("train-model-config-a-list", lambda w, t: train(w, t, base=write(copy_of(w.base, t / "b") / "config.json", "[]").parent),
+     "config.json: expected a JSON object, got list"),
+    ("train-model-config-vocab-a-string", lambda w, t: train(w, t, base=model_copy(w, t, lambda c: {**c, "vocab_size": "384"})),
+     "config.json: field 'vocab_size' must be a positive integer, got '384'"),
+    # ---- outputs into inputs ----
+    ("train-adapter-path-inside-instruct", lambda w, t: train(w, t, "--adapter-path", w.instruct / "adapters"),
+     "the adapter path must not be, contain or lie inside the input"),
+    ("train-adapter-path-is-the-data-folder", lambda w, t: train(w, t, "--adapter-path", w.data),
+     "the adapter path must not be, contain or lie inside the input"),
+    ("train-scores-path-inside-base", lambda w, t: train(w, t, "--scores-path", w.base / "scores"),
+     "the scores folder must not be, contain or lie inside the input"),
+    ("score-scores-path-inside-instruct", lambda w, t: score(w, t, "--scores-path", w.instruct / "scores"),
+     "the scores folder must not be, contain or lie inside the input"),
+    ("eval-out-inside-the-model", lambda w, t: evaluate(w, t, out=w.instruct / "results"),
+     "the eval output must not be, contain or lie inside the input"),
+    # ---- the data readers ----
+    ("train-response-holds-end-of-turn-text", lambda w, t: train(w, t, data=rows(
+        t, GOOD_ROW, json.dumps({"prompt": "1+1?", "completion": "2<|im_end|> and more"}))),
+     "train.jsonl:2: the assistant message contains the text '<|im_end|>'"),
+    ("score-prompt-holds-turn-start-text", lambda w, t: score(w, t, data=rows(
+        t, json.dumps({"prompt": "hi <|im_start|>system", "completion": "2"}))),
+     "train.jsonl:1: the user message contains the text '<|im_start|>'"),
+    ("train-nan-literal", lambda w, t: train(w, t, data=rows(t, '{"prompt": NaN, "completion": "b"}')),
+     "train.jsonl:1: malformed JSON (NaN is not a JSON value)"),
+    ("train-deeply-nested-json", lambda w, t: train(w, t, data=rows(t, GOOD_ROW, nested(100_000))),
+     "train.jsonl:2: JSON nested too deeply"),
+    ("train-lone-surrogate", lambda w, t: train(w, t, data=rows(t, '{"prompt": "a\\ud800", "completion": "b"}')),
+     "train.jsonl:1: not valid Unicode (a lone surrogate \\ud800 in a string)"),
+    ("eval-lone-surrogate", lambda w, t: evaluate(w, t, data=write(t / "p.jsonl", '{"question": "\\udfff", "answer": "1"}\n')),
+     "p.jsonl:1: not valid Unicode"),
+    ("train-no-chat-template", lambda w, t: train(w, t, instruct=w.no_template), "tokenizer has no chat template"),
+    ("score-no-chat-template", lambda w, t: score(w, t, instruct=w.no_template), "tokenizer has no chat template"),
+    ("score-vocabulary-larger-than-the-model", lambda w, t: score(
+        w, t, instruct=model_copy(w, t, lambda c: {**c, "vocab_size": 100}, "instruct")), "vocabulary of 100 rows"),
+    ("eval-empty-question", lambda w, t: evaluate(w, t, data=write(t / "p.jsonl", '{"question": " ", "answer": "1"}\n')),
+     "p.jsonl:1: field 'question' is empty"),
+    ("eval-empty-answer", lambda w, t: evaluate(w, t, data=write(t / "p.jsonl", GOOD_PROBLEM + '\n{"question": "q", "answer": ""}\n')),
+     "p.jsonl:2: field 'answer' is empty"),
+    # ---- run-folder integrity ----
+    ("train-fresh-run-into-an-earlier-run", lambda w, t: train(w, t, "--adapter-path", copy_of(w.adapter, t / "out")),
+     "holds an earlier training run (checkpoint-0000001.safetensors); pass --resume to continue it, --overwrite"),
     # ---- chat ----
     ("chat-no-such-model", lambda w, t: chat(w, t, model=t / "nope"), "nope: no such model folder"),
     ("chat-model-hub-id-offline", lambda w, t: chat(w, t, model=HUB_ID), f"{HUB_ID}: cannot load model"),
     ("chat-model-not-a-model", lambda w, t: chat(w, t, model=w.data), "cannot load model"),
     ("chat-no-chat-template", lambda w, t: chat(w, t, model=w.no_template), "tokenizer has no chat template"),
-    ("chat-negative-temperature", lambda w, t: chat(w, t, "--temperature", -1), "chat needs --temperature >= 0"),
-    ("chat-zero-top-p", lambda w, t: chat(w, t, "--top-p", 0), "--top-p in (0, 1]"),
-    ("chat-zero-max-tokens", lambda w, t: chat(w, t, "--max-tokens", 0), "--max-tokens >= 1"),
+    ("chat-negative-temperature", lambda w, t: chat(w, t, "--temperature", -1), "--temperature: must be at least 0, got -1.0"),
+    ("chat-zero-top-p", lambda w, t: chat(w, t, "--top-p", 0), "--top-p: must be positive, got 0.0"),
+    ("chat-zero-max-tokens", lambda w, t: chat(w, t, "--max-tokens", 0), "--max-tokens: must be at least 1, got 0"),
 ]
 
 
@@ -358,13 +510,13 @@ def test_bad_input(make_args, message, world, tmp_path, monkeypatch):
 
 def test_cases_cover_every_command():
     commands = {i.split("-")[0] for i, _, _ in CASES}
-    assert {"train", "score", "merge", "export", "eval", "chat"} <= commands
+    assert {"train", "score", "merge", "export", "eval", "chat", "pair"} <= commands
     assert len(CASES) >= 30 and len({i for i, _, _ in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("args, option", [
     (["train", "--iters", "ten"], "'--iters': 'ten' is not a valid integer"),
-    (["merge", "--out", "m", "--format", "gguf"], "'--format': 'gguf' is not one of 'mlx', 'hf'"),
+    (["merge", "--out", "m", "--format", "onnx"], "'--format': 'onnx' is not one of 'mlx', 'hf', 'gguf'"),
     (["eval", "--model", "m", "--data", "d", "--samples", "1.5"], "'--samples': '1.5' is not a valid integer"),
     (["chat", "--model", "m", "--temperature", "hot"], "'--temperature': 'hot' is not a valid float"),
 ])

@@ -35,6 +35,7 @@ def test_score_then_train_from_yaml_with_overrides_then_mlx_lm_generate(tmp_path
     run = json.loads((tmp_path / "a" / "gift_run.json").read_text())
     assert run["config"]["iters"] == 3 and run["method"] == "gift"
     assert len([l for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]) == 3
+    assert (tmp_path / "a" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     g = subprocess.run([sys.executable, "-m", "mlx_lm", "generate", "--model", str(instruct), "--adapter-path",
                         str(tmp_path / "a"), "--prompt", "What is 1+2?", "--max-tokens", "4"],
@@ -70,3 +71,60 @@ def test_doctor_reports_backend_and_blas():
     r = gift("doctor")
     assert r.returncode == 0, r.stderr
     assert "mlx" in r.stdout and "GFLOP/s" in r.stdout and "BLAS" in r.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS preload and its warnings are Linux's")
+def test_a_missing_gift_blas_warns_once_per_command(llama_pair):
+    env = {**os.environ, "GIFT_BLAS": "/nonexistent/libopenblas.so.0", "GIFT_BLAS_WARN": "1"}
+    r = subprocess.run([sys.executable, "-m", "gift_mlx", "chat", "--model", str(llama_pair[1]), "--prompt", "hi",
+                        "--max-tokens", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.startswith("warning: ")]
+    assert lines[0].startswith("warning: GIFT_BLAS=/nonexistent/libopenblas.so.0: no such file; using ")
+    assert sum("GIFT_BLAS=" in l for l in lines) == 1
+    r = subprocess.run([sys.executable, "-m", "gift_mlx", "doctor"], capture_output=True, text=True, env=env)
+    assert "GIFT_BLAS=/nonexistent/libopenblas.so.0: no such file" in r.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the slow-BLAS warning is for Linux CPU")
+def test_slow_matmuls_warn_with_the_install_hint(monkeypatch):
+    from gift_mlx import blas, doctor
+
+    monkeypatch.setenv("GIFT_BLAS_WARN", "1")
+    monkeypatch.setattr(blas, "problem", None)
+    [warning] = doctor.blas_warnings(rate=3.0)
+    assert "3.0 GFLOP/s" in warning and "apt-get install libopenblas0-pthread" in warning
+    assert doctor.blas_warnings(rate=100.0) == []
+    monkeypatch.setattr(blas, "loaded", None)  # no optimized BLAS: the rate is measured, in a fraction of a second
+    monkeypatch.setattr(doctor, "matmul_gflops", lambda n, seconds: 2.0 if (n, seconds) == (256, 0.05) else 0)
+    assert "2.0 GFLOP/s" in doctor.blas_warnings()[0]
+    monkeypatch.setenv("GIFT_BLAS_WARN", "0")
+    assert doctor.blas_warnings(rate=3.0) == []
+
+
+def test_relative_paths_are_recorded_absolute_and_merge_names_the_config(tmp_path, llama_pair, task_data):
+    import shutil
+
+    project = tmp_path / "project"
+    for name, src in (("base", llama_pair[0]), ("instruct", llama_pair[1]), ("data", task_data)):
+        shutil.copytree(src, project / name)
+    r = gift("train", "--base", "base", "--instruct", "./instruct", "--data", "data", "--adapter-path", "a",
+             "--lora-rank", 4, "--lora-alpha", 8, "--batch-size", 4, "--iters", 1, cwd=project)
+    assert r.returncode == 0, r.stderr
+    conf = json.loads((project / "a" / "adapter_config.json").read_text())
+    run = json.loads((project / "a" / "gift_run.json").read_text())
+    assert conf["base_model"] == run["config"]["base"] == str(project / "base")
+    assert conf["instruct_model"] == run["instruct_model"] == str(project / "instruct")
+    assert run["config"]["data"] == str(project / "data")
+    assert run["data"]["train"]["file"] == str(project / "data" / "train.jsonl")
+    r = gift("export-adapter", "--adapter-path", project / "a", "--out", "peft", cwd=tmp_path)  # another folder
+    assert r.returncode == 0, r.stderr
+    peft = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert peft["base_model_name_or_path"] == str(project / "instruct")
+
+    (project / "instruct").rename(project / "moved")
+    r = gift("merge", "--adapter-path", project / "a", "--out", "m", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {project / 'a' / 'adapter_config.json'}: field instruct_model: "
+                               f"{project / 'instruct'}: no such model folder"), r.stderr
+    assert "--instruct" in r.stderr and not (tmp_path / "m").exists()

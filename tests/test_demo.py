@@ -1,7 +1,12 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from gift_mlx import plot
 
 from gift_mlx.demo import SETTINGS, demo
 from gift_mlx.errors import GiftError
@@ -20,13 +25,43 @@ def test_demo_trains_merges_and_evaluates_every_method(tmp_path):
     for m in summary["models"]:
         for part in ("task", "retention"):
             assert 0 <= m[part]["average"] <= m[part]["pass"] <= 1
-    for f in ("report.md", "summary.json"):
+    for f in ("report.md", "summary.json", "methods.png"):
         assert (tmp_path / "eval" / f).stat().st_size > 0
     for part in ("task", "retention"):
         for f in ("results.md", "summary.json", "samples.jsonl", "scaling.png"):
             assert (tmp_path / "eval" / part / f).stat().st_size > 0
     report = (tmp_path / "eval" / "report.md").read_text()
     assert all(f"| {n} |" in report for n in names)
+    for part in ("task", "retention"):  # links to every file behind the table
+        for f in ("results.md", "samples.jsonl", "summary.json", "scaling.png"):
+            assert f"]({part}/{f})" in report
+    assert "| val loss, plain | val loss, weighted |" in report and "Average@2: the accuracy over the 2" in report
+    gift = next(m for m in summary["models"] if m["name"] == "gift")
+    assert f"| gift | {100 * gift['task']['average']:.1f} |" in report  # percents, as the README
+    assert f"| {gift['val_plain_loss']:.3f} | {gift['val_loss']:.3f} |" in report
+    cut = any(m[p]["truncated"] > 0.5 for m in summary["models"] for p in ("task", "retention"))
+    assert ("most completions hit the token limit" in report) == cut
+    titles = [plot.read_png(tmp_path / "eval" / part / "scaling.png")[:40] for part in ("task", "retention")]
+    assert not np.array_equal(*titles)  # the two plots say which set they show
+
+
+def test_a_second_demo_refuses_then_repeats_exactly_with_force(tmp_path):
+    from safetensors.numpy import load_file
+
+    tiny = dict(iters=2, samples=1, limit=2, methods=("gift",), log=lambda m: None)
+    first = demo(tmp_path, **tiny)
+    adapter = load_file(tmp_path / "gift" / "adapters.safetensors")
+    r = subprocess.run([sys.executable, "-m", "gift_mlx", "demo", "--out", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--force" in r.stderr, r.stderr
+    second = demo(tmp_path, force=True, **tiny)  # scores are recomputed: the folder was replaced
+    again = load_file(tmp_path / "gift" / "adapters.safetensors")
+    assert all(np.array_equal(adapter[k], again[k]) for k in adapter)
+    strip = lambda s: {k: v for k, v in s.items() if k != "seconds"}
+    assert strip(first) == strip(second)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(GiftError, match="not a gift demo folder"):
+        demo(tmp_path, force=True, **tiny)
 
 
 def test_demo_checks_its_budget_and_world_before_any_work(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 from gift_mlx import evaluate as ev
 from gift_mlx import grading, metrics, plot, problems
+from test_plot import read_rgb, rgb
 from gift_mlx.errors import GiftError
 
 
@@ -86,11 +87,16 @@ def test_gift_eval_end_to_end(tmp_path, llama_pair, task_data):
                                                         if s["model"] == m["name"] and s["mode"] == "sample")
 
     table = (out / "results.md").read_text()
-    assert "| metric | base | instruct |" in table and "| pass@4 |" in table and "| greedy accuracy |" in table
-    image = plot.read_png(out / "scaling.png")
-    assert image.shape[1] == 720
+    assert "| metric (%) | base | instruct |" in table and "| pass@4 |" in table and "| greedy accuracy |" in table
+    assert "| Average@1 |" in table and "Average@1 counts only each problem's first sample" in table
+    assert "| pass@4 | " + " | ".join(f"{100 * m['pass@k']['4']:.1f}" for m in summary["models"]) + " |" in table
+    cut = [m["name"] for m in summary["models"] if max(m["sampling"]["truncated"], m["greedy"]["truncated"]) > 0.5]
+    assert ("hit --max-tokens 12" in table) == bool(cut) and all(n in table.split("**Warning:**")[-1] for n in cut)
+    assert ("hit --max-tokens" in r.stdout) == bool(cut)
+    image = read_rgb(out / "scaling.png")
+    assert image.shape[1] > 700
     for color in plot.COLORS[:2]:  # one curve color per model
-        assert (image == color).all(axis=-1).sum() > 50
+        assert (image == rgb(color)).all(axis=-1).sum() > 50
 
     # --seed makes a run repeatable; an existing output needs --overwrite
     r = gift(*args)

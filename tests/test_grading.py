@@ -1,6 +1,6 @@
 """Grading on a table of published answer styles (GSM8K, MATH, free text, multiple choice)."""
 
-from fractions import Fraction
+import threading
 
 import pytest
 
@@ -25,9 +25,12 @@ EXTRACTION = [
     ("the answer is (B)", "(B)"),
     ("Final Answer: The final answer is $5$. I hope it is correct.", "5"),  # Minerva few-shot style
     ("The answer is: 42 (since 6 x 7 = 42)", "42"),
-    # last-number fallback
+    ("The answer is 9*2 = 18. Next question.", "9*2 = 18"),  # the whole statement, not the first number
+    ("The answer is 2x + 3.", "2x + 3"),
+    ("The answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),
+    # last-expression fallback (Math-Verify's, which writes what it parsed)
     ("I think it is 3 apples, no wait, 4 apples", "4"),
-    ("total = 1,234,567 people", "1,234,567"),
+    ("total = 1,234,567 people", "1234567"),
     ("nothing numeric here", None),
     ("", None),
 ]
@@ -62,8 +65,24 @@ EQUIVALENCE = [
     ("\\sqrt2", "\\sqrt{2}", True),
     ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})", True),
     ("\\text{Evelyn}", "Evelyn", True),
+    ("Evelyn", "evelyn", True),
     (None, "5", False),
     ("", "", False),
+    # Math-Verify: values, not strings
+    ("9*2 = 18", "18", True),
+    ("2x + 3", "2", False),
+    ("3 or 4", "3", False),
+    ("5\\sqrt{2}", "5", False),
+    ("y = -3x", "-3", False),
+    ("3R", "3", False),
+    ("\\frac{\\sqrt{3}}{2}", "\\sqrt{3}/2", True),
+    ("\\frac{6}{8}", "3/4", True),
+    ("2\\sqrt{2}", "\\sqrt{8}", True),
+    ("(1, 2)", "(1,2)", True),
+    ("(2, 1)", "(1,2)", False),
+    ("[2, 5)", "[2,5)", True),
+    ("(2, 5)", "[2,5)", False),
+    ("1+x^2", "x^2+1", True),
 ]
 
 
@@ -72,11 +91,45 @@ def test_equivalent(answer, reference, expected):
     assert grading.equivalent(answer, reference) is expected
 
 
-def test_to_number_is_exact():
-    assert grading.to_number("1,234.5") == Fraction(2469, 2)
-    assert grading.to_number("\\frac{10}{4}") == Fraction(5, 2)
-    assert grading.to_number("x^2") is None
-    assert grading.to_number("1/0") is None
+# The cases of issue 15: whole completions, graded end to end
+ISSUE_CASES = [
+    ("The answer is 9*2 = 18.", "18", True),
+    ("The answer is 2x + 3.", "2", False),
+    ("The answer is 3 or 4.", "3", False),
+    ("The answer is 5\\sqrt{2}.", "5", False),
+    ("The answer is y = -3x.", "-3", False),
+    ("The answer is 3R.", "3", False),
+    ("So the answer is \\frac{7}{12}.", "\\frac{7}{12}", True),
+    ("The answer is \\sqrt{13}.", "\\sqrt{13}", True),
+    ("The answer is (3, -1).", "(3,-1)", True),
+    ("Thus $x = \\dfrac{5}{2}$.", "\\frac{5}{2}", True),
+    ("He pays 3 * 4 = 12 dollars.\n#### 12", "12", True),
+    ("The answer is 18 dollars.", "18", True),
+]
+
+
+@pytest.mark.parametrize("text,reference,expected", ISSUE_CASES)
+def test_issue_cases(text, reference, expected):
+    assert grading.grade(text, reference)[1] is expected
+
+
+def test_judgement_says_where_and_why():
+    j = grading.judge("The answer is 2x + 3.", "2")
+    assert (j.answer, j.correct, j.found) == ("2x + 3", False, "answer phrase")
+    assert j.judge.startswith("math-verify: not equal")
+    j = grading.judge("\\boxed{\\frac{1}{2}}", "0.5")
+    assert (j.found, j.correct, j.key) == ("boxed", True, grading.canonical("0.5"))
+    assert grading.judge("no idea", "3").judge == "no answer"
+    assert grading.judge("The answer is (B).", "B", n_choices=4).judge == "letter equal"
+
+
+def test_grading_off_the_main_thread():
+    """Math-Verify's timeouts use signals; a worker thread must grade without them, not raise."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(grading.grade("The answer is \\frac{2}{4}.", "0.5")))
+    thread.start()
+    thread.join()
+    assert result == [("\\frac{2}{4}", True)]
 
 
 CHOICES = [
@@ -114,6 +167,7 @@ def test_grade_math_and_choice():
 
 def test_majority_index():
     keys = [grading.canonical(a) for a in ["5", "1,000", None, "1000.0", "5"]]
+    assert grading.canonical("0.5") == grading.canonical("\\frac{1}{2}")
     # "1,000" and "1000.0" are one answer; it ties with "5" (2 votes each) and "5" was seen first
     assert grading.majority_index(keys) == 0
     assert grading.majority_index([None, "3", "4", "4"]) == 2

@@ -1,4 +1,7 @@
+from functools import partial
+
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 from gift_mlx.objective import confidence, token_weights, weighted_sums
@@ -51,3 +54,46 @@ def test_confidence_is_softmax_probability():
     q = np.array(confidence(fixed_logits(logits), None, mx.array(labels)))
     p = np.exp(log_softmax(logits.astype(np.float64)))
     np.testing.assert_allclose(q, np.take_along_axis(p, labels[..., None], -1)[..., 0], rtol=1e-5)
+
+
+class TinyLM(nn.Module):
+    """logits = embed(inputs) @ Wᵀ: small enough to differentiate by hand."""
+
+    def __init__(self, vocab, dim):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.out = nn.Linear(dim, vocab, bias=False)
+
+    def __call__(self, inputs):
+        return self.out(self.embed(inputs))
+
+
+def test_dft_gradient_matches_hand_computation():
+    """dft: w = max(stopgrad(p), floor)^γ from the same logits; d(Σ w·ℓ)/dW with w held fixed, by hand."""
+    mx.random.seed(0)
+    model = TinyLM(9, 5)
+    model.embed.freeze()
+    rng = np.random.default_rng(3)
+    inputs = rng.integers(0, 9, size=(2, 6)).astype(np.int32)
+    labels = rng.integers(0, 9, size=(2, 6)).astype(np.int32)
+    mask = np.array([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0]], np.float32)  # prompt and padding: 0
+    gamma, floor = 2.0, 1e-4
+    loss_and_grad = nn.value_and_grad(model, partial(weighted_sums, own=(floor, gamma)))
+    (wl, (sw, l, n)), grad = loss_and_grad(model, mx.array(inputs), mx.array(labels), mx.array(mask))
+
+    h = np.array(model.embed.weight, np.float64)[inputs]  # (B, T, D)
+    logits = h @ np.array(model.out.weight, np.float64).T
+    p = np.exp(log_softmax(logits))
+    onehot = np.eye(9)[labels]
+    q = (p * onehot).sum(-1)
+    w = mask * np.maximum(q, floor) ** gamma
+    nll = -np.log(q)
+    dlogits = w[..., None] * (p - onehot)  # the weight is a constant: no term from differentiating w
+    expected = np.einsum("btv,btd->vd", dlogits, h)
+    assert np.isclose(wl.item(), (w * nll).sum(), rtol=1e-5) and np.isclose(sw.item(), w.sum(), rtol=1e-5)
+    assert np.isclose(l.item(), nll[mask > 0].sum(), rtol=1e-5) and n.item() == mask.sum()
+    np.testing.assert_allclose(np.array(grad["out"]["weight"]), expected, rtol=1e-4, atol=1e-6)
+    # and the same as gift's weighted loss with those weights given from outside
+    (_, _), fixed = nn.value_and_grad(model, weighted_sums)(model, mx.array(inputs), mx.array(labels),
+                                                            mx.array(w.astype(np.float32)))
+    np.testing.assert_allclose(np.array(grad["out"]["weight"]), np.array(fixed["out"]["weight"]), rtol=1e-4, atol=1e-7)

@@ -11,7 +11,10 @@ SHAPES = [
     ({"problem": "p", "solution": "long \\boxed{5}", "answer": "5", "level": "Level 1"}, "5", 0),  # MATH-500
     ({"prompt": "What is 6*7?", "answer": 42}, "42", 0),
     ({"question": "What is 6*7?", "answer": "42"}, "42", 0),
-    ({"prompt": "What is 1+2?", "completion": "1+2=3. #### 3"}, "3", 0),  # this project's training shape
+    ({"prompt": "What is 1+2?", "completion": "1+2=3. #### 3"}, "3", 0),  # this project's training shapes
+    ({"instruction": "What is 1+2?", "response": "1+2=3. So \\boxed{3}."}, "3", 0),
+    ({"instruction": "Add.", "input": "1 and 2", "output": "1+2=3.\n#### 3", "system": "s"}, "3", 0),  # Alpaca
+    ({"prompt": "What is 1+2?", "completion": "It is three, 3.", "answer": "3"}, "3", 0),
     ({"question": "Pick", "choices": ["a", "b", "c", "d"], "answer": 2}, "C", 4),  # MMLU
     ({"question": "Pick", "choices": ["a", "b", "c"], "answer": "b"}, "B", 3),
     ({"question": "Pick", "choices": {"text": ["a", "b"], "label": ["1", "2"]}, "answerKey": "2"}, "B", 2),  # ARC
@@ -46,8 +49,40 @@ def test_choice_prompt_and_instructions():
     ({"question": "q", "choices": ["a", "b"], "answer": 5}, "choice index or letter"),
     ({"messages": [{"role": "user", "content": "x"}]}, "must end with a user turn"),
     ({"question": ["not", "text"], "answer": "1"}, "must be a string"),
+    ({"instruction": "q", "response": "no number here"}, "field 'response' states no final answer"),
 ])
 def test_bad_records_name_the_problem(record, message):
     with pytest.raises(GiftError, match=r"f\.jsonl:3") as e:
         problems.to_problem(record, "f.jsonl:3")
     assert message in str(e.value)
+
+
+TRAINING_SHAPES = {
+    "instruction-response": {"instruction": "Ann has 3 apples and buys 4. How many?", "response": "3+4=7.\n#### 7"},
+    "alpaca": {"instruction": "Answer the question.", "input": "Ann has 3 apples and buys 4. How many?",
+               "output": "3+4=7. The answer is 7."},
+    "prompt-completion": {"prompt": "Ann has 3 apples and buys 4. How many?", "completion": "3+4=7, so \\boxed{7}"},
+    "messages": {"messages": [{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": "Ann has 3 apples and buys 4. How many?"},
+                              {"role": "assistant", "content": "3+4=7.\n#### 7"}]},
+}
+
+
+@pytest.mark.parametrize("shape", TRAINING_SHAPES)
+def test_a_valid_jsonl_in_each_training_shape_evaluates(tmp_path, shape):
+    import json
+
+    path = tmp_path / "valid.jsonl"
+    path.write_text(json.dumps(TRAINING_SHAPES[shape]) + "\n" + json.dumps(TRAINING_SHAPES[shape]) + "\n")
+    found = problems.read_problems(path)
+    assert [(p.line, p.reference) for p in found] == [(1, "7"), (2, "7")]
+    assert found[0].messages[-1]["role"] == "user" and "Ann has 3 apples" in found[0].messages[-1]["content"]
+    assert all(m["role"] != "assistant" for m in found[0].messages)
+
+
+def test_the_list_of_accepted_shapes_is_complete():
+    with pytest.raises(GiftError) as e:
+        problems.to_problem({"text": "hi"}, "f.jsonl:1")
+    for shape in ("question+answer", "problem+solution", "prompt/question+answer", "choices", "messages",
+                  "prompt+completion", "instruction+response", "instruction+output"):
+        assert shape in str(e.value)

@@ -99,5 +99,6 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, llama_pair, 
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "run the same command with --resume" in stdout and "Traceback" not in stderr
+    assert "run the same command with --resume" in stderr and "Traceback" not in stderr
+    assert stderr.count("interrupted") == 1, stderr  # said once, by the command line
     assert mx.load(str(out / "adapters.safetensors"))

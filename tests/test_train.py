@@ -174,3 +174,20 @@ def test_half_precision_models_compute_in_float32_on_cpu(monkeypatch):
     assert dtypes(cpu_float32(model(), "m", logs.append, share=1e-9)) == {mx.bfloat16} and "kept in" in logs[-1]
     monkeypatch.setenv("GIFT_CPU_FLOAT32", "0")
     assert dtypes(cpu_float32(model(), "m", logs.append)) == {mx.bfloat16}
+
+
+def test_cached_and_computed_scores_give_the_same_adapter_with_dropout(tmp_path, llama_pair, task_data):
+    """The dropout stream depends only on the seed: loading the guide to score must not shift it."""
+    base, instruct = llama_pair
+    common = dict(base=str(base), instruct=str(instruct), data=str(task_data), lora_rank=4, lora_alpha=8,
+                  lora_dropout=0.3, batch_size=4, iters=3, steps_per_report=1, steps_per_eval=3)
+    train(TrainConfig(adapter_path=str(tmp_path / "computed"), **common), log=lambda m: None)
+    logs = []
+    train(TrainConfig(adapter_path=str(tmp_path / "cached"), scores_path=str(tmp_path / "computed" / "scores"),
+                      **common), log=logs.append)
+    assert any(m.startswith("scores: reusing") for m in logs) and not any("computing" in m for m in logs), logs
+    a = mx.load(str(tmp_path / "computed" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "cached" / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(np.array(a[k]), np.array(b[k])), k

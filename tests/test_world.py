@@ -69,7 +69,7 @@ def test_task_splits_are_gradable_and_disjoint():
     assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
     retention = rows(WORLD / "data" / "retention.jsonl")
     assert len(retention) == WORLD_JSON["data"]["retention"]
-    assert all(grading.to_number(r["answer"]) is not None for r in retention)
+    assert all(grading.parse_answer(r["answer"]) for r in retention)
 
 
 def test_instruct_follows_instructions_and_ends_its_turn_where_the_base_does_not(tmp_path):
@@ -103,8 +103,9 @@ def test_pair_is_close_in_weight_space():
     mats = [k for k in base if base[k].ndim == 2]
     num = sum(float(np.sum((inst[k].astype(np.float64) - base[k].astype(np.float64)) ** 2)) for k in mats)
     den = sum(float(np.sum(base[k].astype(np.float64) ** 2)) for k in mats)
-    assert WORLD_JSON["distance"]["overall"] == pytest.approx((num / den) ** 0.5, abs=1e-4)
-    assert WORLD_JSON["distance"]["overall"] <= 0.08
+    recorded = WORLD_JSON["pair_check"]["overall"]["relative_distance"]  # gift pair-check's figure
+    assert recorded == pytest.approx((num / den) ** 0.5, abs=1e-4)
+    assert recorded <= 0.08 and WORLD_JSON["pair_check"]["verdict"] == "close"
 
 
 def test_task_style_is_foreign_to_the_instruct_model():

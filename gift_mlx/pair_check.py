@@ -1,0 +1,429 @@
+"""`gift pair-check`: how far apart a BASE and an INSTRUCT model are, and whether they form a transfer pair.
+
+The transfer (gift-method.md, step 4) adds an update learned on the base to the instruct model; that only
+means something when the two share architecture, tensor shapes and token ids, and are close in weight space.
+For every tensor present in both models, with ΔW = W_instruct − W_base:
+
+    relative distance  ‖ΔW‖_F / ‖W_base‖_F
+    cosine             ⟨W_base, W_instruct⟩ / (‖W_base‖_F ‖W_instruct‖_F)
+    L1 ratio σ         Σ|ΔW| / (Σ|W_instruct| + Σ|W_base|)      (Shadow-FT's measure)
+
+summed per module type, per layer and over all matrices (tensors of two or more dimensions: every linear
+layer and the embeddings). "Overall" is sqrt(Σ ΔW²) / sqrt(Σ W_base²) over all matrices, dominated by the
+largest ones; "mean per matrix" averages each matrix's relative distance, as the published figures do.
+
+The weights are read tensor by tensor from the safetensors files (MLX loads them lazily), so the peak memory
+is about the largest tensor of each model plus four float32 temporaries of at most CHUNK elements. Quantized
+(mlx-community) tensors are dequantized per tensor with mx.dequantize; their rounding error then counts as
+distance, which the report says. Sums are float32 per row of a chunk and float64 across rows.
+"""
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import GiftError
+from .models import SHAPE_KEYS, cached_path, check_compatible, load_tokenizer, local_path, read_config
+
+CHUNK = 1 << 20  # elements per float32 temporary (small chunks stay in cache: faster than large ones on a CPU)
+SUMS = ("base_sq", "inst_sq", "diff_sq", "dot", "diff_abs", "base_abs", "inst_abs")
+
+# Published relative distances (mean per module) of real base/instruct pairs, and one non-pair.
+REFERENCE = {"Qwen2.5-0.5B": 0.0715, "Qwen2.5-1.5B": 0.0087, "Qwen2.5-3B": 0.0086, "Qwen2.5-7B": 0.0120,
+             "Qwen2.5-32B": 0.0072, "Llama-3.1-8B": 0.035}
+NOT_A_PAIR = ("Qwen2.5-7B vs Qwen2.5-Math-7B", 0.95)
+CLOSE, FAR, UNRELATED = 0.07, 0.1, 0.5  # verdict bands on the relative distance
+
+
+# ---- reading ----
+
+def weight_files(folder):
+    """{tensor name: file} from model.safetensors.index.json, else every *.safetensors of the folder."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
+            raise GiftError(f"{index}: cannot read the shard index ({e})")
+        return {name: folder / f for name, f in weight_map.items()}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise GiftError(f"{folder}: no *.safetensors weight files")
+    out = {}
+    for f in files:
+        out.update(dict.fromkeys(_load(f), f))
+    return out
+
+
+def _load(path):
+    try:
+        return mx.load(str(path))  # lazy: a tensor is read from disk when it is evaluated
+    except (OSError, RuntimeError, ValueError) as e:
+        raise GiftError(f"{path}: cannot read weights ({str(e).splitlines()[0]})")
+
+
+class Weights:
+    """A model's tensors, lazily loaded shard by shard, dequantized per tensor when quantized."""
+
+    def __init__(self, folder, config):
+        self.folder = Path(folder)
+        self.files = weight_files(folder)
+        self.quant = config.get("quantization") or config.get("quantization_config")
+        self._shards = {}
+        names = set(self.files)
+        # packed quantized weights come with .scales (and .biases): one logical tensor each
+        self.quantized = {n for n in names if n.endswith(".weight") and n[:-len("weight")] + "scales" in names}
+        companions = {n[:-len("weight")] + s for n in self.quantized for s in ("scales", "biases")}
+        self.names = sorted(names - companions)
+
+    def _raw(self, name):
+        f = self.files[name]
+        if f not in self._shards:
+            if not f.is_file():
+                raise GiftError(f"{f}: listed in the shard index but missing")
+            self._shards[f] = _load(f)
+        shard = self._shards[f]
+        if name not in shard:
+            raise GiftError(f"{f}: has no tensor {name} (the shard index names it)")
+        return shard[name]
+
+    def _qparams(self, name):
+        module = name[:-len(".weight")]
+        q = self.quant if isinstance(self.quant, dict) else {}
+        q = q.get(module, q) if isinstance(q.get(module), dict) else q
+        return q.get("group_size", 64), q.get("bits", 4), q.get("mode", "affine")
+
+    def shape(self, name):
+        t = self._raw(name)
+        if name in self.quantized:
+            return tuple(t.shape[:-1]) + (self._raw(name[:-len("weight")] + "scales").shape[-1] * self._qparams(name)[0],)
+        return tuple(t.shape)
+
+    def dtype(self, name):
+        t = self._raw(name[:-len("weight")] + "scales") if name in self.quantized else self._raw(name)
+        return str(t.dtype).replace("mlx.core.", "")
+
+    def is_float(self, name):
+        return name in self.quantized or mx.issubdtype(self._raw(name).dtype, mx.floating)
+
+    def rows(self, name):
+        """A function (i, j) -> float32 rows i:j of the tensor seen as a matrix (rows, last dimension)."""
+        t = self._raw(name)
+        if name not in self.quantized:
+            m = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t.reshape(1, -1)
+            return lambda i, j: m[i:j].astype(mx.float32)
+        prefix = name[:-len("weight")]
+        s = self._raw(prefix + "scales")
+        b = self._raw(prefix + "biases") if prefix + "biases" in self.files else None
+        group, bits, mode = self._qparams(name)
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+        t, s, b = flat(t), flat(s), flat(b) if b is not None else None
+        return lambda i, j: mx.dequantize(t[i:j], s[i:j], b[i:j] if b is not None else None, group_size=group,
+                                          bits=bits, mode=mode).astype(mx.float32)
+
+    def release(self, name):
+        """Drop the shard's reference to an evaluated tensor so its memory is freed."""
+        f = self.files[name]
+        for n in (name, name[:-len("weight")] + "scales", name[:-len("weight")] + "biases"):
+            if self.files.get(n) in self._shards:
+                self._shards[self.files[n]].pop(n, None)
+        if f in self._shards and not self._shards[f]:
+            del self._shards[f]
+
+
+def tensor_sums(base_rows, inst_rows, shape):
+    """The SUMS of one tensor pair, float32 within a row of a chunk, float64 across rows."""
+    n_rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+    step = max(1, CHUNK // max(shape[-1], 1))
+    total = np.zeros(len(SUMS))
+    for i in range(0, n_rows, step):
+        a, b = base_rows(i, i + step), inst_rows(i, i + step)
+        d = b - a
+        mx.eval(a, b, d)
+        # one reduction at a time, so that at most four chunk-sized arrays are alive
+        for k, (x, y) in enumerate(((a, a), (b, b), (d, d), (a, b), (d, None), (a, None), (b, None))):
+            s = (x * y if y is not None else mx.abs(x)).sum(-1)
+            total[k] += np.array(s, dtype=np.float64).sum()
+    return dict(zip(SUMS, total.tolist()))
+
+
+def measures(s):
+    """Relative distance, cosine and L1 ratio from (summed) SUMS; None where undefined (zero tensors)."""
+    rel = math.sqrt(s["diff_sq"] / s["base_sq"]) if s["base_sq"] > 0 else (0.0 if s["diff_sq"] == 0 else None)
+    norm = math.sqrt(s["base_sq"] * s["inst_sq"])
+    cos = s["dot"] / norm if norm > 0 else None
+    l1 = s["base_abs"] + s["inst_abs"]
+    return {"relative_distance": rel, "cosine": cos, "l1_ratio": s["diff_abs"] / l1 if l1 > 0 else 0.0}
+
+
+# ---- naming ----
+
+LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
+
+
+def module_type(name):
+    """(layer index or None, type): 'model.layers.3.self_attn.q_proj.weight' -> (3, 'self_attn.q_proj')."""
+    m = LAYER.search(name)
+    layer, rest = (int(m.group(1)), m.group(2)) if m else (None, re.sub(r"^(model|transformer)\.", "", name))
+    return layer, rest[:-len(".weight")] if rest.endswith(".weight") else rest
+
+
+def summarize(group):
+    """Measures of a group of tensor records: over their summed SUMS, plus the mean and range per tensor."""
+    total = {k: sum(t[k] for t in group) for k in SUMS}
+    rels = [t["relative_distance"] for t in group if t["relative_distance"] is not None]
+    return {**measures(total), "tensors": len(group), "parameters": sum(t["parameters"] for t in group),
+            "mean_relative_distance": sum(rels) / len(rels) if rels else None,
+            "min_relative_distance": min(rels) if rels else None, "max_relative_distance": max(rels) if rels else None}
+
+
+# ---- checks ----
+
+def _model_info(name, folder, config, weights):
+    names = [n for n in weights.names if weights.is_float(n)]
+    dtypes = {}
+    for n in names:
+        dtypes[weights.dtype(n)] = dtypes.get(weights.dtype(n), 0) + 1
+    return {"model": str(name), "folder": str(folder), "model_type": config.get("model_type"),
+            **{k: config.get(k) for k in SHAPE_KEYS if k != "model_type"},
+            "tie_word_embeddings": config.get("tie_word_embeddings"),
+            "dtype": max(dtypes, key=dtypes.get) if dtypes else None,
+            "quantized": sorted({f"{b}-bit" for b in [weights._qparams(n)[1] for n in weights.quantized]}) or None,
+            "parameters": sum(math.prod(weights.shape(n)) for n in names)}
+
+
+def _examples(items, n=3):
+    items = sorted(items)
+    return ", ".join(items[:n]) + (f", and {len(items) - n} more" if len(items) > n else "")
+
+
+def check_tensors(base, inst, base_name, inst_name):
+    """Both models hold the same float tensors with the same (dequantized) shapes; else GiftError."""
+    b_names = {n for n in base.names if base.is_float(n)}
+    i_names = {n for n in inst.names if inst.is_float(n)}
+    only_b, only_i = b_names - i_names, i_names - b_names
+    if only_b or only_i:
+        parts = [f"{len(only_b)} only in {base_name} ({_examples(only_b)})" if only_b else "",
+                 f"{len(only_i)} only in {inst_name} ({_examples(only_i)})" if only_i else ""]
+        raise GiftError(f"{base_name} and {inst_name} hold different tensors: " + "; ".join(p for p in parts if p))
+    wrong = [f"{n} {base.shape(n)} vs {inst.shape(n)}" for n in sorted(b_names) if base.shape(n) != inst.shape(n)]
+    if wrong:
+        raise GiftError(f"{base_name} and {inst_name} differ in tensor shapes: {_examples(wrong)}")
+    return sorted(b_names)
+
+
+def check_tokenizers(base_folder, inst_folder, base_name, inst_name):
+    """Same token ids (or the base's vocabulary a prefix of the instruct's), and an instruct chat template."""
+    bt, it = load_tokenizer(str(base_folder)), load_tokenizer(str(inst_folder))
+    template = getattr(it, "chat_template", None)
+    if not template:
+        raise GiftError(f"{inst_name}: tokenizer has no chat template (the training data is formatted with it)")
+    bv, iv = bt.get_vocab(), it.get_vocab()
+    b_ids, i_ids = {i: t for t, i in bv.items()}, {i: t for t, i in iv.items()}
+    special = set(bt.get_added_vocab()) | set(it.get_added_vocab())
+    renamed = sorted(i for i in set(b_ids) & set(i_ids) if b_ids[i] != i_ids[i])
+    regular = [i for i in renamed if b_ids[i] not in special or i_ids[i] not in special]
+    if regular:
+        shown = [f"id {i}: {b_ids[i]!r} vs {i_ids[i]!r}" for i in regular[:3]]
+        raise GiftError(f"{base_name} and {inst_name} have different tokenizers: {len(regular)} token ids hold "
+                        f"other tokens ({'; '.join(shown)})")
+    added = len(set(i_ids) - set(b_ids))
+    if not renamed and not (set(b_ids) - set(i_ids)):
+        vocab = "same" if not added else "prefix"
+    else:
+        vocab = "compatible"
+    base_template = getattr(bt, "chat_template", None)
+    return {"vocabulary": vocab, "base_tokens": len(bv), "instruct_tokens": len(iv), "instruct_adds": added,
+            "renamed_special_tokens": [[b_ids[i], i_ids[i]] for i in renamed],
+            "instruct_chat_template": True,
+            "base_chat_template": "same" if base_template == template else ("other" if base_template else "none")}
+
+
+def verdict(overall, mean):
+    """(kind, text) from the relative distances; the larger of overall and mean per matrix decides."""
+    d = max(x for x in (overall, mean) if x is not None)
+    refs = f"real transfer pairs measure 0.007-0.07, Llama-3.1-8B {REFERENCE['Llama-3.1-8B']}"
+    if d == 0:
+        return "identical", "identical weights: the instruct model is the base (nothing to transfer between them)"
+    if d <= CLOSE:
+        return "close", f"a transfer pair: {d:.3g} is in the range of real pairs ({refs})"
+    if d <= FAR:
+        return "close", f"a transfer pair, at the far end: {d:.3g} ({refs}, Qwen2.5-0.5B {REFERENCE['Qwen2.5-0.5B']})"
+    if d < UNRELATED:
+        return "far", (f"far apart: {d:.3g} > {FAR}, farther than published transfer pairs ({refs}); an update "
+                       "learned on the base may not carry over to the instruct model")
+    return "unrelated", (f"not a transfer pair: {d:.3g}, like separately trained models ({NOT_A_PAIR[0]} measure "
+                         f"{NOT_A_PAIR[1]}; {refs})")
+
+
+# ---- the check ----
+
+def pair_check(base, instruct, check_tokenizer=True, log=None):
+    """Compare two models (Hub ids or folders); return a plain dict (see summary_text for its reading).
+
+    Raises GiftError for a pair that cannot be a transfer pair: another architecture, other tensors or shapes,
+    other token ids, or an instruct model without a chat template.
+    """
+    tic = time.perf_counter()
+    base_folder, inst_folder = local_path(base), local_path(instruct)
+    base_config, inst_config = read_config(base_folder), read_config(inst_folder)
+    check_compatible(base_config, inst_config, str(base), str(instruct))
+    bw, iw = Weights(base_folder, base_config), Weights(inst_folder, inst_config)
+    names = check_tensors(bw, iw, str(base), str(instruct))
+    tokenizer = check_tokenizers(base_folder, inst_folder, str(base), str(instruct)) if check_tokenizer else None
+    info = {"base": _model_info(base, base_folder, base_config, bw),
+            "instruct": _model_info(instruct, inst_folder, inst_config, iw)}
+
+    records = []
+    order = sorted(names, key=lambda n: (str(bw.files[n]), str(iw.files[n]), n))  # shard after shard
+    for name in order:
+        shape = bw.shape(name)
+        sums = tensor_sums(bw.rows(name), iw.rows(name), shape)
+        bw.release(name), iw.release(name)
+        layer, kind = module_type(name)
+        records.append({"name": name, "layer": layer, "type": kind, "shape": list(shape),
+                        "parameters": math.prod(shape), "matrix": len(shape) >= 2,
+                        "quantized": [name in bw.quantized, name in iw.quantized], **sums, **measures(sums)})
+    matrices = [r for r in records if r["matrix"]]
+    if not matrices:
+        raise GiftError(f"{base}: holds no weight matrices to compare")
+    overall = summarize(matrices)
+    by_type, by_layer = {}, {}
+    for r in records:
+        by_type.setdefault(r["type"], []).append(r)
+        if r["matrix"]:
+            by_layer.setdefault("other" if r["layer"] is None else r["layer"], []).append(r)
+    mx.clear_cache()  # hand the buffers back before a caller loads a model
+    kind, text = verdict(overall["relative_distance"], overall["mean_relative_distance"])
+    quantized = any(any(r["quantized"]) for r in records)
+    notes = []
+    if quantized:
+        notes.append("quantized tensors were dequantized: their rounding error counts as distance (4-bit "
+                     "rounding alone is of the order of 0.1 relative), so these figures overstate it; compare "
+                     "the float models for a verdict")
+    if tokenizer and tokenizer["vocabulary"] == "prefix":
+        notes.append(f"the instruct tokenizer adds {tokenizer['instruct_adds']} tokens after the base's vocabulary")
+    if tokenizer and tokenizer["renamed_special_tokens"]:
+        notes.append(f"{len(tokenizer['renamed_special_tokens'])} special token ids have other names in the "
+                     "instruct tokenizer (reserved tokens given a role)")
+    return {
+        "base": info["base"], "instruct": info["instruct"], "architecture": "same", "tokenizer": tokenizer,
+        "tensors": len(records), "matrices": len(matrices), "quantized": quantized,
+        "overall": overall,
+        "by_type": {k: summarize(v) for k, v in sorted(by_type.items())},
+        "by_layer": {str(k): summarize(v) for k, v in sorted(by_layer.items(), key=lambda kv: (
+            isinstance(kv[0], str), kv[0] if isinstance(kv[0], int) else 0))},
+        "per_tensor": [{k: v for k, v in r.items() if k not in SUMS} | {"sums": {k: r[k] for k in SUMS}}
+                       for r in records],
+        "verdict": kind, "verdict_text": text, "notes": notes,
+        "seconds": round(time.perf_counter() - tic, 3),
+    }
+
+
+# ---- reading the result ----
+
+def _f(x, fmt=".4f"):
+    return "-" if x is None else format(x, fmt)
+
+
+def one_line(result):
+    """'pair: relative distance 0.012 overall (mean per matrix 0.011, cosine 0.9999, σ 0.006): a transfer pair'"""
+    o = result["overall"]
+    return (f"pair: base -> instruct relative distance {_f(o['relative_distance'])} over all matrices (mean per "
+            f"matrix {_f(o['mean_relative_distance'])}, cosine {_f(o['cosine'])}, L1 ratio σ {_f(o['l1_ratio'])}): "
+            f"{result['verdict_text']}")
+
+
+def summary_text(result):
+    """The human-readable report of pair_check()'s dict."""
+    lines = []
+    for role in ("base", "instruct"):
+        m = result[role]
+        lines.append(f"{role:9} {m['model']}: {m['model_type']}, {m['num_hidden_layers']} layers, hidden "
+                     f"{m['hidden_size']}, vocab {m['vocab_size']}, {m['parameters'] / 1e6:.2f}M parameters, "
+                     f"{m['dtype']}" + (f", quantized {'/'.join(m['quantized'])}" if m["quantized"] else ""))
+    sizes = ", ".join(f"{k} {result['base'][k]}" for k in SHAPE_KEYS if result["base"][k] is not None)
+    lines.append(f"architecture: same ({sizes})")
+    lines.append(f"tensors: {result['tensors']} in both, same shapes ({result['matrices']} matrices)")
+    t = result["tokenizer"]
+    if t:
+        vocab = {"same": f"same vocabulary ({t['base_tokens']} tokens)",
+                 "prefix": f"base's {t['base_tokens']} tokens are a prefix of the instruct's {t['instruct_tokens']}",
+                 "compatible": f"compatible vocabularies ({t['base_tokens']} / {t['instruct_tokens']} tokens)"}[t["vocabulary"]]
+        lines.append(f"tokenizer: {vocab}; instruct chat template: yes (base: {t['base_chat_template']})")
+    o = result["overall"]
+    lines += ["", f"overall (all {o['tensors']} matrices): relative distance {_f(o['relative_distance'])} "
+                  f"(sqrt ΣΔW² / sqrt ΣW_base²), mean per matrix {_f(o['mean_relative_distance'])} "
+                  f"(range {_f(o['min_relative_distance'])}-{_f(o['max_relative_distance'])}), "
+                  f"cosine {_f(o['cosine'], '.5f')}, L1 ratio σ {_f(o['l1_ratio'])}", ""]
+    header = f"{'':24} {'rel.dist':>9} {'mean':>8} {'range':>15} {'cosine':>9} {'σ':>7} {'tensors':>7}"
+
+    def row(label, s):
+        span = f"{_f(s['min_relative_distance'])}-{_f(s['max_relative_distance'])}"
+        return (f"{label[:24]:24} {_f(s['relative_distance']):>9} {_f(s['mean_relative_distance']):>8} {span:>15} "
+                f"{_f(s['cosine'], '.5f'):>9} {_f(s['l1_ratio']):>7} {s['tensors']:>7}")
+
+    lines += ["per module type", header] + [row(k, s) for k, s in result["by_type"].items()]
+    lines += ["", "per layer (matrices)", header] + [row(("layer " + k) if k != "other" else "outside the layers", s)
+                                                       for k, s in result["by_layer"].items()]
+    lines += ["", f"verdict: {result['verdict_text']}"] + [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
+
+
+# ---- for gift train and gift merge ----
+
+RESULT_FILE = "pair_check.json"  # written beside an adapter by gift train, reused by gift merge
+
+
+def fingerprints(base, instruct):
+    from .scoring import weights_fingerprint
+
+    return {"base": weights_fingerprint(base), "instruct": weights_fingerprint(instruct)}
+
+
+def check_for_training(base, instruct, when=None, log=print):
+    """gift train's check: the one-line summary, and a warning for a far pair. when=None measures only when
+    both models are already on this machine (it reads every weight once: 0.18-0.26 GB/s measured on 2 CPU
+    cores, so 2-3 min for a 7B pair in bfloat16); True forces
+    it (downloading what is missing); False skips it. Returns the result or None."""
+    if when is False:
+        return None
+    if when is None and not (cached_path(base) and cached_path(instruct)):
+        log("pair: not measured (a model is not on this machine yet); `gift pair-check BASE INSTRUCT` measures it")
+        return None
+    result = pair_check(base, instruct)
+    result["fingerprints"] = fingerprints(base, instruct)
+    log(f"{one_line(result)} [{result['seconds']:.1f} s]")
+    if result["verdict"] in ("far", "unrelated"):
+        log(f"warning: base and instruct are {'far apart' if result['verdict'] == 'far' else 'not a transfer pair'}: "
+            "an update learned on the base is added to a model it was not measured on; see `gift pair-check`")
+    return result
+
+
+def known_result(adapter_folder, base, instruct, log=print):
+    """The pair's result for gift merge: the one gift train saved beside the adapter if both models'
+    fingerprints still match, else measured now when the base is on this machine (never downloaded), else None."""
+    saved = Path(adapter_folder) / RESULT_FILE
+    if not base or cached_path(base) is None or cached_path(instruct) is None:
+        return None
+    if saved.is_file():
+        try:
+            result = json.loads(saved.read_text())
+            if result.get("fingerprints") == fingerprints(base, instruct):
+                return result
+        except (OSError, ValueError):
+            pass
+    log(f"pair: measuring {base} -> {instruct} (gift pair-check)")
+    return pair_check(base, instruct, check_tokenizer=False)
+
+
+def distance_over(result, names):
+    """Relative distance base -> instruct over the named tensors only (e.g. the adapted matrices)."""
+    group = [t | t["sums"] for t in result["per_tensor"] if t["name"] in names]
+    return summarize(group)["relative_distance"] if group else None

@@ -1,0 +1,124 @@
+"""`gift merge --format gguf`: one GGUF file that llama.cpp reads as the merged MLX model.
+
+Always: the file read back with the `gguf` package's own reader has llama.cpp's metadata, the tokenizer
+(GPT-2 style BPE vocab + merges, special tokens, chat template) and every tensor equal to the merged MLX
+weights within the precision of its type. Where llama-cpp-python is installed (it builds llama.cpp from source,
+~13 min on 2 cores, too long for CI): llama.cpp itself gives the MLX model's next-token logits.
+"""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from test_merge import make_adapter
+
+from gift_mlx import export
+from gift_mlx.cli import main
+from gift_mlx.merge import merge
+from gift_mlx.models import load_model
+
+gguf = pytest.importorskip("gguf")
+TEXT = "What is 3+4? The answer is 7."
+# max |logit difference| allowed per type (logits here are O(1); llama.cpp keeps its KV cache in f16)
+LOGIT_TOL = {"f32": 5e-3, "f16": 1e-2, "bf16": 6e-2, "q8_0": 1.5e-1}
+WEIGHT_TOL = {"f32": 1e-6, "f16": 2e-3, "bf16": 1.6e-2, "q8_0": 1.6e-2}  # relative to the tensor's max |value|
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def pair_and_lora(request, tmp_path_factory):
+    base, instruct = request.getfixturevalue(f"{request.param}_pair")
+    lora = make_adapter(base, tmp_path_factory.mktemp("lora") / "a", instruct)
+    merged = merge(str(instruct), str(lora), str(tmp_path_factory.mktemp("m") / "mlx"), log=quiet)
+    return request.param, instruct, lora, merged
+
+
+def field(reader, key):
+    f = reader.fields[key]
+    if len(f.types) == 1 and f.types[0] == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[-1]).decode()
+    if f.types[0] == gguf.GGUFValueType.ARRAY:
+        return [bytes(f.parts[i]).decode() if f.types[-1] == gguf.GGUFValueType.STRING else f.parts[i][0]
+                for i in f.data]
+    return f.parts[-1][0]
+
+
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "bf16"])
+def test_gguf_tensors_and_metadata_match_the_merged_model(pair_and_lora, gguf_type, tmp_path):
+    arch, instruct, lora, merged = pair_and_lora
+    out = merge(str(instruct), str(lora), str(tmp_path / "g"), fmt="gguf", gguf_type=gguf_type, log=quiet)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "gift_export.json", "model.gguf"]
+    assert "llama-cli -m" in (out / "README.md").read_text()
+    reader = gguf.GGUFReader(out / "model.gguf")
+    config = json.loads((instruct / "config.json").read_text())
+    assert field(reader, "general.architecture") == arch
+    assert field(reader, f"{arch}.block_count") == config["num_hidden_layers"]
+    assert field(reader, f"{arch}.attention.head_count_kv") == config["num_key_value_heads"]
+    assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert field(reader, "tokenizer.ggml.pre") == ("qwen2" if arch == "qwen2" else "gpt-2")
+    tokenizer = json.loads((instruct / "tokenizer.json").read_text())
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    assert len(tokens) == config["vocab_size"]
+    assert all(tokens[i] == t for t, i in tokenizer["model"]["vocab"].items())
+    assert len(field(reader, "tokenizer.ggml.merges")) == len(tokenizer["model"]["merges"])
+    assert field(reader, "tokenizer.ggml.eos_token_id") == config["eos_token_id"]
+    assert "<|im_start|>" in field(reader, "tokenizer.chat_template")
+
+    weights = dict(tree_flatten(load_model(str(merged))[0].parameters()))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2,
+                                     config["num_hidden_layers"])
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == len(weights)
+    for key, w in weights.items():
+        w = np.array(w.astype(mx.float32))
+        if arch == "llama" and key.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config["num_attention_heads"] if "q_proj" in key else config["num_key_value_heads"]
+            w = export._rope_permute(w, heads)
+        t = tensors[names.get_name(key, try_suffixes=(".weight", ".bias"))]
+        expected_type = "F32" if w.ndim == 1 else gguf_type.upper()
+        assert t.tensor_type.name == expected_type, key
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
+        assert np.abs(got - w).max() <= WEIGHT_TOL[gguf_type] * np.abs(w).max(), key
+
+
+def test_llama_cpp_gives_the_mlx_logits(pair_and_lora, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")  # built from source; see the module docstring
+    arch, instruct, lora, merged = pair_and_lora
+    model, tokenizer, _ = load_model(str(merged))
+    ids = tokenizer.encode(TEXT)
+    reference = np.array(model(mx.array([ids]))[0].astype(mx.float32))
+    for gguf_type in ("f32", "f16", "bf16", "q8_0"):
+        out = merge(str(instruct), str(lora), str(tmp_path / gguf_type), fmt="gguf", gguf_type=gguf_type, log=quiet)
+        llm = llama_cpp.Llama(model_path=str(out / "model.gguf"), logits_all=True, n_ctx=64, verbose=False)
+        assert llm.tokenize(TEXT.encode(), add_bos=False, special=True) == ids  # llama.cpp splits text as MLX does
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)])
+        assert np.abs(got - reference).max() < LOGIT_TOL[gguf_type], gguf_type
+        top2 = np.sort(reference, axis=-1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 2 * LOGIT_TOL[gguf_type]  # random toy weights: some near-ties
+        assert (got.argmax(-1) == reference.argmax(-1))[clear].all()
+
+
+def test_gguf_refusals(llama_pair, tmp_path):
+    from click.testing import CliRunner
+
+    from gift_mlx.demo import WORLD
+
+    base, instruct = llama_pair
+    lora = make_adapter(base, tmp_path / "a", instruct)
+    run = CliRunner().invoke
+    r = run(main, ["merge", "--adapter-path", str(lora), "--out", str(tmp_path / "o"), "--gguf-type", "q8_0"])
+    assert r.exit_code == 2 and "--gguf-type applies to --format gguf only" in r.output
+    r = run(main, ["merge", "--adapter-path", str(lora), "--out", str(tmp_path / "o"), "--format", "gguf",
+                   "--requantize"])
+    assert r.exit_code == 2 and "--requantize" in r.output
+    # the toy world's character-level tokenizer is not a byte-level BPE: refused before any work
+    world_lora = make_adapter(WORLD / "base", tmp_path / "w", WORLD / "instruct")
+    r = run(main, ["merge", "--adapter-path", str(world_lora), "--out", str(tmp_path / "o"), "--format", "gguf"])
+    assert r.exit_code == 2 and "byte-level BPE" in r.output and "WordLevel" in r.output
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,172 @@
+"""`gift pair-check`: its figures against an independent numpy computation over the full tensors, the Hub's
+sharded layout, quantized models, the CLI (--json, exit 2), and its use by `gift train` and `gift merge`."""
+
+import json
+import math
+import re
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file, save_file
+
+from gift_mlx.cli import main
+from gift_mlx.pair_check import module_type, pair_check, summary_text
+
+
+def numpy_weights(folder):
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update({k: v.astype(np.float64) for k, v in load_file(str(f)).items()})
+    return out
+
+
+def independent(base, instruct):
+    """Every figure from the full float64 tensors, with nothing shared with gift_mlx.pair_check."""
+    a, b = numpy_weights(base), numpy_weights(instruct)
+    per = {}
+    for k in a:
+        d = b[k] - a[k]
+        per[k] = dict(rel=np.linalg.norm(d) / np.linalg.norm(a[k]),
+                      cos=(a[k] * b[k]).sum() / (np.linalg.norm(a[k]) * np.linalg.norm(b[k])),
+                      l1=np.abs(d).sum() / (np.abs(a[k]).sum() + np.abs(b[k]).sum()))
+    mats = [k for k in a if a[k].ndim >= 2]
+    overall = dict(
+        rel=math.sqrt(sum(((b[k] - a[k]) ** 2).sum() for k in mats) / sum((a[k] ** 2).sum() for k in mats)),
+        mean=np.mean([per[k]["rel"] for k in mats]),
+        cos=sum((a[k] * b[k]).sum() for k in mats) / math.sqrt(sum((a[k] ** 2).sum() for k in mats)
+                                                                * sum((b[k] ** 2).sum() for k in mats)),
+        l1=sum(np.abs(b[k] - a[k]).sum() for k in mats) / sum(np.abs(a[k]).sum() + np.abs(b[k]).sum() for k in mats))
+    q = [k for k in mats if k.endswith("self_attn.q_proj.weight")]
+    q_rel = math.sqrt(sum(((b[k] - a[k]) ** 2).sum() for k in q) / sum((a[k] ** 2).sum() for k in q))
+    layer1 = [k for k in mats if ".layers.1." in k]
+    l1_rel = math.sqrt(sum(((b[k] - a[k]) ** 2).sum() for k in layer1) / sum((a[k] ** 2).sum() for k in layer1))
+    return per, overall, q_rel, l1_rel
+
+
+def check_against_numpy(result, base, instruct):
+    per, overall, q_rel, l1_rel = independent(base, instruct)
+    got = {t["name"]: t for t in result["per_tensor"]}
+    assert set(got) == set(per)
+    for k, p in per.items():
+        assert got[k]["relative_distance"] == pytest.approx(p["rel"], rel=1e-5)
+        assert got[k]["cosine"] == pytest.approx(p["cos"], rel=1e-6)
+        assert got[k]["l1_ratio"] == pytest.approx(p["l1"], rel=1e-5)
+    o = result["overall"]
+    assert o["relative_distance"] == pytest.approx(overall["rel"], rel=1e-5)
+    assert o["mean_relative_distance"] == pytest.approx(overall["mean"], rel=1e-5)
+    assert o["cosine"] == pytest.approx(overall["cos"], rel=1e-6)
+    assert o["l1_ratio"] == pytest.approx(overall["l1"], rel=1e-5)
+    assert result["by_type"]["self_attn.q_proj"]["relative_distance"] == pytest.approx(q_rel, rel=1e-5)
+    assert result["by_layer"]["1"]["relative_distance"] == pytest.approx(l1_rel, rel=1e-5)
+
+
+def test_figures_match_numpy(llama_pair):
+    base, instruct = llama_pair
+    result = pair_check(base, instruct)
+    check_against_numpy(result, base, instruct)
+    assert result["tokenizer"]["vocabulary"] == "same" and result["tokenizer"]["base_chat_template"] == "same"
+    # toy.build_pair perturbs every weight by 0.5 of its std: a far pair, by the reference figures
+    assert 0.4 < result["overall"]["relative_distance"] < 0.6 and result["verdict"] == "far"
+    assert result["matrices"] == sum(1 for t in result["per_tensor"] if len(t["shape"]) >= 2) == 16
+    assert "verdict: far apart" in summary_text(result)
+
+
+def test_identical_models_measure_zero(llama_pair):
+    result = pair_check(llama_pair[0], llama_pair[0])
+    assert result["overall"]["relative_distance"] == 0 and result["verdict"] == "identical"
+    assert result["overall"]["cosine"] == pytest.approx(1.0, abs=1e-9)
+
+
+def shard(src, dst, n=3):
+    """A copy of a model folder in the Hub's layout: n shards plus model.safetensors.index.json."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors*"))
+    tensors = numpy_weights(src)
+    names, weight_map = sorted(tensors), {}
+    for i in range(n):
+        part = names[i::n]
+        fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        save_file({k: tensors[k].astype(np.float32) for k in part}, str(dst / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, fname))
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dst
+
+
+def test_hub_layout_sharded_folders(llama_pair, tmp_path):
+    base, instruct = shard(llama_pair[0], tmp_path / "base", 3), shard(llama_pair[1], tmp_path / "instruct", 2)
+    result = pair_check(base, instruct)
+    check_against_numpy(result, llama_pair[0], llama_pair[1])
+    assert result["overall"] == pytest.approx(pair_check(*llama_pair)["overall"], rel=1e-12)  # summed in another order
+
+
+def test_quantized_instruct_is_dequantized_per_tensor(llama_pair, tmp_path):
+    from mlx_lm.convert import convert
+
+    base, instruct = llama_pair
+    convert(str(instruct), str(tmp_path / "q"), quantize=True, q_group_size=32, q_bits=8)
+    result = pair_check(base, tmp_path / "q")
+    assert result["quantized"] and "dequantized" in result["notes"][0]
+    q = dict(mx.load(str(tmp_path / "q" / "model.safetensors")))
+    a = numpy_weights(base)
+    k = "model.layers.0.mlp.up_proj.weight"
+    w = np.array(mx.dequantize(q[k], q[k[:-6] + "scales"], q[k[:-6] + "biases"], group_size=32, bits=8), np.float64)
+    got = next(t for t in result["per_tensor"] if t["name"] == k)
+    assert got["quantized"] == [False, True]
+    assert got["relative_distance"] == pytest.approx(np.linalg.norm(w - a[k]) / np.linalg.norm(a[k]), rel=1e-5)
+    # 8-bit rounding adds little to a distance of ~0.5
+    assert result["overall"]["relative_distance"] == pytest.approx(pair_check(base, instruct)["overall"]["relative_distance"], rel=0.02)
+
+
+def test_module_types():
+    assert module_type("model.layers.3.self_attn.q_proj.weight") == (3, "self_attn.q_proj")
+    assert module_type("model.layers.0.self_attn.q_proj.bias") == (0, "self_attn.q_proj.bias")
+    assert module_type("model.embed_tokens.weight") == (None, "embed_tokens")
+    assert module_type("lm_head.weight") == (None, "lm_head")
+
+
+def test_cli_text_json_and_incompatible_pair(llama_pair, qwen2_pair):
+    runner = CliRunner()
+    text = runner.invoke(main, ["pair-check", *map(str, llama_pair)])
+    assert text.exit_code == 0 and "per module type" in text.output and "verdict: far apart" in text.output
+    out = runner.invoke(main, ["pair-check", *map(str, llama_pair), "--json"])
+    assert out.exit_code == 0
+    data = json.loads(out.output)
+    assert data["verdict"] == "far" and data["overall"]["relative_distance"] > 0.1
+    bad = runner.invoke(main, ["pair-check", str(llama_pair[0]), str(qwen2_pair[1])])
+    assert bad.exit_code == 2 and bad.stderr.strip().count("\n") == 0
+    assert bad.stderr.startswith("error: ") and "model_type: llama vs qwen2" in bad.stderr
+
+
+def test_train_prints_the_pair_and_merge_the_update_size(llama_pair, task_data, tmp_path):
+    """`gift train --method dft` end to end: the pair line and warning, the record; then `gift merge` prints
+    ‖λ·scale·BA‖ / ‖W_instruct‖ (checked with numpy) next to the pair's distance."""
+    base, instruct = llama_pair
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "--base", str(base), "--instruct", str(instruct), "--data", str(task_data),
+                             "--adapter-path", str(tmp_path / "a"), "--method", "dft", "--iters", "2",
+                             "--lora-rank", "4", "--lora-alpha", "8", "--batch-size", "4"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"pair: base -> instruct relative distance 0\.\d+ over all matrices", r.output)
+    assert "warning: base and instruct are far apart" in r.output
+    record = json.loads((tmp_path / "a" / "gift_run.json").read_text())
+    assert record["method"] == "dft" and record["trained_model"] == str(base) and record["pair_check"]["verdict"] == "far"
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["method"] == "dft"
+    assert not (tmp_path / "a" / "scores").exists()  # dft needs no score files
+    assert np.isfinite(record["final"]["loss"]) and record["final"]["loss"] != record["final"]["plain_loss"]
+
+    m = runner.invoke(main, ["merge", "--adapter-path", str(tmp_path / "a"), "--out", str(tmp_path / "m"),
+                             "--scale", "0.5"])
+    assert m.exit_code == 0, m.output
+    found = re.search(r"update: ‖λ·ΔW‖_F / ‖W_instruct‖_F = (\S+) over the (\d+) adapted matrices \(λ = 0.5\); "
+                      r"base -> instruct distance over the same matrices (\S+) \(all matrices (\S+)\)", m.output)
+    assert found, m.output
+    ad, w = load_file(str(tmp_path / "a" / "adapters.safetensors")), numpy_weights(instruct)
+    scale = json.loads((tmp_path / "a" / "adapter_config.json").read_text())["lora_parameters"]["scale"]
+    layers = {k[:-len(".lora_a")] for k in ad if k.endswith(".lora_a")}
+    up = sum(np.sum((0.5 * scale * ad[p + ".lora_b"].T.astype(np.float64) @ ad[p + ".lora_a"].T) ** 2) for p in layers)
+    ref = sum(np.sum(w[p + ".weight"] ** 2) for p in layers)
+    assert int(found.group(2)) == len(layers)
+    assert float(found.group(1)) == pytest.approx(math.sqrt(up / ref), abs=1e-4)
+    assert float(found.group(4)) == pytest.approx(record["pair_check"]["overall"]["relative_distance"], abs=1e-4)
