@@ -23,7 +23,9 @@ The world:
 
 import argparse
 import json
+import os
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -486,6 +488,10 @@ def main(argv=None):
         # with --reuse-base: this run plus the earlier pretraining it reused
         "build_seconds": round(time.perf_counter() - t0 + (pretrain["seconds"] if pretrain.get("reused") else 0)
                                + (anneal["seconds"] if anneal and anneal.get("reused") else 0), 1),
+        # this process's CPU time (all threads): on a shared machine, wall time also counts the other jobs
+        "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
+        "cpu_cores": os.cpu_count(),
         "machine": f"{mx.default_device()}",
     }
     (out / "world.json").write_text(json.dumps(record, indent=2) + "\n")
