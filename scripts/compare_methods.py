@@ -33,6 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- compare_methods:start -->", "<!-- compare_methods:end -->"
 METHODS = tuple(m for m in ("direct", "shadow-ft", "gift", "gift-base", "dft") if m in ALL_METHODS)
 SCALES, GAMMAS = (0.25, 0.5), (0.5, 2.0)  # besides λ = 1 and γ = 1, which the demo's runs are
+# A second, larger budget (3 epochs at 3x the learning rate): updates as large as the pair's distance, outside
+# the regime of a real recipe, to show what happens there.
+LARGE = dict(iters=96, learning_rate=3e-4)
+LARGE_TAG = "(large)"
 # Two-sided 95% Student t quantiles t_{0.975, df} (a statistics table; df > 10 uses 2.2 as an upper bound).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -57,19 +61,29 @@ def sweep(out, seed, samples, limit, settings, log):
     """γ and λ variants of one seed's demo run: train gift at other γ, merge again at other λ, evaluate."""
     _, _, task, retention = world_paths()
     base, instruct = out / "world" / "base", out / "world" / "instruct"  # the demo's float32 copies
-    models = {}
+    models, losses = {}, {}
     for gamma in GAMMAS:
         name = f"gift γ={gamma:g}"
         adapter = f"gift-gamma{gamma:g}"
-        train_method(out, "gift", base, instruct, task, settings, name=adapter, log=log, gamma=gamma,
-                     scores_path=str(out / "gift" / "scores"))
+        losses[name] = train_method(out, "gift", base, instruct, task, settings, name=adapter, log=log, gamma=gamma,
+                                    scores_path=str(out / "gift" / "scores"))["final"]
         models[name] = merge(str(instruct), str(out / adapter), str(out / "merged" / adapter), force=True, log=log)
     for method in ("shadow-ft", "gift"):
         for scale in SCALES:
             name = f"{method} λ={scale:g}"
             models[name] = merge(str(instruct), str(out / method), str(out / "merged" / f"{method}-scale{scale:g}"),
                                  scale=scale, force=True, log=log)
-    rows = {n: {"name": n, "update_size": update_size(m)} for n, m in models.items()}
+    for method in ("shadow-ft", "gift"):
+        adapter = f"{method}-large"
+        run = train_method(out, method, base, instruct, task, settings, name=adapter, log=log, **LARGE,
+                           **({"scores_path": str(out / "gift" / "scores")} if method == "gift" else {}))
+        losses[f"{method} {LARGE_TAG}"] = run["final"]
+        for scale in (*SCALES, 1.0):
+            name = f"{method} {LARGE_TAG}" + (f" λ={scale:g}" if scale != 1 else "")
+            models[name] = merge(str(instruct), str(out / adapter), str(out / "merged" / f"{adapter}-{scale:g}"),
+                                 scale=scale, force=True, log=log)
+    rows = {n: {"name": n, "update_size": update_size(m), "val_loss": losses.get(n, {}).get("val_loss"),
+                "val_plain_loss": losses.get(n, {}).get("val_plain_loss")} for n, m in models.items()}
     for part, data in (("task", task / "test.jsonl"), ("retention", retention)):
         s = evaluate([str(m) for m in models.values()], data, out / "eval-sweep" / part, overwrite=True, log=log,
                      samples=samples, max_tokens=96 if part == "task" else 64, seed=seed, instruction="",
@@ -147,11 +161,13 @@ def figures(results, weights, folder):
         ret = [r["models"][col[name]]["retention"]["average"] for r in results]
         return interval(t), interval(ret)
 
-    for method, color in (("shadow-ft", "tab:orange"), ("gift", "tab:blue")):
-        pts = [point(f"{method} λ={s:g}") for s in SCALES] + [point(method)]
+    budgets = (("", "-", "demo budget"), (f" {LARGE_TAG}", "--", "large budget"))
+    for (method, color), (tag, style, label) in ((m, b) for m in (("shadow-ft", "tab:orange"), ("gift", "tab:blue"))
+                                                 for b in budgets):
+        pts = [point(f"{method}{tag} λ={s:g}") for s in SCALES] + [point(method + tag)]
         xs, ys = [100 * p[0][0] for p in pts], [100 * p[1][0] for p in pts]
         ax.errorbar(xs, ys, xerr=[100 * p[0][1] for p in pts], yerr=[100 * p[1][1] for p in pts], color=color,
-                    marker="o", capsize=3, label=f"{method}, λ = {', '.join(f'{s:g}' for s in SCALES)}, 1")
+                    ls=style, marker="o", capsize=3, label=f"{method}, {label}, λ = 0.25 → 1")
         for x, y, s in zip(xs, ys, [*SCALES, 1]):
             ax.annotate(f"λ={s:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=color)
     for name, marker, color in (("instruct", "*", "black"), ("direct", "s", "tab:red"),
@@ -163,7 +179,7 @@ def figures(results, weights, folder):
     k = results[0]["samples"]
     ax.set_xlabel(f"task Average@{k} (%)")
     ax.set_ylabel(f"retention Average@{k} (%)")
-    ax.set_title(f"Retention vs task over the merge scale λ ({len(results)} seeds, mean ± 95% CI)")
+    ax.set_title(f"Retention vs task over the merge scale λ\n({len(results)} seeds, mean ± 95% CI)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -204,17 +220,25 @@ def markdown(results, weights, command, seconds, figure_dir):
         f"LoRA rank {s0['settings']['lora_rank']}, alpha {s0['settings']['lora_alpha']:g}, "
         f"lr {s0['settings']['learning_rate']:g}), merges it into the instruct model and samples "
         f"{s0['task_problems']} task problems and {s0['retention_problems']} retention instructions {k} times "
-        f"at temperature 1.0. Cells: mean ± half-width of the 95% t-interval over the {n} seeds, in %; "
-        "update size: ‖λ·ΔW‖_F / ‖W‖_F over the adapted matrices.",
+        f"at temperature 1.0. Rows marked {LARGE_TAG} use a larger budget ({LARGE['iters']} steps at lr "
+        f"{LARGE['learning_rate']:g}, the rest alike); λ: the merge scale (1 unless given); γ: GIFT's weight "
+        f"exponent (1 unless given). Cells: mean ± half-width of the 95% t-interval over the {n} seeds, in %; "
+        "update size: ‖λ·ΔW‖_F / ‖W‖_F over the adapted matrices (mean over seeds); val loss: the plain token loss "
+        "Σℓ/n of the trained model (base + adapter, or instruct + adapter for direct) on the task's valid.jsonl.",
         "",
-        f"| model | task Average@{k} | task pass@{k} | task maj@{k} | retention Average@{k} | update size |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| model | task Average@{k} | task pass@{k} | task maj@{k} | retention Average@{k} | update size "
+        "| val loss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def mean_of(name, key, fmt):
+        v = [r["models"][col[name]].get(key) for r in results]
+        return format(statistics.fmean(v), fmt) if None not in v else "–"
+
     for name in names:
-        sizes = [r["models"][col[name]].get("update_size") for r in results]
-        size = f"{statistics.fmean(sizes):.4f}" if None not in sizes else "–"
         lines.append(f"| {name} | {pct(values(name, 'task'))} | {pct(values(name, 'task', 'pass'))} | "
-                     f"{pct(values(name, 'task', 'maj'))} | {pct(values(name, 'retention'))} | {size} |")
+                     f"{pct(values(name, 'task', 'maj'))} | {pct(values(name, 'retention'))} | "
+                     f"{mean_of(name, 'update_size', '.4f')} | {mean_of(name, 'val_plain_loss', '.3f')} |")
 
     lines += ["", "**Paired difference GIFT − Shadow-FT** (same seed: same world, data order and sampling seed), "
               "percentage points:", "",
@@ -222,7 +246,7 @@ def markdown(results, weights, command, seconds, figure_dir):
               "|---|" + "---:|" * (n + 1)]
     for label, part, metric in ((f"task Average@{k}", "task", "average"), (f"task pass@{k}", "task", "pass"),
                                 (f"task maj@{k}", "task", "maj"), (f"retention Average@{k}", "retention", "average")):
-        for lam in ("", *[f" λ={s:g}" for s in SCALES]):
+        for lam in ("", *[f" λ={s:g}" for s in SCALES], f" {LARGE_TAG}", *[f" {LARGE_TAG} λ={s:g}" for s in SCALES]):
             d = [a - b for a, b in zip(values("gift" + lam, part, metric), values("shadow-ft" + lam, part, metric))]
             lines.append(f"| {label}{' at' + lam if lam else ''} | " + " | ".join(f"{100 * x:+.1f}" for x in d)
                          + f" | {pct(d)} |")
