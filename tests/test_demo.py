@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gift_mlx import plot
+from test_plot import read_rgb
 
 from gift_mlx.demo import SETTINGS, demo
 from gift_mlx.errors import GiftError
@@ -41,7 +41,7 @@ def test_demo_trains_merges_and_evaluates_every_method(tmp_path):
     assert f"| {gift['val_plain_loss']:.3f} | {gift['val_loss']:.3f} |" in report
     cut = any(m[p]["truncated"] > 0.5 for m in summary["models"] for p in ("task", "retention"))
     assert ("most completions hit the token limit" in report) == cut
-    titles = [plot.read_png(tmp_path / "eval" / part / "scaling.png")[:40] for part in ("task", "retention")]
+    titles = [read_rgb(tmp_path / "eval" / part / "scaling.png")[:40] for part in ("task", "retention")]
     assert not np.array_equal(*titles)  # the two plots say which set they show
 
 
