@@ -1,24 +1,28 @@
 """Build the built-in toy world: a character-level tokenizer, a BASE model pretrained from scratch, an
-INSTRUCT model tuned from it on chat data, a multi-step arithmetic TASK and a general RETENTION set.
+INSTRUCT model tuned briefly from it on chat data, a TASK and a general RETENTION set; measure and record them.
 
     python scripts/build_toy_world.py                  # writes gift_mlx/world/ (the committed package data)
-    python scripts/build_toy_world.py --out /tmp/w --pretrain-minutes 1 --instruct-steps 50   # a quick one
+    python scripts/build_toy_world.py --out /tmp/w --pretrain-steps 40 --anneal-steps 0 --instruct-steps 20
+    python scripts/build_toy_world.py --reuse-base     # keep --out's base when its pretraining settings match
 
 Deterministic from --seed (same machine, same thread count). Training is a short compiled loop of our own
 (AdamW, warmup + cosine, masked next-token loss): pretraining wants packed rows of raw text and instruction
 tuning wants padded chat rows with only the assistant tokens as targets; one 20-line loop serves both, where
 mlx-lm's trainer would need a custom dataset class and its LoRA-oriented bookkeeping for each.
 
-The world:
-- pretraining corpus (BASE): arithmetic facts ("17+8=25."), short stories with numbers (one-step and
-  two-step, the latter solved in prose), counting, alphabet runs and plain sentences. No chat template.
-- instruction data (INSTRUCT): ChatML conversations from several task families (number after, which is
-  larger, how many words, letter after, one-step sums and differences, bare two-step sums "What is
-  26+7-3?", repeat a phrase), each answered in one short line closed by <|im_end|>. No word problem is
-  among them.
-- TASK: two-step word problems ("has a, gets b more, gives c away") answered with a short chain of thought
-  and '#### N'. The instruct model knows the facts and the stories from pretraining but not this format.
-- RETENTION: held-out instructions from the numeric instruction families.
+The world is made for the transfer regime (issue 14): the base and the instruct model close in weight space,
+the instruct model partly able on the task, the task written in a style the instruct model does not use.
+- pretraining corpus (BASE): half plain-text user/assistant exchanges ("user\n...\nassistant\n...\n", no
+  special tokens) of the instruction families below, answered in the corpus's own words; the rest arithmetic
+  facts, number stories, counting, alphabet runs and sentences. Then an annealing phase richer in exchanges,
+  word problems and two-step sums. No ChatML token is ever seen: the base does not end a chat turn.
+- instruction data (INSTRUCT): the same families as ChatML conversations closed by <|im_end|>, a short
+  full-weight tuning at a low learning rate, so that it mostly learns the chat format.
+- TASK: two-step sums "What is 26+7-3?" whose responses are a terse chain of thought with '#### N'; the instruct
+  model solves some of them in its own words ("First 26+7=33, then 33-3=30. The answer is 30.").
+- RETENTION: held-out instructions from four numeric instruction families.
+world.json records the settings, the times, gift pair-check's figures for the pair, the instruct model's
+confidence on the task's targets by token kind, and both models' accuracies.
 """
 
 import argparse

@@ -52,9 +52,10 @@ def test_models_load_with_mlx_lm_and_share_a_chatml_tokenizer(name):
 def test_world_is_small_and_described():
     size = sum(p.stat().st_size for p in WORLD.rglob("*") if p.is_file())
     assert size < 10e6
-    for key in ("seed", "command", "parameters", "pretraining", "instruction_tuning", "accuracy", "build_seconds"):
+    # the build time is recorded (and reported in docs/results.md), not asserted: speed targets live in scripts/
+    for key in ("seed", "command", "parameters", "pretraining", "instruction_tuning", "accuracy", "build_seconds",
+                "pair_check", "task_confidence"):
         assert key in WORLD_JSON
-    assert WORLD_JSON["build_seconds"] < 30 * 60
 
 
 def test_task_splits_are_gradable_and_disjoint():
