@@ -187,7 +187,8 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
     world_dir = base.parent
     base, instruct = (float32_copy(m, out / "world" / m.name) for m in (base, instruct))
     seconds, start = {}, time.perf_counter()
-    pair = one_line(pair_check(base, instruct, check_tokenizer=False))
+    checked = pair_check(base, instruct, check_tokenizer=False)
+    pair = one_line(checked)
     log(f"demo: toy world {world_dir} (float32 copies of its models in {base.parent})\n{pair}\n"
         f"demo: methods {', '.join(methods)}; {iters} steps each, seed {seed}")
 
@@ -218,6 +219,7 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
     names = ["instruct", *methods]
     summary = {"world": str(world_dir), "seed": seed, "samples": samples, "settings": settings,
                "max_tokens": MAX_TOKENS, "pair": pair,
+               "pair_distance": checked["overall"]["relative_distance"],
                "task_problems": evals["task"]["problems"], "retention_problems": evals["retention"]["problems"],
                "seconds": {k: round(v, 1) for k, v in seconds.items()}, "models": []}
     for i, name in enumerate(names):

@@ -186,6 +186,32 @@ def figures(results, weights, folder):
     fig.savefig(folder / "tradeoff.png", dpi=120)
     plt.close(fig)
 
+    # the same points against the update's size: are two methods apart, or only their updates' norms?
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    families = (("gift-base", "tab:green"), ("shadow-ft", "tab:orange"), ("direct", "tab:red"), ("dft", "tab:purple"),
+                ("gift", "tab:blue"))
+    for ax, part in zip(axes, ("task", "retention")):
+        for family, color in families:
+            rows = [n for n in names if n.split(" ")[0] == family and results[0]["models"][col[n]].get("update_size")]
+            if not rows:
+                continue
+            xs = [statistics.fmean(r["models"][col[n]]["update_size"] for r in results) for n in rows]
+            pts = [interval([r["models"][col[n]][part]["average"] for r in results]) for n in rows]
+            ax.errorbar(xs, [100 * m for m, _ in pts], yerr=[100 * h for _, h in pts], ls="none", marker="o",
+                        capsize=3, color=color, label=family)
+        m, h = interval([r["models"][col["instruct"]][part]["average"] for r in results])
+        ax.axhspan(100 * (m - h), 100 * (m + h), color="black", alpha=0.12, label="instruct (95% CI)")
+        ax.axvline(results[0]["pair_distance"], color="gray", ls=":", label="pair distance (all matrices)")
+        ax.set_xscale("log")
+        ax.set_xlabel("update size ‖λ·ΔW‖_F / ‖W‖_F")
+        ax.set_ylabel(f"{part} Average@{results[0]['samples']} (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"Every merged model against its update's size ({len(results)} seeds, mean ± 95% CI)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(folder / "update_size.png", dpi=120)
+    plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     kinds = list(weights["count"])
     bars = [(role, g) for role in ("instruct", "base") if role in weights for g in (1.0,)]
@@ -271,6 +297,7 @@ def markdown(results, weights, command, seconds, figure_dir):
                              + " |")
     rel = Path(figure_dir).relative_to(ROOT / "docs") if Path(figure_dir).is_relative_to(ROOT / "docs") else figure_dir
     lines += ["", f"![retention vs task over λ]({rel}/tradeoff.png)", "",
+              f"![task and retention against the update's size]({rel}/update_size.png)", "",
               f"![weights by token kind]({rel}/weights_by_kind.png)", ""]
     return "\n".join(lines)
 
