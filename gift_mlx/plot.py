@@ -94,21 +94,21 @@ def methods(path, summary):
     k = summary["samples"]
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
     for i, m in enumerate(summary["models"]):
-        x, y = m["task"]["average"], m["retention"]["average"]
+        x, y = 100 * m["task"]["average"], 100 * m["retention"]["average"]  # percent, as report.md
         reference = m["name"] == "instruct"
         ax.scatter([x], [y], s=140 if reference else 90, color="black" if reference else COLORS[i % len(COLORS)],
                    marker="*" if reference else "osD^vP"[i % 6], zorder=3,
-                   label=f"{m['name']}{' (reference)' if reference else ''}: task {x:.3f}, retention {y:.3f}")
+                   label=f"{m['name']}{' (reference)' if reference else ''}: task {x:.1f}%, retention {y:.1f}%")
         if reference:
             ax.axvline(x, color="grey", linestyle=":", linewidth=1)
             ax.axhline(y, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel(f"task accuracy (Average@{k})")
-    ax.set_ylabel(f"retention accuracy (Average@{k})")
+    ax.set_xlabel(f"task accuracy, Average@{k} (%)")
+    ax.set_ylabel(f"retention accuracy, Average@{k} (%)")
     ax.set_title("Task vs retention per method\n(up and right is better; dotted lines: the instruct model)")
-    xs = [m["task"]["average"] for m in summary["models"]]
-    ys = [m["retention"]["average"] for m in summary["models"]]
-    ax.set_xlim(0, max(xs) * 1.1 + 0.01)  # from zero, so that distances read as accuracy
-    ax.set_ylim(0, max(ys) * 1.1 + 0.01)
+    xs = [100 * m["task"]["average"] for m in summary["models"]]
+    ys = [100 * m["retention"]["average"] for m in summary["models"]]
+    ax.set_xlim(0, max(xs) * 1.1 + 1)  # from zero, so that distances read as accuracy
+    ax.set_ylim(0, max(ys) * 1.1 + 1)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
     _save(fig, path)
