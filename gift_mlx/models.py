@@ -141,6 +141,21 @@ def check_compatible(base_config, instruct_config, base_name="base", instruct_na
         raise GiftError(f"{base_name} and {instruct_name} differ in architecture: " + "; ".join(diffs))
 
 
+def wire_memory():
+    """On Apple silicon (Metal), raise the wired-memory limit to the device's recommended working set, so a
+    large model's weights stay resident instead of being paged, as mlx-lm's trainer (mlx_lm/tuner/trainer.py,
+    train()) and generator (mlx_lm/generate.py: wired_limit(), BatchGenerator.__init__) do, through the same
+    mlx_lm.utils.maybe_set_recommended_wired_limit (mx.set_wired_limit(mx.device_info()
+    ["max_recommended_working_set_size"])). Nothing on CPU; returns the previous limit or None."""
+    import mlx.core as mx
+
+    if not mx.metal.is_available():
+        return None
+    from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+    return maybe_set_recommended_wired_limit()
+
+
 def cpu_float32(model, name, log=print, share=0.4):
     """On a CPU, cast a float16/bfloat16 model to float32 if that copy takes at most `share` of the memory.
 

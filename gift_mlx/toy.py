@@ -86,7 +86,7 @@ def save_tokenizer(tok, out_dir):
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def model_config(arch="llama", vocab_size=384, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128):
+def model_config(arch="llama", vocab_size=384, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, tied=False):
     return {
         **ARCHS[arch],
         "hidden_size": hidden,
@@ -97,7 +97,7 @@ def model_config(arch="llama", vocab_size=384, hidden=64, layers=2, heads=4, kv_
         "rms_norm_eps": 1e-5,
         "vocab_size": vocab_size,
         "max_position_embeddings": 4096,
-        "tie_word_embeddings": False,  # mlx-lm defaults to tied; say it explicitly
+        "tie_word_embeddings": tied,  # mlx-lm defaults to tied; say it explicitly
         "eos_token_id": 2,
     }
 

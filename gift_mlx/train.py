@@ -29,7 +29,8 @@ from . import __version__, adapters, blas, plot
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
-from .models import check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, read_config
+from .models import (check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, read_config,
+                     wire_memory)
 from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, remove_if_empty, save_tensors,
                       write_json, write_text, writing)
 from .objective import confidence, token_weights, weighted_sums
@@ -155,7 +156,8 @@ def validation_loss(model, dataset, weights, cfg, pad_id, guide=None, world=None
         inputs, labels, w = map(mx.array, next(batches))
         if guide is not None:
             w = guide_weights(guide, inputs, labels, w, cfg.floor, cfg.gamma)
-        wl, (sw, l, n) = weighted_sums(model, inputs, labels, w, own=(cfg.floor, cfg.gamma) if cfg.method == "dft" else None)
+        wl, (sw, l, n) = weighted_sums(model, inputs, labels, w, own=(cfg.floor, cfg.gamma) if cfg.method == "dft" else None,
+                                       grad=False)
         total = total + mx.stack([wl, sw, l, n.astype(mx.float32)])
         mx.eval(total)
     model.train()
@@ -398,6 +400,7 @@ def _train(cfg, log, stack):
     # while LoRA options are checked before anything is written.
     model, _, model_config = load_model(trained_id, lazy=True, trust_remote_code=cfg.trust_remote_code)
     cpu_float32(model, trained_id, log)
+    wire_memory()
     check_vocab(tokenizer, model_config, trained_id)
     mx.random.seed(cfg.seed)  # the same LoRA initialisation in every process
     adapter_config = add_lora(model, cfg)
