@@ -46,38 +46,56 @@ def chunk_positions(vocab, budget=None):
     return max(1, (budget or LOGITS_BUDGET) // vocab)
 
 
+def _chunks(flat, chunk, parts):
+    """flat's chunks in order, each made to wait for the previous chunk's result (parts[-1]): MLX would
+    otherwise run every chunk's head matmul first and hold all the logits at once."""
+    for i in range(0, flat.shape[0], chunk):
+        x = flat[i : i + chunk]
+        yield i, (mx.depends(x, parts[-1]) if parts else x)
+
+
 def chunked_nll(head, h, labels, chunk):
     """ℓ for every position of h [B, T, D], through the head `chunk` positions at a time (no gradient kept)."""
     flat, lab = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
-    parts = [_nll(head(flat[i : i + chunk]), lab[i : i + chunk]) for i in range(0, flat.shape[0], chunk)]
+    parts = []
+    for i, x in _chunks(flat, chunk, parts):
+        parts.append(_nll(head(x), lab[i : i + chunk]))
     return mx.concatenate(parts).reshape(labels.shape)
+
+
+def label_rows(head, y):
+    """W[y]: the head's weight rows of the labels (dequantized), i.e. d logit_y / dh."""
+    module = getattr(head, "__self__", head)  # embed_tokens.as_linear is a bound method
+    if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
+        return module(y)
+    if isinstance(module, nn.QuantizedLinear):  # the rows as QuantizedEmbedding.__call__ dequantizes them
+        biases = module.get("biases")
+        return mx.dequantize(module["weight"][y], scales=module["scales"][y],
+                             biases=biases[y] if biases is not None else None,
+                             group_size=module.group_size, bits=module.bits, mode=module.mode)
+    return module.weight[y]
 
 
 def fused_nll(head, h, labels, chunk):
     """ℓ as chunked_nll, differentiable in h: each chunk's dℓ/dh = (softmax − onehot)·W is formed in the same
     pass (the forward already holds the chunk's logits), so the backward needs neither the logits nor a second
     head matmul. The head must be frozen (its own gradient is not formed)."""
-
-    @mx.custom_function
-    def nll_and_dh(h, labels):
-        flat, lab = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
-        nlls, dhs = [], []
-        for i in range(0, flat.shape[0], chunk):
-            x, y = flat[i : i + chunk], lab[i : i + chunk, None]
-            logits = head(x)
-            z = logits.astype(mx.float32)
-            lse = mx.logsumexp(z, -1, keepdims=True)
-            p = mx.exp(z - lse)
-            p = mx.put_along_axis(p, y, mx.take_along_axis(p, y, -1) - 1, -1)  # softmax − onehot
-            nlls.append((lse - mx.take_along_axis(z, y, -1))[:, 0])
-            dhs.append(mx.vjp(head, [x], [p.astype(logits.dtype)])[1][0])
-        return mx.concatenate(nlls).reshape(labels.shape), mx.concatenate(dhs).reshape(h.shape)
-
-    @nll_and_dh.vjp
-    def nll_and_dh_vjp(primals, cotangents, outputs):
-        return (cotangents[0][..., None] * outputs[1]).astype(primals[0].dtype), mx.zeros_like(primals[1])
-
-    return nll_and_dh(h, labels)[0]
+    flat, lab = mx.stop_gradient(h.reshape(-1, h.shape[-1])), labels.reshape(-1)
+    parts = []
+    for i, x in _chunks(flat, chunk, parts):
+        y = lab[i : i + chunk, None]
+        logits = head(x)
+        z = logits.astype(mx.float32)
+        lse = mx.logsumexp(z, -1, keepdims=True)
+        p = mx.exp(z - lse)  # dℓ/dlogits = softmax − onehot(y), so dℓ/dh = softmax·W − W[y]
+        dh = mx.vjp(head, [x], [p.astype(logits.dtype)])[1][0] - label_rows(head, y[:, 0])
+        # one array per chunk, [dℓ/dh | ℓ], for the next chunk to wait on
+        parts.append(mx.concatenate([dh.astype(mx.float32), lse - mx.take_along_axis(z, y, -1)], -1))
+    packed = mx.stop_gradient(mx.concatenate(parts))
+    nll, dh = packed[:, -1].reshape(labels.shape), packed[:, :-1].astype(h.dtype).reshape(h.shape)
+    # value ℓ (t − t is exactly 0), gradient dℓ/dh: d(Σ g·ℓ)/dh = g·dh at every position
+    t = (h * dh).sum(-1)
+    return nll + (t - mx.stop_gradient(t))
 
 
 def token_nll(model, inputs, labels, grad=False, budget=None):

@@ -145,7 +145,7 @@ def loss_grad_conf(model, inputs, labels, w, own, compiled):
     return wl.item(), l.item(), dict(tree_flatten(grad)), np.array(q), val.item()
 
 
-@pytest.mark.parametrize("arch,tied,quantized", [("llama", False, False), ("qwen2", True, False),
+@pytest.mark.parametrize("arch,tied,quantized", [("llama", False, False), ("llama", False, True), ("qwen2", True, False),
                                                  ("qwen2", True, True)])
 def test_chunked_head_gives_the_same_loss_gradient_and_confidences(monkeypatch, arch, tied, quantized):
     model = tiny_lm(arch, tied, quantized)
