@@ -128,12 +128,15 @@ def peak_bytes(s, batch, seq, rank, grad_checkpoint=False, compute_bytes=4, guid
     return total
 
 
-def compute_bytes_for(s, device, memory):
-    """What gift computes in: float32 on a CPU when the copy fits (models.cpu_float32), else the model's dtype."""
-    if device == "gpu" or s.bits:
-        return s.dtype_bytes
+def as_computed(s, device, memory):
+    """(shape, bytes per value) as gift computes: on a CPU a half-precision or quantized model becomes float32
+    when the copy fits in 0.4 of the memory (models.cpu_float32); otherwise the weights stay as they are."""
+    if device == "gpu":
+        return s, s.dtype_bytes
     f32 = s.params() * 4
-    return 4 if f32 + s.params() * s.dtype_bytes <= 0.4 * memory else s.dtype_bytes
+    if f32 + weight_bytes(s, s.dtype_bytes) <= 0.4 * memory:
+        return dataclasses.replace(s, bits=0), 4
+    return s, s.dtype_bytes
 
 
 def machine():
@@ -158,12 +161,13 @@ class Estimate:
     train_flops_per_token: float
     tokens_per_epoch: int
     compute_bytes: int
+    bits: int
 
 
 def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, grad_checkpoint=False,
              online=False, score=True):
     """Peak memory and seconds per epoch (training; scoring pass separately) of one configuration."""
-    cb = compute_bytes_for(s, device, memory)
+    s, cb = as_computed(s, device, memory)
     peak = peak_bytes(s, batch, seq, rank, grad_checkpoint, cb, guide=s if online else None) + OVERHEAD
     per_token = flops_per_token(s, seq, rank, "train", grad_checkpoint)
     if online:
@@ -172,7 +176,7 @@ def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, grad
     epoch = tokens_per_epoch * per_token / (rate * EFFICIENCY["train"])
     scoring = tokens_per_epoch * flops_per_token(s, seq, kind="forward") / (rate * EFFICIENCY["score"])
     return Estimate(peak / 1e9, peak <= memory * 0.9, epoch, scoring if score and not online else 0.0, per_token,
-                    tokens_per_epoch, cb)
+                    tokens_per_epoch, cb, s.bits)
 
 
 def data_tokens(cfg, batch, seq):
@@ -257,7 +261,9 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
                                                 if memory_gb and device == "gpu" else "")
     log(f"model: {name}: {s.layers} layers, hidden {s.hidden}, FFN {s.ffn}, {s.heads}/{s.kv_heads} heads, "
         f"vocabulary {s.vocab}, {s.params() / 1e9:.2f}B parameters"
-        + (f", {s.bits}-bit" if s.bits else "") + f"; computed in {'float32' if e.compute_bytes == 4 else '16-bit'}")
+        + (f", {s.bits}-bit" if s.bits else "") + "; computed in "
+        + (f"{e.bits}-bit" if e.bits else "float32" if e.compute_bytes == 4 else "16-bit")
+        + (" (dequantized: CPU 4-bit matmuls are ~500x slower)" if s.bits and not e.bits else ""))
     log(f"machine: {device}, {where}, float32 matmul {gflops:.0f} GFLOP/s (measured now, on this machine)")
     log(f"settings: batch {batch} × {seq} tokens, LoRA rank {rank}, grad checkpoint {'on' if cfg.grad_checkpoint else 'off'}"
         + (", online scores" if online else ""))
@@ -273,7 +279,8 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
         log("\n| base | grad checkpoint | batch | max length | peak GB | fits |" + (" s/step |" if here else ""))
         log("|---|---|---|---|---|---|" + ("---|" if here else ""))
         for b_bits, ckpt, b, t, r in options_table(s, rank, device, memory, gflops):
-            log(f"| {f'{b_bits}-bit' if b_bits else ('float32' if r.compute_bytes == 4 else 'bf16')} | "
+            kind = "float32" if r.compute_bytes == 4 else "bf16"
+            log(f"| {(f'{b_bits}-bit' + ('' if r.bits else f' ({kind} on CPU)')) if b_bits else kind} | "
                 f"{'on' if ckpt else 'off'} | {b} | {t} | {r.peak_gb:.1f} | {'yes' if r.fits else 'no'} |"
                 + (f" {r.epoch_s:.0f} |" if here else ""))
     return e

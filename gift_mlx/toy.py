@@ -111,12 +111,17 @@ def build_model(out_dir, config, tokenizer_dir, seed=0, weights=None, dtype=mx.f
         model.update(tree_unflatten(list(weights.items())))
     model.update(tree_map(lambda p: p.astype(dtype), model.parameters()))
     mx.eval(model.parameters())
+    save_folder(out_dir, model, config, tokenizer_dir)
+    return model
+
+
+def save_folder(out_dir, model, config, tokenizer_dir):
+    """A model folder as mlx-lm writes one (weights, config.json) with the tokenizer files beside them."""
     out = Path(out_dir)
     save_model(out, model)
     save_config(dict(config), out / "config.json")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (out / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
-    return model
 
 
 def build_pair(root, arch="llama", seed=0, noise=0.5, **dims):

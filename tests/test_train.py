@@ -150,8 +150,9 @@ def test_dora_adapter_trains_and_is_recorded(tmp_path, llama_pair, task_data):
 
 
 def test_half_precision_models_compute_in_float32_on_cpu(monkeypatch):
-    """bfloat16 weights become float32 on a CPU (MLX has no fast half-precision matmul there); quantized
-    models, a copy too large for memory, and GIFT_CPU_FLOAT32=0 keep their weights."""
+    """bfloat16 weights become float32 on a CPU (MLX has no fast half-precision matmul there), quantized ones
+    are dequantized to float32 (the same function); a copy too large for memory and GIFT_CPU_FLOAT32=0 keep
+    their weights."""
     from mlx_lm.models import llama
 
     from gift_mlx.models import cpu_float32
@@ -170,7 +171,14 @@ def test_half_precision_models_compute_in_float32_on_cpu(monkeypatch):
 
     logs = []
     assert dtypes(cpu_float32(model(), "m", logs.append)) == {mx.float32} and "float32 on CPU" in logs[-1]
-    assert mx.bfloat16 in dtypes(cpu_float32(model(quantized=True), "q", logs.append))
+    q = model(quantized=True)
+    x = mx.array([[1, 5, 9, 3]])
+    q.set_dtype(mx.float32)  # scales in float32: the same quantized function, computed without bfloat16 rounding
+    before = q(x)
+    assert dtypes(cpu_float32(q, "q", logs.append)) == {mx.float32} and "(dequantized)" in logs[-1]
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in q.named_modules())
+    np.testing.assert_allclose(np.array(q(x)), np.array(before), rtol=1e-4, atol=1e-5)
+    assert mx.uint32 in dtypes(cpu_float32(model(quantized=True), "q", logs.append, share=1e-9))
     assert dtypes(cpu_float32(model(), "m", logs.append, share=1e-9)) == {mx.bfloat16} and "kept in" in logs[-1]
     monkeypatch.setenv("GIFT_CPU_FLOAT32", "0")
     assert dtypes(cpu_float32(model(), "m", logs.append)) == {mx.bfloat16}
