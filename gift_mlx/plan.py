@@ -260,14 +260,16 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
     where = f"{memory / 1e9:.1f} GB usable" + (" (2/3 of a Mac's memory: its recommended working set)"
                                                 if memory_gb and device == "gpu" else "")
     log(f"model: {name}: {s.layers} layers, hidden {s.hidden}, FFN {s.ffn}, {s.heads}/{s.kv_heads} heads, "
-        f"vocabulary {s.vocab}, {s.params() / 1e9:.2f}B parameters"
+        f"vocabulary {s.vocab}, "
+        + (f"{s.params() / 1e9:.2f}B" if s.params() >= 1e9 else f"{s.params() / 1e6:.1f}M") + " parameters"
         + (f", {s.bits}-bit" if s.bits else "") + "; computed in "
         + (f"{e.bits}-bit" if e.bits else "float32" if e.compute_bytes == 4 else "16-bit")
         + (" (dequantized: CPU 4-bit matmuls are ~500x slower)" if s.bits and not e.bits else ""))
     log(f"machine: {device}, {where}, float32 matmul {gflops:.0f} GFLOP/s (measured now, on this machine)")
     log(f"settings: batch {batch} × {seq} tokens, LoRA rank {rank}, grad checkpoint {'on' if cfg.grad_checkpoint else 'off'}"
         + (", online scores" if online else ""))
-    log(f"estimated peak memory: {e.peak_gb:.1f} GB: {'fits' if e.fits else 'does NOT fit'} in {where}")
+    log(f"estimated peak memory: {e.peak_gb:.1f} GB (MLX's peak + {OVERHEAD / 1e9:.1f} GB for the process): "
+        f"{'fits' if e.fits else 'does NOT fit'} in {where}")
     if tokens:
         log(f"estimated time per epoch ({tokens:,} padded tokens): training {fmt_time(e.epoch_s)}"
             + (f", scoring pass {fmt_time(e.score_s)}" if e.score_s else "")
