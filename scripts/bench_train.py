@@ -549,8 +549,20 @@ def main_shape(args):
         sys.exit("no OpenBLAS found (apt-get install libopenblas0-pthread): the same-BLAS comparison needs one")
     print(f"benchmark (--shape {args.shape}) in {work}", flush=True)
     tic = time.perf_counter()
-    folders, data, config = build_shape(work, args.shape, p, variants)
-    build_s = time.perf_counter() - tic
+    built = work / "built.json"  # --build-only, then the runs: the models are reused when shape and steps match
+    key = json.loads(json.dumps({"shape": args.shape, "variants": variants, "profile": p}))  # as stored
+    if built.is_file() and json.loads(built.read_text())["key"] == key:
+        record = json.loads(built.read_text())
+        folders = {tuple(k.split("|")): Path(v) for k, v in record["folders"].items()}
+        data, config, build_s = Path(record["data"]), record["config"], record["build_s"]
+    else:
+        folders, data, config = build_shape(work, args.shape, p, variants)
+        build_s = time.perf_counter() - tic
+        built.write_text(json.dumps({"key": key, "folders": {"|".join(k): str(v) for k, v in folders.items()},
+                                     "data": str(data), "config": config, "build_s": build_s}))
+    if args.build_only:
+        print(f"built in {build_s:.0f} s: {', '.join(str(v) for v in folders.values())}")
+        return
     train_ds, replay = gift_stream(data, folders["instruct", "float32"], p, p["iters"])
     blas = {"before": gift_doctor(clean_env())}
     runs, no_pair = {}, ["--no-pair-check"]
@@ -650,6 +662,7 @@ def main():
     ap.add_argument("--q4-iters", type=int, help="with --shape: steps of the 4-bit (QLoRA) runs")
     ap.add_argument("--batch-size", type=int, help="with --shape: micro-batch rows (default 2)")
     ap.add_argument("--max-seq-length", type=int, help="with --shape: rows cut to this many tokens (default 256)")
+    ap.add_argument("--build-only", action="store_true", help="with --shape: build the models and data, run nothing")
     ap.add_argument("--no-online", action="store_true", help="with --shape: skip the --online-scores run")
     ap.add_argument("--peer-q4", action="store_true",
                     help="with --shape: also run mlx_lm.lora on the 4-bit model (MLX's CPU 4-bit matmul is very slow)")

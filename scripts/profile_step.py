@@ -19,7 +19,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from gift_mlx import objective, plan
+from gift_mlx import blas, objective, plan
+from gift_mlx.scoring import cpu_streams
 from gift_mlx.config import TrainConfig
 from gift_mlx.doctor import matmul_gflops
 from gift_mlx.models import cpu_float32, load_model
@@ -42,6 +43,7 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=2, help="timed repetitions (after one warm-up) of each step")
     args = ap.parse_args()
 
     rate = matmul_gflops(1024, 1.0)
@@ -80,15 +82,16 @@ def main():
     add("head + CE forward and dL/dh, autodiff on whole logits", timed(lambda: g_full(h)), 2 * head_f)
     add("head + CE forward and dL/dh, fused chunks", timed(lambda: g_fused(h)), 2 * head_f)
     train_flops = n * plan.flops_per_token(s, T, args.rank)
-    for label, budget in (("chunked head (default)", objective.LOGITS_BUDGET), ("whole logits", 2**62)):
+    streams = cpu_streams()
+    for label, budget, split in (("chunked head, rows over one stream per core (gift's default)", 2**24, True),
+                                 ("chunked head, one stream", 2**24, False),
+                                 ("whole logits, one stream", 2**62, False)):
         objective.LOGITS_BUDGET = budget
-        opt = optim.AdamW(learning_rate=1e-5)
-        step, state = build_step(model, opt)
+        step, state = build_step(model, optim.AdamW(learning_rate=1e-5), row_streams=streams if split else None)
         mx.reset_peak_memory()
-        seconds = timed(lambda: (state, step(x, x, w, None, None, True)[1]))
-        add(f"compiled training step, {label}", seconds, train_flops, mx.get_peak_memory() / 1e9)
-        loss_and_grad = nn.value_and_grad(model, objective.weighted_sums)
-        add(f"value_and_grad only (not compiled), {label}", timed(lambda: loss_and_grad(model, x, x, w)), train_flops)
+        with blas.threads(1 if split and len(streams) > 1 else None):
+            seconds = timed(lambda: (state, step(x, x, w, None, None, True)[1]), args.reps)
+        add(f"compiled step: {label}", seconds, train_flops, mx.get_peak_memory() / 1e9)
     objective.LOGITS_BUDGET = 2**24
     opt = optim.AdamW(learning_rate=1e-5)
     grads = model.trainable_parameters()
