@@ -233,6 +233,9 @@ def shape_efficiency(res):
             tokens = r["tokens_per_s"] * r["seconds"]
             flops = tokens * plan.flops_per_token(s, res["data"]["mean"], kind="forward")
             out[name] = {"gflops": flops / r["seconds"] / 1e9}
+        elif name.startswith("decode"):  # each token attends to the prompt and half the completion on average
+            context = r["prompt_tokens"] + r["max_tokens"] / 2
+            out[name] = {"gflops": r["tokens"] * plan.flops_per_token(s, context, kind="decode") / r["seconds"] / 1e9}
         else:
             steps = r["_steps"]
             counted = steps if len(steps) == 1 else steps[res["warmup_steps"] if len(steps) == p["iters"] else 1:]
@@ -308,6 +311,11 @@ def shape_report(res):
             w(f"| gift score (train split) | {'float32' if 'f32' in name else '4-bit'} | OpenBLAS (gift preload) | – | – | "
               f"{fmt(r['target_tokens_per_s'], 1)} | {fmt(r['tokens_per_s'], 1)} | {fmt(e['gflops'], 1)} | "
               f"{fmt(e['efficiency'] and 100 * e['efficiency'], 0)}% | – | {fmt(r['maxrss_gb'], 2)} | {r['wall_s']:.0f} |")
+    if "decode-f32" in runs:
+        r, e = runs["decode-f32"], eff["decode-f32"]
+        w(f"| gift eval sampling ({r['samples']} samples × {r['max_tokens']} tokens decoding together) | float32 | "
+          f"OpenBLAS (gift preload) | – | – | – | {r['tokens'] / r['seconds']:.1f} generated | {fmt(e['gflops'], 1)} | "
+          f"{fmt(e['efficiency'] and 100 * e['efficiency'], 0)}% | – | {fmt(r['maxrss_gb'], 2)} | {r['wall_s']:.0f} |")
     if res["blas"].get("q4_gflops"):
         from gift_mlx import plan
 
@@ -353,6 +361,9 @@ def shape_report(res):
             lambda v: v >= 0.75)
     if "gift-online-f32" in eff:
         row("online scoring (gift, float32): model FLOP/s ÷ matmul rate", eff["gift-online-f32"]["efficiency"], "–", None)
+    if "decode-f32" in eff:
+        row("eval decoding (float32): model FLOP/s ÷ matmul rate (batch-8 decoding reads every weight per token: "
+            "memory-bound)", eff["decode-f32"]["efficiency"], "–", None)
     w("")
     w("### `gift plan`'s estimates against these runs")
     w("")

@@ -518,6 +518,34 @@ def q4_gflops(n=1024, seconds=1.0):
     return 2 * n**3 * count / (time.perf_counter() - tic) / 1e9
 
 
+def decode_main(record, model_path, n, max_tokens):
+    """`bench_train.py _decode RECORD MODEL N MAX_TOKENS`: gift eval's sampling (evaluate.generate_batched: n
+    samples of one prompt decoding together), timed after a short warm-up."""
+    import gift_mlx  # noqa: F401
+    from mlx_lm.sample_utils import make_sampler
+
+    from gift_mlx.evaluate import generate_batched
+    from gift_mlx.models import cpu_float32, load_model
+
+    model, tok, _ = load_model(model_path)
+    cpu_float32(model, model_path, log=lambda m: None)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12+30+7?"}], add_generation_prompt=True)
+    sampler = make_sampler(1.0)
+    list(generate_batched(model, tok, [prompt], n, sampler, 2, n))
+    tic = time.perf_counter()
+    out = list(generate_batched(model, tok, [prompt], n, sampler, max_tokens, n))
+    seconds = time.perf_counter() - tic
+    Path(record).write_text(json.dumps({"seconds": seconds, "tokens": sum(len(ids) for _, _, ids, _ in out),
+                                        "prompt_tokens": len(prompt), "samples": n, "max_tokens": max_tokens}))
+
+
+def run_decode(name, work, model, n=8, max_tokens=32):
+    record = work / f"{name}.record.json"
+    info, _ = run(name, [sys.executable, Path(__file__).resolve(), "_decode", record, model, n, max_tokens],
+                  clean_env(), work / f"{name}.log")
+    return {**info, **json.loads(record.read_text())}
+
+
 def one_step_summary(run, steps):
     """A run of a single step (bfloat16 on CPU: minutes per step): that step, compilation included."""
     if run.get("warm") is None and steps:
@@ -585,6 +613,7 @@ def main_shape(args):
         gift("gift-f32", b, i, p["iters"], "scores-f32")
         if not args.no_online:
             gift("gift-online-f32", b, i, p["iters"], "scores-f32", ["--online-scores"])
+        runs["decode-f32"] = run_decode("decode-f32", work, i)
     if "q4" in variants:
         b, i = folders["base", "4bit"], folders["instruct", "4bit"]
         if args.peer_q4:  # MLX's CPU 4-bit matmul: ~0.3 GFLOP/s, an hour per step at 0.5B
@@ -735,7 +764,9 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "_peer":
+    if len(sys.argv) > 2 and sys.argv[1] == "_decode":
+        decode_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    elif len(sys.argv) > 2 and sys.argv[1] == "_peer":
         rest = sys.argv[3:]
         peer_main(sys.argv[2], rest[1:] if rest[:1] == ["--"] else rest)
     else:
