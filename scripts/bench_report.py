@@ -107,13 +107,7 @@ def report(res):
       "\"sorted, exact lengths\": the same sorted batches padded to their longest row (no bucket set): the floor "
       "for batch-level padding. The last row is the scoring pass (forward only), widths shown as rows×length.")
     w("")
-    w("### Runs")
-    w("")
-    w("| run | wall s | CPU s | load before → after | command |")
-    w("|---|---|---|---|---|")
-    for r in res["processes"]:
-        cmd = r["command"].replace(str(res["work"]), "$WORK").replace(sys.executable, "python")
-        w(f"| {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} | `{cmd}` |")
+    runs_table(res, w)
     w("")
     checks = [f"mlx_lm.lora stdout tok/s lines match its callback: {runs['peer-openblas']['stdout_matches_callback']}",
               f"mlx_lm.lora's own token count = Σ(length − offset + 1): {runs['peer-openblas']['own_token_count_matches']}"]
@@ -122,6 +116,17 @@ def report(res):
             checks.append(f"{n}: replayed batches match every reported step: {runs[n]['replay_matches']}")
     w("Checks: " + "; ".join(checks) + ". `$WORK` is the benchmark's scratch folder.")
     return "\n".join(L) + "\n"
+
+
+def runs_table(res, w):
+    """Every subprocess of the benchmark: wall and CPU seconds, load average, command."""
+    w("### Runs")
+    w("")
+    w("| run | wall s | CPU s | load before → after | command |")
+    w("|---|---|---|---|---|")
+    for r in res["processes"]:
+        cmd = r["command"].replace(str(res["work"]), "$WORK").replace(sys.executable, "python")
+        w(f"| {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} | `{cmd}` |")
 
 
 def targets(runs, pad, warmup_steps):
@@ -381,11 +386,5 @@ def shape_report(res):
       f"({__import__('gift_mlx.plan').plan.EFFICIENCY['train']:.2f}); its memory, plan.peak_bytes with the coefficients "
       "fitted on small models (plan.ACT).")
     w("")
-    w("### Runs")
-    w("")
-    w("| run | wall s | CPU s | load before → after | command |")
-    w("|---|---|---|---|---|")
-    for r in res["processes"]:
-        cmd = r["command"].replace(str(res["work"]), "$WORK").replace(sys.executable, "python")
-        w(f"| {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} | `{cmd}` |")
+    runs_table(res, w)
     return "\n".join(L) + "\n"

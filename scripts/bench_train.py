@@ -461,6 +461,16 @@ SMOKE_SHAPE = dict(model_type="qwen2", hidden_size=64, num_hidden_layers=2, inte
                    rope_theta=1000000.0, torch_dtype="bfloat16")
 
 
+def work_folder(work, label):
+    """The scratch folder (made), and the OpenBLAS library the same-BLAS comparison preloads into the peer."""
+    work = Path(work or f"/tmp/bench_train-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    work.mkdir(parents=True, exist_ok=True)
+    openblas = next((c for c in OPENBLAS_CANDIDATES if os.path.exists(c)), None)
+    if openblas is None:
+        sys.exit("no OpenBLAS found (apt-get install libopenblas0-pthread): the same-BLAS comparison needs one")
+    return work, openblas
+
+
 def shape_config(name):
     from gift_mlx import plan, toy
 
@@ -570,11 +580,7 @@ def main_shape(args):
         if getattr(args, k, None):
             p[k] = getattr(args, k)
     variants = args.variants.split(",")
-    work = Path(args.work or f"/tmp/bench_train-{args.shape}-{time.strftime('%Y%m%d-%H%M%S')}")
-    work.mkdir(parents=True, exist_ok=True)
-    openblas = next((c for c in OPENBLAS_CANDIDATES if os.path.exists(c)), None)
-    if openblas is None:
-        sys.exit("no OpenBLAS found (apt-get install libopenblas0-pthread): the same-BLAS comparison needs one")
+    work, openblas = work_folder(args.work, args.shape)
     print(f"benchmark (--shape {args.shape}) in {work}", flush=True)
     tic = time.perf_counter()
     built = work / "built.json"  # --build-only, then the runs: the models are reused when shape and steps match
@@ -705,11 +711,7 @@ def main():
     p = dict(PROFILES[mode])
     p["iters"] = args.iters or p["iters"]
     p["wheel_iters"] = args.wheel_iters or p["wheel_iters"]
-    work = Path(args.work or f"/tmp/bench_train-{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
-    work.mkdir(parents=True, exist_ok=True)
-    openblas = next((c for c in OPENBLAS_CANDIDATES if os.path.exists(c)), None)
-    if openblas is None:
-        sys.exit("no OpenBLAS found (apt-get install libopenblas0-pthread): the same-BLAS comparison needs one")
+    work, openblas = work_folder(args.work, mode)
 
     import numpy as np
 
