@@ -196,6 +196,27 @@ def pair_check_command(base, instruct, as_json):
     click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
+PLAN_FIELDS = ("config", "base", "instruct", "data", "method", "online_scores", "lora_rank", "batch_size",
+               "max_seq_length", "pad_lengths", "grad_checkpoint", "seed")
+
+
+@main.command()
+@config_options(PLAN_FIELDS)
+@option("--shape", type=click.Choice(["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "llama-3.1-8b"]),
+        help="A published model shape instead of --base (no files needed).")
+@option("--bits", type=click.Choice(["0", "4", "8"]), shown="the model's", help="Plan for a quantized base (0: not).")
+@option("--memory-gb", type=float, shown="this machine's", help="Plan for a machine with this much memory.")
+@option("--device", type=click.Choice(["cpu", "gpu"]), shown="this machine's", help="gpu: Apple silicon (Metal).")
+@option("--table", is_flag=True, help="Also print which settings fit (4-bit base, grad checkpoint, batch, length).")
+@option("--download", is_flag=True, help="Fetch a Hub model's config.json if it is not on this machine.")
+def plan(shape, bits, memory_gb, device, table, download, **options):
+    """Estimate peak memory and time per epoch of a training run on this machine, without training."""
+    from .plan import plan as run
+
+    run(make_config(**options), shape=shape, bits=None if bits is None else int(bits), memory_gb=memory_gb,
+        device=device, table=table, download=download, log=click.echo)
+
+
 @main.command()
 def doctor():
     """Print the MLX version, device, BLAS in use and a one-second matmul speed."""

@@ -154,10 +154,11 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
     """Load one model, run greedy and/or sampling over the problems, and return its summary entry."""
     import mlx.core as mx
 
-    from .models import cpu_float32, load_model
+    from .models import cpu_float32, load_model, wire_memory
 
     model, tokenizer, _ = load_model(model_id, trust_remote_code=trust_remote_code)
     cpu_float32(model, name, log)
+    wire_memory()
     prompts = [prompt_tokens(tokenizer, prompt_messages(p, settings.instruction)) for p in problems]
     entry = {"model": str(model_id), "name": name}
 

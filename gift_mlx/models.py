@@ -141,27 +141,56 @@ def check_compatible(base_config, instruct_config, base_name="base", instruct_na
         raise GiftError(f"{base_name} and {instruct_name} differ in architecture: " + "; ".join(diffs))
 
 
+def wire_memory():
+    """On Apple silicon (Metal), raise the wired-memory limit to the device's recommended working set, so a
+    large model's weights stay resident instead of being paged, as mlx-lm's trainer (mlx_lm/tuner/trainer.py,
+    train()) and generator (mlx_lm/generate.py: wired_limit(), BatchGenerator.__init__) do, through the same
+    mlx_lm.utils.maybe_set_recommended_wired_limit (mx.set_wired_limit(mx.device_info()
+    ["max_recommended_working_set_size"])). Nothing on CPU; returns the previous limit or None."""
+    import mlx.core as mx
+
+    if not mx.metal.is_available():
+        return None
+    from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+    return maybe_set_recommended_wired_limit()
+
+
 def cpu_float32(model, name, log=print, share=0.4):
-    """On a CPU, cast a float16/bfloat16 model to float32 if that copy takes at most `share` of the memory.
+    """On a CPU, compute in float32: cast a float16/bfloat16 model, and dequantize a quantized one (mlx-lm's
+    dequantize_model), if the float32 copy takes at most `share` of the memory.
 
     MLX's CPU backend multiplies half-precision matrices without BLAS: a forward pass of the benchmark
-    model took 10.3 s in bfloat16 and 0.77 s in float32. GPUs, quantized models (chosen to save memory)
-    and GIFT_CPU_FLOAT32=0 keep the weights as they are. For computing only: merge never calls this.
+    model took 10.3 s in bfloat16 and 0.77 s in float32; its 4-bit matmul ran at ~0.3 GFLOP/s against
+    ~200 for float32 with OpenBLAS (docs/benchmarks.md). Dequantized weights hold exactly the quantized
+    values, so the model computes the same function and an adapter trained on it fits the quantized model.
+    GPUs, a copy too large for memory, and GIFT_CPU_FLOAT32=0 keep the weights as they are. For computing
+    only: merge never calls this.
     """
     import mlx.core as mx
+    import mlx.nn as nn
     from mlx.utils import tree_flatten
 
     params = [v for _, v in tree_flatten(model.parameters())]
     half = [v for v in params if v.dtype in (mx.float16, mx.bfloat16)]
-    if (mx.default_device() != mx.cpu or os.environ.get("GIFT_CPU_FLOAT32") == "0" or not half
-            or any(v.dtype == mx.uint32 for v in params)):  # packed quantized weights
+    quantized = [m for _, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
+    if mx.default_device() != mx.cpu or os.environ.get("GIFT_CPU_FLOAT32") == "0" or not (half or quantized):
         return model
-    need = sum(v.nbytes for v in params) + sum(v.nbytes for v in half)  # half-precision tensors double
+    packed = {id(a) for m in quantized for a in (m.weight, m.scales, m.get("biases")) if a is not None}
+    floats = sum(v.size for v in params if id(v) not in packed)
+    floats += sum(m.weight.shape[0] * m.weight.shape[1] * 32 // m.bits for m in quantized)
+    need = 4 * floats + sum(v.nbytes for v in params)  # the float32 copy beside the weights as they are
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    what = f"{quantized[0].bits}-bit" if quantized else str(half[0].dtype)
     if need > share * memory:
-        log(f"{name}: kept in {half[0].dtype} on CPU (float32 would take {need / 1e9:.1f} of {memory / 1e9:.0f} GB; "
-            "half-precision matmuls are ~10x slower on CPU)")
+        log(f"{name}: kept in {what} on CPU (float32 would take {need / 1e9:.1f} of {memory / 1e9:.0f} GB; "
+            f"{what} matmuls are 10-500x slower on CPU)")
         return model
+    if quantized:
+        from mlx_lm.utils import dequantize_model
+
+        dequantize_model(model)
     model.set_dtype(mx.float32)
-    log(f"{name}: float32 on CPU ({need / 1e9:.1f} GB; half-precision matmuls are ~10x slower there)")
+    log(f"{name}: float32 on CPU{' (dequantized)' if quantized else ''} ({need / 1e9:.1f} GB; "
+        f"{what} matmuls are 10-500x slower there)")
     return model

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from . import __version__, blas
 from .data import collate
 from .errors import GiftError
-from .models import check_vocab, cpu_float32, load_model, local_path, read_config
+from .models import check_vocab, cpu_float32, load_model, local_path, read_config, wire_memory
 from .outputs import check_not_inside, write_bytes, writing
 from .objective import confidence
 
@@ -201,6 +201,7 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
             with writing(scores_dir):  # fail on an unusable path before the work
                 Path(scores_dir).mkdir(parents=True, exist_ok=True)
         model = load_model_fn()
+        wire_memory()
         for split, meta in todo.items():
             tic = time.perf_counter()
             out[split] = compute_scores(model, datasets[split], desc=f"scoring {split}", world=world)

@@ -86,7 +86,7 @@ def save_tokenizer(tok, out_dir):
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def model_config(arch="llama", vocab_size=384, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128):
+def model_config(arch="llama", vocab_size=384, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, tied=False):
     return {
         **ARCHS[arch],
         "hidden_size": hidden,
@@ -97,7 +97,7 @@ def model_config(arch="llama", vocab_size=384, hidden=64, layers=2, heads=4, kv_
         "rms_norm_eps": 1e-5,
         "vocab_size": vocab_size,
         "max_position_embeddings": 4096,
-        "tie_word_embeddings": False,  # mlx-lm defaults to tied; say it explicitly
+        "tie_word_embeddings": tied,  # mlx-lm defaults to tied; say it explicitly
         "eos_token_id": 2,
     }
 
@@ -111,12 +111,17 @@ def build_model(out_dir, config, tokenizer_dir, seed=0, weights=None, dtype=mx.f
         model.update(tree_unflatten(list(weights.items())))
     model.update(tree_map(lambda p: p.astype(dtype), model.parameters()))
     mx.eval(model.parameters())
+    save_folder(out_dir, model, config, tokenizer_dir)
+    return model
+
+
+def save_folder(out_dir, model, config, tokenizer_dir):
+    """A model folder as mlx-lm writes one (weights, config.json) with the tokenizer files beside them."""
     out = Path(out_dir)
     save_model(out, model)
     save_config(dict(config), out / "config.json")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (out / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
-    return model
 
 
 def build_pair(root, arch="llama", seed=0, noise=0.5, **dims):

@@ -107,13 +107,7 @@ def report(res):
       "\"sorted, exact lengths\": the same sorted batches padded to their longest row (no bucket set): the floor "
       "for batch-level padding. The last row is the scoring pass (forward only), widths shown as rows×length.")
     w("")
-    w("### Runs")
-    w("")
-    w("| run | wall s | CPU s | load before → after | command |")
-    w("|---|---|---|---|---|")
-    for r in res["processes"]:
-        cmd = r["command"].replace(str(res["work"]), "$WORK").replace(sys.executable, "python")
-        w(f"| {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} | `{cmd}` |")
+    runs_table(res, w)
     w("")
     checks = [f"mlx_lm.lora stdout tok/s lines match its callback: {runs['peer-openblas']['stdout_matches_callback']}",
               f"mlx_lm.lora's own token count = Σ(length − offset + 1): {runs['peer-openblas']['own_token_count_matches']}"]
@@ -122,6 +116,17 @@ def report(res):
             checks.append(f"{n}: replayed batches match every reported step: {runs[n]['replay_matches']}")
     w("Checks: " + "; ".join(checks) + ". `$WORK` is the benchmark's scratch folder.")
     return "\n".join(L) + "\n"
+
+
+def runs_table(res, w):
+    """Every subprocess of the benchmark: wall and CPU seconds, load average, command."""
+    w("### Runs")
+    w("")
+    w("| run | wall s | CPU s | load before → after | command |")
+    w("|---|---|---|---|---|")
+    for r in res["processes"]:
+        cmd = r["command"].replace(str(res["work"]), "$WORK").replace(sys.executable, "python")
+        w(f"| {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} | `{cmd}` |")
 
 
 def targets(runs, pad, warmup_steps):
@@ -188,13 +193,198 @@ def targets(runs, pad, warmup_steps):
     return out
 
 
-def write_doc(path, section):
+def write_doc(path, section, key=None):
+    """Replace the section between this report's markers (key: a --shape name has its own) or append it."""
+    begin, end = (BEGIN, END) if key is None else (f"<!-- bench_train:{key}:begin -->", f"<!-- bench_train:{key}:end -->")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    block = f"{BEGIN}\n{section}{END}\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
+    block = f"{begin}\n{section}{end}\n"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
     else:
         new = old.rstrip("\n") + "\n\n" + block
     path.write_text(new)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --shape NAME: a published configuration, with model FLOP/s against the measured matmul rate.
+
+SHAPE_LABELS = {
+    "peer-f32": ("mlx_lm.lora", "float32", "OpenBLAS (LD_PRELOAD)"),
+    "gift-f32": ("gift train, cached scores", "float32", "OpenBLAS (gift preload)"),
+    "gift-online-f32": ("gift train --online-scores", "float32", "OpenBLAS (gift preload)"),
+    "peer-q4": ("mlx_lm.lora (QLoRA)", "4-bit", "OpenBLAS (LD_PRELOAD)"),
+    "gift-q4": ("gift train, cached scores", "4-bit", "OpenBLAS (gift preload)"),
+    "peer-bf16": ("mlx_lm.lora as installed", "bfloat16", "wheel (reference)"),
+    "gift-bf16": ("gift train as installed (scores itself first)", "bfloat16 → float32 (gift's cast)",
+                  "OpenBLAS (gift preload)"),
+}
+
+
+def shape_efficiency(res):
+    """Per run: model GFLOP/s over the counted steps and its fraction of the matmul rate (mean of the
+    `gift doctor` rates measured before and after the runs), and the plan's estimates against the measured."""
+    from gift_mlx import plan
+
+    c, p = res["config"], res["profile"]
+    rates = [r for r in (res["blas"]["before"][0], res["blas"]["after"][0]) if r]
+    matmul = sum(rates) / len(rates) if rates else None
+    out = {"matmul_gflops": matmul}
+    for name, r in res["runs"].items():
+        bits = 4 if name.endswith("q4") else 0
+        s = plan.Shape.from_config(c, bits)
+        if name.startswith("score"):
+            tokens = r["tokens_per_s"] * r["seconds"]
+            flops = tokens * plan.flops_per_token(s, res["data"]["mean"], kind="forward")
+            out[name] = {"gflops": flops / r["seconds"] / 1e9}
+        elif name.startswith("decode"):  # each token attends to the prompt and half the completion on average
+            context = r["prompt_tokens"] + r["max_tokens"] / 2
+            out[name] = {"gflops": r["tokens"] * plan.flops_per_token(s, context, kind="decode") / r["seconds"] / 1e9}
+        else:
+            steps = r["_steps"]
+            counted = steps if len(steps) == 1 else steps[res["warmup_steps"] if len(steps) == p["iters"] else 1:]
+            kind = "train"
+            flops = sum(x["tokens"] * plan.flops_per_token(s, x["shape"][1], p["rank"], kind) for x in counted)
+            if "online" in name:
+                flops += sum(x["tokens"] * plan.flops_per_token(s, x["shape"][1], kind="forward") for x in counted)
+            seconds = sum(x["time"] for x in counted)
+            out[name] = {"gflops": flops / seconds / 1e9, "s_per_step": seconds / len(counted)}
+            if name.startswith("gift"):
+                import os
+
+                s, cb = plan.as_computed(s, "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+                seq = max(x["shape"][1] for x in steps)
+                peak = plan.peak_bytes(s, p["batch_size"], seq, p["rank"], compute_bytes=cb,
+                                       guide=s if "online" in name else None)
+                est_step = sum(x["tokens"] * plan.flops_per_token(s, x["shape"][1], p["rank"]) for x in counted) / len(counted)
+                if "online" in name:
+                    est_step += sum(x["tokens"] * plan.flops_per_token(s, x["shape"][1], kind="forward")
+                                    for x in counted) / len(counted)
+                est_s = est_step / ((matmul or 1) * 1e9 * plan.EFFICIENCY["train"])
+                out[name].update(plan_peak_gb=peak / 1e9, plan_s_per_step=est_s)
+        out[name]["efficiency"] = out[name]["gflops"] / matmul if matmul else None
+    return out
+
+
+def shape_report(res):
+    c, p, m, runs = res["config"], res["profile"], res["machine"], res["runs"]
+    eff = shape_efficiency(res)
+    L = []
+    w = L.append
+    w(f"## At the {res['shape']} shape: gift against mlx_lm.lora, and against the machine's matmul rate")
+    w("")
+    w(f"- Date: {res['date']}; wall time {res['wall_s'] / 60:.1f} min (building the models: {res['build_s']:.0f} s)")
+    w(f"- Command: `{res['command']}`")
+    w(f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, {m['os']}, device {m['device']}; "
+      f"Python {m['python']}, mlx {m['mlx']}, mlx-lm {m['mlx_lm']}; gift-mlx at {m['commit']}")
+    w(f"- GPU: {res['gpu']}")
+    w(f"- Load average (1 min) at start / end: {res['load'][0]:.2f} / {res['load'][1]:.2f} (shared cores; per run below)")
+    w(f"- Matmul rate (`gift doctor`, float32 1024², OpenBLAS) before / after the runs: "
+      f"{fmt(res['blas']['before'][0], 1)} / {fmt(res['blas']['after'][0], 1)} GFLOP/s; efficiency below = model "
+      f"FLOP/s ÷ their mean ({fmt(eff['matmul_gflops'], 1)} GFLOP/s)")
+    w(f"- Model: {c['model_type']}, {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, FFN "
+      f"{c['intermediate_size']}, {c['num_attention_heads']}/{c['num_key_value_heads']} heads, vocabulary "
+      f"{c['vocab_size']}, tied embeddings {c['tie_word_embeddings']}, rope θ {c['rope_theta']:g}: "
+      f"{res['parameters'] / 1e6:.0f}M parameters; random weights (toy.build_model), saved in float32, bfloat16 "
+      f"and 4-bit (mlx_lm.utils.quantize_model, group 64, from the bfloat16 weights); the instruct model is another "
+      f"random draw of the same shape.")
+    w(f"- Data: {res['data']['rows']} training rows of arithmetic chains, mean {res['data']['mean']:.0f} tokens "
+      f"(longest {res['data']['max']}), max_seq_length {p['max_seq_length']}; both trainers: LoRA rank {p['rank']}, "
+      f"scale {p['alpha'] / p['rank']:g}, dropout 0.05 on every linear layer of every block, batch {p['batch_size']}, "
+      f"AdamW lr 2e-4, seed 0. Steps: {p['iters']} (float32; the first {res['warmup_steps']} not counted), "
+      f"{p['q4_iters']} (4-bit; step 1 not counted), {p['bf16_iters']} (bfloat16; step 1 counted when it is the only one).")
+    w("- Model FLOPs per token (gift_mlx.plan.flops_per_token): every matmul of the forward (blocks, causal attention, "
+      "LM head, LoRA), the backward through the activations and LoRA's weight gradients, on non-padding tokens; "
+      "online scoring adds the guide's forward; scoring is the forward only.")
+    w("")
+    w("| configuration | weights | BLAS | steps counted | s/step | target tok/s | all tok/s | model GFLOP/s | "
+      "% of matmul rate | MLX peak GB | max RSS GB | wall s |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, (label, weights, blas) in SHAPE_LABELS.items():
+        if name not in runs:
+            continue
+        r, e = runs[name], eff[name]
+        wm = r["warm"] or {}
+        w(f"| {label} | {weights} | {blas} | {wm.get('steps', 0)}{' (incl. step 1)' if wm.get('includes_step_1') else ''} | "
+          f"{fmt(wm.get('s_per_step'), 2)} | {fmt(wm.get('target_tokens_per_s'), 1)} | {fmt(wm.get('tokens_per_s'), 1)} | "
+          f"{fmt(e['gflops'], 1)} | {fmt(e['efficiency'] and 100 * e['efficiency'], 0)}% | {fmt(r['peak_memory_gb'], 2)} | "
+          f"{fmt(r['maxrss_gb'], 2)} | {r['wall_s']:.0f} |")
+    for name in ("score-f32", "score-q4"):
+        if name in runs:
+            r, e = runs[name], eff[name]
+            w(f"| gift score (train split) | {'float32' if 'f32' in name else '4-bit'} | OpenBLAS (gift preload) | – | – | "
+              f"{fmt(r['target_tokens_per_s'], 1)} | {fmt(r['tokens_per_s'], 1)} | {fmt(e['gflops'], 1)} | "
+              f"{fmt(e['efficiency'] and 100 * e['efficiency'], 0)}% | – | {fmt(r['maxrss_gb'], 2)} | {r['wall_s']:.0f} |")
+    if "decode-f32" in runs:
+        r, e = runs["decode-f32"], eff["decode-f32"]
+        w(f"| gift eval sampling ({r['samples']} samples × {r['max_tokens']} tokens decoding together) | float32 | "
+          f"OpenBLAS (gift preload) | – | – | – | {r['tokens'] / r['seconds']:.1f} generated | {fmt(e['gflops'], 1)} | "
+          f"{fmt(e['efficiency'] and 100 * e['efficiency'], 0)}% | – | {fmt(r['maxrss_gb'], 2)} | {r['wall_s']:.0f} |")
+    if res["blas"].get("q4_gflops"):
+        from gift_mlx import plan
+
+        q4 = res["blas"]["q4_gflops"]
+        s4 = plan.Shape.from_config(c, 4)
+        step = p["batch_size"] * res["data"]["mean"] * plan.flops_per_token(s4, res["data"]["mean"], p["rank"])
+        w("")
+        w(f"MLX's 4-bit matmul on this CPU (1024², group 64, measured in the same run): {q4:.2f} GFLOP/s. gift "
+          f"computes a 4-bit model in float32 on a CPU when the copy fits (models.cpu_float32 dequantizes it with "
+          f"mlx-lm); a QLoRA step that stays in 4-bit ({step / 1e9:,.0f} GFLOP here) would take about "
+          f"{step / q4 / 1e9:,.0f} s at that rate" + ("" if "peer-q4" in runs else
+                                                    " (mlx_lm.lora on the 4-bit model not run: pass --peer-q4)") + ".")
+    w("")
+    w("### Ratios and goals")
+    w("")
+    w("| comparison | measured | goal | met? |")
+    w("|---|---|---|---|")
+
+    def tok(n):
+        return ((runs.get(n) or {}).get("warm") or {}).get("target_tokens_per_s")
+
+    def row(text, value, goal, ok):
+        met = "–" if value is None or ok is None else ("yes" if ok(value) else "**no**")
+        w(f"| {text} | {value if isinstance(value, str) else fmt(value, 2)} | {goal} | {met} |")
+
+    for g, peer, what in (("gift-f32", "peer-f32", "float32, OpenBLAS both"), ("gift-q4", "peer-q4", "4-bit, OpenBLAS both"),
+                          ("gift-bf16", "peer-bf16", "bfloat16 checkpoint, each out of the box")):
+        if g in runs and peer in runs:
+            goal = "≥ 1.2×" if g == "gift-f32" else "–"
+            ok = (lambda v: v >= 1.2) if g == "gift-f32" else None
+            row(f"speed per step, {what}: gift ÷ mlx_lm.lora (target tok/s)", ratio(tok(g), tok(peer)), goal, ok)
+            row(f"whole run, {what}: mlx_lm.lora wall ÷ gift wall (start-up included; "
+                f"{'gift scores first in the same run' if g == 'gift-bf16' else 'gift score run separately, not included'})",
+                ratio(runs[peer]["wall_s"], runs[g]["wall_s"]), goal, ok)
+            row(f"peak memory, {what}: gift ÷ mlx_lm.lora, MLX peak (max RSS: "
+                f"{fmt(ratio(runs[g]['maxrss_gb'], runs[peer]['maxrss_gb']), 2)}×)",
+                ratio(runs[g]["peak_memory_gb"], runs[peer]["peak_memory_gb"]), "≤ 1.0×" if g == "gift-f32" else "–",
+                (lambda v: v <= 1.0) if g == "gift-f32" else None)
+    if "gift-f32" in eff:
+        row("training (gift, float32): model FLOP/s ÷ matmul rate", eff["gift-f32"]["efficiency"], "≥ 0.60", lambda v: v >= 0.6)
+    if "score-f32" in eff:
+        row("scoring pass (gift score, float32): model FLOP/s ÷ matmul rate", eff["score-f32"]["efficiency"], "≥ 0.75",
+            lambda v: v >= 0.75)
+    if "gift-online-f32" in eff:
+        row("online scoring (gift, float32): model FLOP/s ÷ matmul rate", eff["gift-online-f32"]["efficiency"], "–", None)
+    if "decode-f32" in eff:
+        row("eval decoding (float32): model FLOP/s ÷ matmul rate (batch-8 decoding reads every weight per token: "
+            "memory-bound)", eff["decode-f32"]["efficiency"], "–", None)
+    w("")
+    w("### `gift plan`'s estimates against these runs")
+    w("")
+    w("| run | estimated MLX peak GB | measured | error | estimated s/step | measured | error |")
+    w("|---|---|---|---|---|---|---|")
+    for name in ("gift-f32", "gift-online-f32", "gift-q4", "gift-bf16"):
+        if name in eff and "plan_peak_gb" in eff[name]:
+            e, r = eff[name], runs[name]
+            pe = ratio(e["plan_peak_gb"], r["peak_memory_gb"])
+            te = ratio(e["plan_s_per_step"], e["s_per_step"])
+            w(f"| {name} | {e['plan_peak_gb']:.2f} | {r['peak_memory_gb']:.2f} | {fmt(pe and 100 * (pe - 1), 0)}% | "
+              f"{e['plan_s_per_step']:.1f} | {e['s_per_step']:.1f} | {fmt(te and 100 * (te - 1), 0)}% |")
+    w("")
+    w("The plan's time is the model FLOPs at the measured matmul rate × plan.EFFICIENCY['train'] "
+      f"({__import__('gift_mlx.plan').plan.EFFICIENCY['train']:.2f}); its memory, plan.peak_bytes with the coefficients "
+      "fitted on small models (plan.ACT).")
+    w("")
+    runs_table(res, w)
+    return "\n".join(L) + "\n"

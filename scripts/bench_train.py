@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py            # full run (~10-15 min on 2 CPU cores), rewrites docs/benchmarks.md
     python scripts/bench_train.py --quick    # smoke run (< 2 min), written to <out>/benchmarks.md only
+    python scripts/bench_train.py --shape qwen2.5-0.5b --iters 6   # a published shape: float32, 4-bit, bf16
 
 This file measures; scripts/bench_report.py turns the measurements into the markdown section.
 
@@ -406,9 +407,9 @@ def gift_train_args(base, instruct, data, p, iters, adapter, scores):
             "--steps-per-eval", 10**6, "--val-batches", 1, "--save-every", 10**6]
 
 
-def run_gift_train(name, work, base, instruct, data, p, iters, replay, extra=(), env=None):
+def run_gift_train(name, work, base, instruct, data, p, iters, replay, extra=(), env=None, scores="scores"):
     adapter = work / name
-    cmd = gift_cmd(*gift_train_args(base, instruct, data, p, iters, adapter, work / "scores"), *extra)
+    cmd = gift_cmd(*gift_train_args(base, instruct, data, p, iters, adapter, work / scores), *extra)
     info, _ = run(name, cmd, env or clean_env(), work / f"{name}.log")
     rows = [json.loads(x) for x in (adapter / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "tokens_per_sec" in r]
@@ -428,9 +429,9 @@ def run_gift_train(name, work, base, instruct, data, p, iters, replay, extra=(),
     return s, steps
 
 
-def run_gift_score(name, work, instruct, data, p, train_ds, env=None):
-    shutil.rmtree(work / "scores", ignore_errors=True)  # a rerun in the same folder must score, not reuse
-    cmd = gift_cmd("score", "--instruct", instruct, "--data", data, "--scores-path", work / "scores",
+def run_gift_score(name, work, instruct, data, p, train_ds, env=None, scores="scores"):
+    shutil.rmtree(work / scores, ignore_errors=True)  # a rerun in the same folder must score, not reuse
+    cmd = gift_cmd("score", "--instruct", instruct, "--data", data, "--scores-path", work / scores,
                    "--max-seq-length", p["max_seq_length"])
     info, text = run(name, cmd, env or clean_env(), work / f"{name}.log")
     m = re.search(r"scores: train: (\d+) target tokens in ([\d.]+)s", text)
@@ -447,6 +448,208 @@ def gift_doctor(env):
     m = re.search(r"([\d.]+) GFLOP/s", out)
     blas = re.search(r"BLAS: (.*)", out)
     return float(m.group(1)) if m else None, blas.group(1) if blas else "?"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --shape NAME: a published configuration (random weights), float32 / bfloat16 / 4-bit, against mlx_lm.lora.
+
+SHAPE_PROFILE = {"n_valid": 4, "terms": (24, 60), "max_seq_length": 256, "batch_size": 2, "iters": 6, "rank": 16,
+                 "alpha": 32.0, "bf16_iters": 1, "q4_iters": 2}
+# A smoke-test shape (seconds): the 152k-vocabulary code paths on a tiny model.
+SMOKE_SHAPE = dict(model_type="qwen2", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                   num_attention_heads=4, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                   rope_theta=1000000.0, torch_dtype="bfloat16")
+
+
+def work_folder(work, label):
+    """The scratch folder (made), and the OpenBLAS library the same-BLAS comparison preloads into the peer."""
+    work = Path(work or f"/tmp/bench_train-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    work.mkdir(parents=True, exist_ok=True)
+    openblas = next((c for c in OPENBLAS_CANDIDATES if os.path.exists(c)), None)
+    if openblas is None:
+        sys.exit("no OpenBLAS found (apt-get install libopenblas0-pthread): the same-BLAS comparison needs one")
+    return work, openblas
+
+
+def shape_config(name):
+    from gift_mlx import plan, toy
+
+    c = SMOKE_SHAPE if name == "smoke" else plan.SHAPES[name]
+    config = toy.model_config(c["model_type"], vocab_size=c["vocab_size"], hidden=c["hidden_size"],
+                              layers=c["num_hidden_layers"], heads=c["num_attention_heads"],
+                              kv_heads=c["num_key_value_heads"], ffn=c["intermediate_size"],
+                              tied=c["tie_word_embeddings"])
+    return {**config, "rope_theta": c["rope_theta"]}
+
+
+def build_shape(root, name, p, variants):
+    """base/instruct folders in float32, bfloat16 (as published) and 4-bit (mlx_lm's quantize_model of the
+    bfloat16 weights, group 64), one random model per role; the data as for the default profile."""
+    import mlx.core as mx
+    from mlx_lm.utils import quantize_model
+
+    from gift_mlx import toy
+
+    config = shape_config(name)
+    toy.build_tokenizer(root / "tokenizer")
+    folders = {}
+    for role, seed in (("base", 0), ("instruct", 1)):
+        model = toy.build_model(root / f"{role}-float32", config, root / "tokenizer", seed=seed)
+        folders[role, "float32"] = root / f"{role}-float32"
+        if {"bf16", "q4"} & set(variants):
+            model.set_dtype(mx.bfloat16)
+            toy.save_folder(root / f"{role}-bfloat16", model, config, root / "tokenizer")
+            folders[role, "bfloat16"] = root / f"{role}-bfloat16"
+        if "q4" in variants:
+            model, qconfig = quantize_model(model, dict(config), group_size=64, bits=4)
+            toy.save_folder(root / f"{role}-4bit", model, qconfig, root / "tokenizer")
+            folders[role, "4bit"] = root / f"{role}-4bit"
+        del model
+        mx.clear_cache()
+    rng = random.Random(0)
+    n_train = p["batch_size"] * p["iters"]
+    rows = [chain_record(rng, rng.randint(*p["terms"])) for _ in range(n_train + p["n_valid"])]
+    toy.write_jsonl(root / "data" / "train.jsonl", rows[:n_train])
+    toy.write_jsonl(root / "data" / "valid.jsonl", rows[n_train:])
+    return folders, root / "data", config
+
+
+def q4_gflops(n=1024, seconds=1.0):
+    """MLX's 4-bit matmul rate on this device (float32 activations, group 64): what a QLoRA step runs at."""
+    import mlx.core as mx
+
+    x, w = mx.ones((n, n)), mx.random.normal((n, n))
+    wq, scales, biases = mx.quantize(w, group_size=64, bits=4)
+    mx.eval(x, wq, scales, biases, mx.quantized_matmul(x, wq, scales, biases, group_size=64, bits=4))
+    count, tic = 0, time.perf_counter()
+    while time.perf_counter() - tic < seconds:
+        mx.eval(mx.quantized_matmul(x, wq, scales, biases, group_size=64, bits=4))
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - tic) / 1e9
+
+
+def decode_main(record, model_path, n, max_tokens):
+    """`bench_train.py _decode RECORD MODEL N MAX_TOKENS`: gift eval's sampling (evaluate.generate_batched: n
+    samples of one prompt decoding together), timed after a short warm-up."""
+    import gift_mlx  # noqa: F401
+    from mlx_lm.sample_utils import make_sampler
+
+    from gift_mlx.evaluate import generate_batched
+    from gift_mlx.models import cpu_float32, load_model
+
+    model, tok, _ = load_model(model_path)
+    cpu_float32(model, model_path, log=lambda m: None)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12+30+7?"}], add_generation_prompt=True)
+    sampler = make_sampler(1.0)
+    list(generate_batched(model, tok, [prompt], n, sampler, 2, n))
+    tic = time.perf_counter()
+    out = list(generate_batched(model, tok, [prompt], n, sampler, max_tokens, n))
+    seconds = time.perf_counter() - tic
+    Path(record).write_text(json.dumps({"seconds": seconds, "tokens": sum(len(ids) for _, _, ids, _ in out),
+                                        "prompt_tokens": len(prompt), "samples": n, "max_tokens": max_tokens}))
+
+
+def run_decode(name, work, model, n=8, max_tokens=32):
+    record = work / f"{name}.record.json"
+    info, _ = run(name, [sys.executable, Path(__file__).resolve(), "_decode", record, model, n, max_tokens],
+                  clean_env(), work / f"{name}.log")
+    return {**info, **json.loads(record.read_text())}
+
+
+def one_step_summary(run, steps):
+    """A run of a single step (bfloat16 on CPU: minutes per step): that step, compilation included."""
+    if run.get("warm") is None and steps:
+        t = sum(s["time"] for s in steps)
+        run["warm"] = {"steps": len(steps), "seconds": t, "s_per_step": t / len(steps),
+                       "tokens_per_s": sum(s["tokens"] for s in steps) / t,
+                       "target_tokens_per_s": sum(s["targets"] for s in steps) / t, "includes_step_1": True}
+    return run
+
+
+def main_shape(args):
+    """Side by side at a published shape: float32 (same precision, OpenBLAS both), 4-bit (QLoRA, OpenBLAS
+    both) and bfloat16 out of the box (mlx_lm.lora as installed vs gift); writes the shape's section."""
+    import numpy as np
+
+    import gift_mlx  # noqa: F401  (this process builds the models; it preloads OpenBLAS)
+    from bench_report import shape_report, write_doc
+
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    p = dict(SHAPE_PROFILE)
+    for k in ("iters", "bf16_iters", "q4_iters", "batch_size", "max_seq_length"):
+        if getattr(args, k, None):
+            p[k] = getattr(args, k)
+    variants = args.variants.split(",")
+    work, openblas = work_folder(args.work, args.shape)
+    print(f"benchmark (--shape {args.shape}) in {work}", flush=True)
+    tic = time.perf_counter()
+    built = work / "built.json"  # --build-only, then the runs: the models are reused when shape and steps match
+    key = json.loads(json.dumps({"shape": args.shape, "variants": variants, "profile": p}))  # as stored
+    if built.is_file() and json.loads(built.read_text())["key"] == key:
+        record = json.loads(built.read_text())
+        folders = {tuple(k.split("|")): Path(v) for k, v in record["folders"].items()}
+        data, config, build_s = Path(record["data"]), record["config"], record["build_s"]
+    else:
+        folders, data, config = build_shape(work, args.shape, p, variants)
+        build_s = time.perf_counter() - tic
+        built.write_text(json.dumps({"key": key, "folders": {"|".join(k): str(v) for k, v in folders.items()},
+                                     "data": str(data), "config": config, "build_s": build_s}))
+    if args.build_only:
+        print(f"built in {build_s:.0f} s: {', '.join(str(v) for v in folders.values())}")
+        return
+    train_ds, replay = gift_stream(data, folders["instruct", "float32"], p, p["iters"])
+    blas = {"before": gift_doctor(clean_env())}
+    runs, no_pair = {}, ["--no-pair-check"]
+
+    def peer(name, base, iters, blas_path):
+        r, steps = run_peer(name, work, base, data, p, iters, blas_path)
+        runs[name] = one_step_summary(r, steps) if iters == 1 else r
+        runs[name]["_steps"] = steps
+
+    def gift(name, base, instruct, iters, scores, extra=()):
+        r, steps = run_gift_train(name, work, base, instruct, data, p, iters, replay[:iters], extra=[*no_pair, *extra],
+                                  scores=scores)
+        runs[name] = one_step_summary(r, steps) if iters == 1 else r
+        runs[name]["_steps"] = steps
+
+    if "f32" in variants:
+        b, i = folders["base", "float32"], folders["instruct", "float32"]
+        peer("peer-f32", b, p["iters"], openblas)
+        runs["score-f32"] = run_gift_score("score-f32", work, i, data, p, train_ds, scores="scores-f32")
+        gift("gift-f32", b, i, p["iters"], "scores-f32")
+        if not args.no_online:
+            gift("gift-online-f32", b, i, p["iters"], "scores-f32", ["--online-scores"])
+        runs["decode-f32"] = run_decode("decode-f32", work, i)
+    if "q4" in variants:
+        b, i = folders["base", "4bit"], folders["instruct", "4bit"]
+        if args.peer_q4:  # MLX's CPU 4-bit matmul: ~0.3 GFLOP/s, an hour per step at 0.5B
+            peer("peer-q4", b, p["q4_iters"], openblas)
+        runs["score-q4"] = run_gift_score("score-q4", work, i, data, p, train_ds, scores="scores-q4")
+        gift("gift-q4", b, i, p["q4_iters"], "scores-q4")
+    if "bf16" in variants:  # out of the box: the peer as installed (no OpenBLAS: bf16 matmuls do not use it anyway)
+        b, i = folders["base", "bfloat16"], folders["instruct", "bfloat16"]
+        gift("gift-bf16", b, i, p["bf16_iters"], "scores-bf16")  # scores computed inside: the whole pipeline
+        peer("peer-bf16", b, p["bf16_iters"], None)
+    blas["after"] = gift_doctor(clean_env())
+    blas["q4_gflops"] = q4_gflops()
+    res = {
+        "shape": args.shape, "config": config, "profile": p, "variants": variants, "build_s": build_s,
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "command": shlex.join(["python", "scripts/bench_train.py", *sys.argv[1:]]), "machine": machine(),
+        "gpu": "not available in this task (no GPU machine was lent); CPU only",
+        "parameters": count_parameters(folders["base", "float32"]), "work": str(work), "openblas": openblas,
+        "data": {"rows": len(train_ds), "mean": float(np.mean([len(e.tokens) for e in train_ds.examples])),
+                 "max": int(max(len(e.tokens) for e in train_ds.examples))},
+        "blas": blas, "runs": runs, "processes": PROCESSES, "warmup_steps": warmup_steps(p["iters"]),
+    }
+    res["wall_s"] = time.perf_counter() - started
+    res["load"] = (load_start, os.getloadavg()[0])
+    (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    section = shape_report(res)
+    doc = Path(args.doc) if args.doc else (work / "benchmarks.md" if args.shape == "smoke" else REPO / "docs" / "benchmarks.md")
+    write_doc(doc, section, key=args.shape)
+    print("\n" + section)
+    print(f"written: {doc} and {work / 'results.json'}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -486,7 +689,21 @@ def main():
     ap.add_argument("--abba", action="store_true",
                     help="run gift-cached and peer-openblas a second time, in reverse order, and pool both rounds")
     ap.add_argument("--gift-wheel", action="store_true", help="also run gift on the wheel's BLAS (GIFT_BLAS=0)")
+    ap.add_argument("--shape", choices=["qwen2.5-0.5b", "qwen2.5-1.5b", "smoke"],
+                    help="a published configuration (random weights) instead of the default profile; smoke: a tiny "
+                         "model with a 152k vocabulary (seconds)")
+    ap.add_argument("--variants", default="f32,q4,bf16", help="with --shape: which of f32, q4, bf16 to run, in order")
+    ap.add_argument("--bf16-iters", type=int, help="with --shape: steps of the bfloat16 out-of-the-box runs (minutes each)")
+    ap.add_argument("--q4-iters", type=int, help="with --shape: steps of the 4-bit (QLoRA) runs")
+    ap.add_argument("--batch-size", type=int, help="with --shape: micro-batch rows (default 2)")
+    ap.add_argument("--max-seq-length", type=int, help="with --shape: rows cut to this many tokens (default 256)")
+    ap.add_argument("--build-only", action="store_true", help="with --shape: build the models and data, run nothing")
+    ap.add_argument("--no-online", action="store_true", help="with --shape: skip the --online-scores run")
+    ap.add_argument("--peer-q4", action="store_true",
+                    help="with --shape: also run mlx_lm.lora on the 4-bit model (MLX's CPU 4-bit matmul is very slow)")
     args = ap.parse_args()
+    if args.shape:
+        return main_shape(args)
 
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -494,11 +711,7 @@ def main():
     p = dict(PROFILES[mode])
     p["iters"] = args.iters or p["iters"]
     p["wheel_iters"] = args.wheel_iters or p["wheel_iters"]
-    work = Path(args.work or f"/tmp/bench_train-{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
-    work.mkdir(parents=True, exist_ok=True)
-    openblas = next((c for c in OPENBLAS_CANDIDATES if os.path.exists(c)), None)
-    if openblas is None:
-        sys.exit("no OpenBLAS found (apt-get install libopenblas0-pthread): the same-BLAS comparison needs one")
+    work, openblas = work_folder(args.work, mode)
 
     import numpy as np
 
@@ -553,7 +766,9 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "_peer":
+    if len(sys.argv) > 2 and sys.argv[1] == "_decode":
+        decode_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    elif len(sys.argv) > 2 and sys.argv[1] == "_peer":
         rest = sys.argv[3:]
         peer_main(sys.argv[2], rest[1:] if rest[:1] == ["--"] else rest)
     else:

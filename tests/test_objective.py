@@ -97,3 +97,97 @@ def test_dft_gradient_matches_hand_computation():
     (_, _), fixed = nn.value_and_grad(model, weighted_sums)(model, mx.array(inputs), mx.array(labels),
                                                             mx.array(w.astype(np.float32)))
     np.testing.assert_allclose(np.array(grad["out"]["weight"]), np.array(fixed["out"]["weight"]), rtol=1e-4, atol=1e-7)
+
+
+# The chunked LM head + cross-entropy (large vocabularies) against the full logits, on tiny mlx-lm models.
+
+import importlib
+
+import pytest
+from mlx.utils import tree_flatten
+
+from gift_mlx import objective, toy
+from gift_mlx.config import TrainConfig
+from gift_mlx.models import wire_memory
+from gift_mlx.objective import split_head, token_nll
+from gift_mlx.train import add_lora
+
+
+def tiny_lm(arch, tied, quantized=False, seed=0):
+    config = toy.model_config(arch, vocab_size=96, tied=tied)
+    module = importlib.import_module(f"mlx_lm.models.{arch}")
+    mx.random.seed(seed)
+    model = module.Model(module.ModelArgs.from_dict(config))
+    if quantized:  # QLoRA: 4-bit base (the head too), LoRA layers on top
+        nn.quantize(model, group_size=32, bits=4)
+    add_lora(model, TrainConfig(lora_rank=4, lora_dropout=0.0))
+    # LoRA's B starts at zero: give it values so that the LoRA gradient path is exercised
+    model.update(tree_map_lora(model))
+    return model
+
+
+def tree_map_lora(model):
+    from mlx.utils import tree_unflatten
+
+    rng = np.random.default_rng(1)
+    return tree_unflatten([(k, mx.array(rng.normal(0, 0.05, v.shape).astype(np.float32)))
+                           for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_b")])
+
+
+def loss_grad_conf(model, inputs, labels, w, own, compiled):
+    f = nn.value_and_grad(model, partial(weighted_sums, own=own))
+    step = partial(f, model)
+    if compiled:  # as train.build_step: the model's state is an input of the compiled function
+        step = partial(mx.compile, inputs=model.state, outputs=model.state)(step)
+    (wl, (sw, l, n)), grad = step(inputs, labels, w)
+    q = confidence(model, inputs, labels)
+    val = weighted_sums(model, inputs, labels, w, own=own, grad=False)[0]
+    return wl.item(), l.item(), dict(tree_flatten(grad)), np.array(q), val.item()
+
+
+@pytest.mark.parametrize("arch,tied,quantized", [("llama", False, False), ("llama", False, True), ("qwen2", True, False),
+                                                 ("qwen2", True, True)])
+def test_chunked_head_gives_the_same_loss_gradient_and_confidences(monkeypatch, arch, tied, quantized):
+    model = tiny_lm(arch, tied, quantized)
+    body, head = split_head(model)
+    rng = np.random.default_rng(0)
+    inputs = mx.array(rng.integers(0, 96, (2, 11)).astype(np.int32))
+    labels = mx.array(rng.integers(0, 96, (2, 11)).astype(np.int32))
+    w = mx.array(np.where(rng.random((2, 11)) < 0.7, rng.random((2, 11)), 0).astype(np.float32))
+    np.testing.assert_array_equal(np.array(head(body(inputs))), np.array(model(inputs)))  # the split is exact
+    for own in (None, (1e-4, 1.0)):  # gift's given weights, dft's own weights
+        for compiled in (False, True):
+            full = loss_grad_conf(model, inputs, labels, w, own, compiled)
+            # 22 positions × 96 rows > 5 × 96: four chunks of 5 positions and one of 2
+            monkeypatch.setattr(objective, "LOGITS_BUDGET", 5 * 96)
+            chunked = loss_grad_conf(model, inputs, labels, w, own, compiled)
+            monkeypatch.undo()
+            assert np.isclose(chunked[0], full[0], rtol=1e-5) and np.isclose(chunked[1], full[1], rtol=1e-5)
+            assert np.isclose(chunked[4], full[0], rtol=1e-5)  # validation's loss (no gradient)
+            assert full[2].keys() == chunked[2].keys() and len(full[2]) > 0
+            for k, g in full[2].items():
+                g = np.array(g)
+                np.testing.assert_allclose(np.array(chunked[2][k]), g, rtol=1e-5, atol=1e-5 * np.abs(g).max())
+            np.testing.assert_allclose(chunked[3], full[3], rtol=1e-5, atol=1e-7)
+
+
+def test_small_logits_and_unknown_models_keep_the_full_computation(monkeypatch):
+    model = tiny_lm("llama", False)
+    calls = []
+    monkeypatch.setattr(objective, "chunked_nll", lambda *a: calls.append(a))
+    inputs = mx.zeros((1, 4), mx.int32)
+    token_nll(model, inputs, inputs)  # 4 × 96 logits: under the budget
+    assert calls == [] and split_head(TinyLM(9, 5)) is None
+    token_nll(model, inputs, inputs, budget=96)
+    assert len(calls) == 1 and calls[0][3] == 1  # one position per chunk
+
+
+def test_wired_limit_raised_on_metal_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(mx, "set_wired_limit", lambda n: calls.append(n) or 0)
+    monkeypatch.setattr(mx, "device_info", lambda: {"max_recommended_working_set_size": 12345})
+    monkeypatch.setattr(mx.metal, "is_available", lambda: False)
+    assert wire_memory() is None and calls == []  # CPU: nothing
+    monkeypatch.setattr(mx.metal, "is_available", lambda: True)
+    wire_memory()
+    assert calls == [12345]

@@ -29,10 +29,10 @@ def batch_rows(tok, task_data, n):
     return ex, scores
 
 
-def run_steps(model, micro):
+def run_steps(model, micro, row_streams=None):
     """One optimizer step (SGD, so the update is proportional to the gradient) over the micro-batches."""
     opt = optim.SGD(learning_rate=1.0)
-    step, state = build_step(model, opt)
+    step, state = build_step(model, opt, row_streams=row_streams)
     acc_g = acc_s = None
     for k, (ex, sc) in enumerate(micro):
         inputs, labels, w = map(mx.array, collate(ex, sc))
@@ -55,6 +55,19 @@ def test_accumulating_4x1_equals_one_batch_of_4(llama_pair, task_data):
         np.testing.assert_allclose(np.array(p1[k]), np.array(p4[k]), rtol=1e-4, atol=1e-6)
         moved += not np.allclose(np.array(p1[k]), before[k])
     assert moved > 0
+
+
+def test_rows_split_over_cpu_streams_give_the_same_step(llama_pair, task_data):
+    """train.py splits a micro-batch's rows over one CPU stream per core: the same sums and update."""
+    base, _ = llama_pair
+    m1, tok = lora_model(base)
+    m3, _ = lora_model(base)
+    ex, sc = batch_rows(tok, task_data, 5)
+    p1, s1 = run_steps(m1, [(ex, sc)])
+    p3, s3 = run_steps(m3, [(ex, sc)], row_streams=[mx.new_stream(mx.cpu) for _ in range(3)])  # rows 2 + 1 + 2
+    np.testing.assert_allclose(s3, s1, rtol=1e-5)
+    for k in p1:
+        np.testing.assert_allclose(np.array(p3[k]), np.array(p1[k]), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("pair", ["llama_pair", "qwen2_pair"])
@@ -150,8 +163,9 @@ def test_dora_adapter_trains_and_is_recorded(tmp_path, llama_pair, task_data):
 
 
 def test_half_precision_models_compute_in_float32_on_cpu(monkeypatch):
-    """bfloat16 weights become float32 on a CPU (MLX has no fast half-precision matmul there); quantized
-    models, a copy too large for memory, and GIFT_CPU_FLOAT32=0 keep their weights."""
+    """bfloat16 weights become float32 on a CPU (MLX has no fast half-precision matmul there), quantized ones
+    are dequantized to float32 (the same function); a copy too large for memory and GIFT_CPU_FLOAT32=0 keep
+    their weights."""
     from mlx_lm.models import llama
 
     from gift_mlx.models import cpu_float32
@@ -170,7 +184,14 @@ def test_half_precision_models_compute_in_float32_on_cpu(monkeypatch):
 
     logs = []
     assert dtypes(cpu_float32(model(), "m", logs.append)) == {mx.float32} and "float32 on CPU" in logs[-1]
-    assert mx.bfloat16 in dtypes(cpu_float32(model(quantized=True), "q", logs.append))
+    q = model(quantized=True)
+    x = mx.array([[1, 5, 9, 3]])
+    q.set_dtype(mx.float32)  # scales in float32: the same quantized function, computed without bfloat16 rounding
+    before = q(x)
+    assert dtypes(cpu_float32(q, "q", logs.append)) == {mx.float32} and "(dequantized)" in logs[-1]
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in q.named_modules())
+    np.testing.assert_allclose(np.array(q(x)), np.array(before), rtol=1e-4, atol=1e-5)
+    assert mx.uint32 in dtypes(cpu_float32(model(quantized=True), "q", logs.append, share=1e-9))
     assert dtypes(cpu_float32(model(), "m", logs.append, share=1e-9)) == {mx.bfloat16} and "kept in" in logs[-1]
     monkeypatch.setenv("GIFT_CPU_FLOAT32", "0")
     assert dtypes(cpu_float32(model(), "m", logs.append)) == {mx.bfloat16}

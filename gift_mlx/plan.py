@@ -1,0 +1,293 @@
+"""`gift plan`: a training run's peak memory and time per epoch on this machine, estimated before training from
+the model's shapes (config.json), the data's token counts and the settings; and which settings fit.
+
+Model FLOPs per token (`flops_per_token`): every matmul of the forward (blocks, causal attention, LM head, LoRA),
+the backward through the activations (the same again, attention twice) and LoRA's weight gradients; frozen
+weights get no gradient. Memory (`peak_bytes`): weights + LoRA state + what autodiff keeps for the backward +
+the LM head's logits, with per-element coefficients fitted to MLX's measured peak (mx.get_peak_memory) of
+training steps on small qwen2 models (ACT); time: FLOPs / (measured matmul rate × EFFICIENCY, the fraction of
+the matmul rate gift's step reaches, measured by scripts/bench_train.py). Both are checked against the
+benchmark's measured runs in docs/benchmarks.md.
+"""
+
+import dataclasses
+import math
+import os
+
+from .errors import GiftError
+
+# Published configurations (config.json of the Hub models), for benchmarks and what-if plans.
+SHAPES = {
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, intermediate_size=4864,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                         rope_theta=1000000.0, torch_dtype="bfloat16"),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, intermediate_size=8960,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                         rope_theta=1000000.0, torch_dtype="bfloat16"),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, num_hidden_layers=28, intermediate_size=18944,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+                       rope_theta=1000000.0, torch_dtype="bfloat16"),
+    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, intermediate_size=14336,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False,
+                         rope_theta=500000.0, torch_dtype="bfloat16"),
+}
+
+# Bytes kept per token for the backward (float32 activations), fitted to MLX's peak on 13 small qwen2
+# training steps (LoRA on every linear layer, dropout 0.05; fit error -10%..+13%): per layer, per unit of
+# hidden size, FFN size and heads × sequence length; per element of positions × vocabulary (logits, in
+# full below the chunking budget, in chunks above it); per layer and hidden unit with gradient checkpointing.
+ACT = {"hidden": 87.8, "ffn": 31.3, "attention": 4.7, "logits": 16.1, "logits_chunked": 7.8, "checkpoint": 19.0}
+# Fraction of the measured float32 matmul rate reached (model FLOP/s ÷ matmul FLOP/s), per pass; from the
+# 0.5B-shape benchmark (docs/benchmarks.md), CPU with OpenBLAS.
+EFFICIENCY = {"train": 0.42, "score": 0.64}
+OVERHEAD = 0.6e9  # the process itself (Python, MLX, tokenizer, compiled kernels), from max RSS − MLX peak
+
+
+@dataclasses.dataclass
+class Shape:
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    bits: int = 0  # 0: not quantized
+    group_size: int = 64
+    dtype_bytes: int = 2
+
+    @classmethod
+    def from_config(cls, c, bits=None):
+        q = c.get("quantization") or {}
+        heads = c["num_attention_heads"]
+        dtype = str(c.get("torch_dtype") or c.get("dtype") or "bfloat16")
+        return cls(layers=c["num_hidden_layers"], hidden=c["hidden_size"], ffn=c["intermediate_size"], heads=heads,
+                   kv_heads=c.get("num_key_value_heads") or heads, head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+                   vocab=c["vocab_size"], tied=c.get("tie_word_embeddings", True),  # mlx-lm's default: tied
+                   bits=q.get("bits", 0) if bits is None else bits, group_size=q.get("group_size", 64),
+                   dtype_bytes=4 if "32" in dtype else 2)
+
+    def linears(self):
+        """(in, out) of each linear layer of a block: q, k, v, o, gate, up, down."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        h, f = self.hidden, self.ffn
+        return [(h, q), (h, kv), (h, kv), (q, h), (h, f), (h, f), (f, h)]
+
+    def params(self):
+        block = sum(i * o for i, o in self.linears()) + 2 * self.hidden
+        return self.layers * block + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+
+
+def flops_per_token(s, seq, rank=0, kind="train", grad_checkpoint=False):
+    """Model FLOPs per token; seq: the padded sequence length (causal attention: seq / 2 keys on average).
+
+    kind: "forward" (scoring, validation), "train" (forward + backward through activations + LoRA gradients),
+    "decode" (one generated token attending to `seq` cached positions).
+    """
+    keys = seq if kind == "decode" else seq / 2
+    linear = 2 * s.layers * sum(i * o for i, o in s.linears())
+    attention = 4 * s.layers * keys * s.heads * s.head_dim  # QKᵀ and PV
+    head = 2 * s.hidden * s.vocab
+    lora = 2 * s.layers * rank * sum(i + o for i, o in s.linears()) if kind != "forward" else 0
+    forward = linear + attention + head + lora
+    if kind in ("forward", "decode"):
+        return forward
+    backward = linear + 2 * attention + head + lora + lora  # through activations; LoRA weight gradients
+    return forward + backward + ((linear + attention + lora) if grad_checkpoint else 0)
+
+
+def weight_bytes(s, compute_bytes):
+    """Bytes of the weights as they are computed with: packed 4/8-bit plus a scale and bias per group, or
+    every weight in compute_bytes."""
+    n = s.params()
+    if not s.bits:
+        return n * compute_bytes
+    quantized = s.layers * sum(i * o for i, o in s.linears()) + s.vocab * s.hidden * (1 if s.tied else 2)
+    return quantized * (s.bits / 8 + 2 * s.dtype_bytes / s.group_size) + (n - quantized) * s.dtype_bytes
+
+
+def lora_params(s, rank, layers=None):
+    return (layers or s.layers) * rank * sum(i + o for i, o in s.linears())
+
+
+def peak_bytes(s, batch, seq, rank, grad_checkpoint=False, compute_bytes=4, guide=None, logits_budget=2**24):
+    """MLX's estimated peak during training: weights, LoRA (parameter, gradient, accumulated gradient, AdamW's
+    two moments: 5 × float32), activations kept for the backward, logits; the guide's weights with online scoring."""
+    n = batch * seq
+    scale = compute_bytes / 4  # ACT was fitted in float32
+    layer = ACT["hidden"] * s.hidden + ACT["ffn"] * s.ffn + ACT["attention"] * s.heads * seq
+    if grad_checkpoint:  # only the blocks' inputs stay; one block's activations are rebuilt at a time
+        act = n * (s.layers * ACT["checkpoint"] * s.hidden + layer)
+    else:
+        act = n * s.layers * layer
+    logits = n * s.vocab * (ACT["logits_chunked"] if n * s.vocab > logits_budget else ACT["logits"])
+    total = weight_bytes(s, compute_bytes) + 20 * lora_params(s, rank) + scale * act + logits
+    if guide is not None:
+        total += weight_bytes(guide, compute_bytes)
+    return total
+
+
+def as_computed(s, device, memory):
+    """(shape, bytes per value) as gift computes: on a CPU a half-precision or quantized model becomes float32
+    when the copy fits in 0.4 of the memory (models.cpu_float32); otherwise the weights stay as they are."""
+    if device == "gpu":
+        return s, s.dtype_bytes
+    f32 = s.params() * 4
+    if f32 + weight_bytes(s, s.dtype_bytes) <= 0.4 * memory:
+        return dataclasses.replace(s, bits=0), 4
+    return s, s.dtype_bytes
+
+
+def machine():
+    """(device, usable memory in bytes, measured float32 matmul GFLOP/s) of this machine."""
+    import mlx.core as mx
+
+    from .doctor import matmul_gflops
+
+    if mx.metal.is_available():
+        device, memory = "gpu", mx.device_info()["max_recommended_working_set_size"]
+    else:
+        device, memory = "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return device, memory, matmul_gflops(1024, 0.5)
+
+
+@dataclasses.dataclass
+class Estimate:
+    peak_gb: float
+    fits: bool
+    epoch_s: float
+    score_s: float
+    train_flops_per_token: float
+    tokens_per_epoch: int
+    compute_bytes: int
+    bits: int
+
+
+def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, grad_checkpoint=False,
+             online=False, score=True):
+    """Peak memory and seconds per epoch (training; scoring pass separately) of one configuration."""
+    s, cb = as_computed(s, device, memory)
+    peak = peak_bytes(s, batch, seq, rank, grad_checkpoint, cb, guide=s if online else None) + OVERHEAD
+    per_token = flops_per_token(s, seq, rank, "train", grad_checkpoint)
+    if online:
+        per_token += flops_per_token(s, seq, kind="forward")
+    rate = gflops * 1e9
+    epoch = tokens_per_epoch * per_token / (rate * EFFICIENCY["train"])
+    scoring = tokens_per_epoch * flops_per_token(s, seq, kind="forward") / (rate * EFFICIENCY["score"])
+    return Estimate(peak / 1e9, peak <= memory * 0.9, epoch, scoring if score and not online else 0.0, per_token,
+                    tokens_per_epoch, cb, s.bits)
+
+
+def data_tokens(cfg, batch, seq):
+    """(padded tokens of one epoch, longest padded batch length) of cfg.data as gift train batches it."""
+    import numpy as np
+
+    from .data import batch_order, fit_pad_lengths, load_data
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.instruct or cfg.base, chat=True)
+    ds = load_data(cfg.data, tokenizer, seq, splits=("train",))["train"]
+    lengths = [len(e.tokens) - 1 for e in ds.examples]
+    pads = fit_pad_lengths(lengths, seq, cfg.pad_lengths)
+    total = longest = 0
+    for idx in batch_order([n + 1 for n in lengths], batch, np.random.default_rng(cfg.seed)):
+        width = min(p for p in pads if p >= max(lengths[i] for i in idx))
+        total += len(idx) * width
+        longest = max(longest, width)
+    return total, longest
+
+
+def model_config(name, download=False):
+    """config.json of a local folder or a model in the Hugging Face cache (fetched from the Hub only when
+    download=True), or a named shape from SHAPES."""
+    import json
+
+    from .models import cached_path, read_config
+
+    if name in SHAPES:
+        return dict(SHAPES[name])
+    path = cached_path(name)
+    if path is not None:
+        return read_config(path)
+    if not download:
+        raise GiftError(f"{name}: no config.json on this machine (a folder, or a model in the Hugging Face cache); "
+                        f"pass --download to fetch it, or --shape one of {', '.join(SHAPES)}")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(open(hf_hub_download(name, "config.json")).read())
+    except Exception as e:
+        raise GiftError(f"{name}: cannot fetch config.json from the Hugging Face Hub ({type(e).__name__})")
+
+
+def options_table(s, rank, device, memory, gflops, batches=(1, 2, 4), seqs=(512, 1024, 2048), tokens=None):
+    """Rows of (bits, grad_checkpoint, batch, seq, Estimate) over the usual settings."""
+    rows = []
+    for bits in (0, 4):
+        shape = dataclasses.replace(s, bits=bits or 0)
+        for ckpt in (False, True):
+            for b in batches:
+                for t in seqs:
+                    e = estimate(shape, b, t, rank, tokens or b * t, device, memory, gflops, ckpt)
+                    rows.append((bits, ckpt, b, t, e))
+    return rows
+
+
+def fmt_time(seconds):
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, download=False, log=print):
+    """`gift plan`: print the estimate for cfg (and the options table); return the Estimate."""
+    name = shape or cfg.base or cfg.instruct
+    if not name:
+        raise GiftError("plan needs --base (a model folder or a cached Hub id) or --shape")
+    s = Shape.from_config(model_config(name, download), bits)
+    here_device, here_memory, gflops = machine()
+    device = device or here_device
+    memory = memory_gb * 1e9 * (2 / 3 if device == "gpu" else 1) if memory_gb else here_memory
+    seq, batch, rank = cfg.max_seq_length, cfg.batch_size, cfg.lora_rank
+    if cfg.data:
+        tokens, seq = data_tokens(cfg, batch, seq)
+    else:
+        tokens = None
+    online = cfg.online_scores and cfg.method in ("gift", "gift-base")
+    e = estimate(s, batch, seq, rank, tokens or batch * seq, device, memory, gflops, cfg.grad_checkpoint, online,
+                 score=cfg.method in ("gift", "gift-base"))
+    where = f"{memory / 1e9:.1f} GB usable" + (" (2/3 of a Mac's memory: its recommended working set)"
+                                                if memory_gb and device == "gpu" else "")
+    log(f"model: {name}: {s.layers} layers, hidden {s.hidden}, FFN {s.ffn}, {s.heads}/{s.kv_heads} heads, "
+        f"vocabulary {s.vocab}, "
+        + (f"{s.params() / 1e9:.2f}B" if s.params() >= 1e9 else f"{s.params() / 1e6:.1f}M") + " parameters"
+        + (f", {s.bits}-bit" if s.bits else "") + "; computed in "
+        + (f"{e.bits}-bit" if e.bits else "float32" if e.compute_bytes == 4 else "16-bit")
+        + (" (dequantized: CPU 4-bit matmuls are ~500x slower)" if s.bits and not e.bits else ""))
+    log(f"machine: {device}, {where}, float32 matmul {gflops:.0f} GFLOP/s (measured now, on this machine)")
+    log(f"settings: batch {batch} × {seq} tokens, LoRA rank {rank}, grad checkpoint {'on' if cfg.grad_checkpoint else 'off'}"
+        + (", online scores" if online else ""))
+    log(f"estimated peak memory: {e.peak_gb:.1f} GB (MLX's peak + {OVERHEAD / 1e9:.1f} GB for the process): "
+        f"{'fits' if e.fits else 'does NOT fit'} in {where}")
+    if tokens:
+        log(f"estimated time per epoch ({tokens:,} padded tokens): training {fmt_time(e.epoch_s)}"
+            + (f", scoring pass {fmt_time(e.score_s)}" if e.score_s else "")
+            + f" ({e.train_flops_per_token / 1e9:.2f} GFLOP per token at {EFFICIENCY['train']:.0%} of the matmul rate)")
+    else:
+        log(f"estimated time per step: {fmt_time(e.epoch_s)} (pass --data for the time per epoch)")
+    if table:  # seconds per step only for this machine (its measured matmul rate)
+        here = device == here_device and not memory_gb
+        log("\n| base | grad checkpoint | batch | max length | peak GB | fits |" + (" s/step |" if here else ""))
+        log("|---|---|---|---|---|---|" + ("---|" if here else ""))
+        for b_bits, ckpt, b, t, r in options_table(s, rank, device, memory, gflops):
+            kind = "float32" if r.compute_bytes == 4 else "bf16"
+            log(f"| {(f'{b_bits}-bit' + ('' if r.bits else f' ({kind} on CPU)')) if b_bits else kind} | "
+                f"{'on' if ckpt else 'off'} | {b} | {t} | {r.peak_gb:.1f} | {'yes' if r.fits else 'no'} |"
+                + (f" {r.epoch_s:.0f} |" if here else ""))
+    return e
+
+
+def efficiency(model_flops_per_s, matmul_gflops):
+    """Model FLOP/s as a fraction of the matmul rate measured in the same run."""
+    return model_flops_per_s / (matmul_gflops * 1e9) if matmul_gflops else math.nan

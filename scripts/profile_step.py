@@ -1,0 +1,105 @@
+"""Where a training step's time goes at a model's shape: the blocks' forward, the LM head + cross-entropy
+(whole logits or in chunks), the compiled step with and without chunking, the optimizer; against the
+matmul rate measured in the same process.
+
+    python scripts/profile_step.py --model FOLDER [--batch 2 --seq 256 --rank 16]
+
+FOLDER: a model folder (e.g. the float32 base that `bench_train.py --shape` builds under its --work folder).
+"""
+
+import argparse
+import json
+import statistics
+import time
+from functools import partial
+
+import gift_mlx  # noqa: F401  (preloads OpenBLAS)
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+
+from gift_mlx import blas, objective, plan
+from gift_mlx.scoring import cpu_streams
+from gift_mlx.config import TrainConfig
+from gift_mlx.doctor import matmul_gflops
+from gift_mlx.models import cpu_float32, load_model
+from gift_mlx.train import add_lora, build_step
+
+
+def timed(f, reps=3):
+    mx.eval(f())  # warm-up (and compilation)
+    out = []
+    for _ in range(reps):
+        tic = time.perf_counter()
+        mx.eval(f())
+        out.append(time.perf_counter() - tic)
+    return statistics.median(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=2, help="timed repetitions (after one warm-up) of each step")
+    args = ap.parse_args()
+
+    rate = matmul_gflops(1024, 1.0)
+    model, _, config = load_model(args.model)
+    cpu_float32(model, args.model, log=lambda m: None)
+    mx.random.seed(0)
+    add_lora(model, TrainConfig(lora_rank=args.rank, lora_dropout=0.05))
+    model.train()
+    s = plan.Shape.from_config(config)
+    B, T = args.batch, args.seq
+    rng = np.random.default_rng(0)
+    x = mx.array(rng.integers(0, s.vocab, (B, T)).astype(np.int32))
+    w = mx.ones((B, T))
+    body, head = objective.split_head(model)
+    h = body(x)
+    mx.eval(h)
+    n = B * T
+    rows = {}
+
+    def add(name, seconds, flops=None, peak=None):
+        rows[name] = {"s": seconds, "gflops": flops and flops / seconds / 1e9,
+                      "of_matmul": flops and flops / seconds / 1e9 / rate, "peak_gb": peak}
+        print(f"{name:55s} {seconds * 1e3:9.1f} ms" + (f"  {flops / seconds / 1e9:7.1f} GFLOP/s "
+              f"({flops / seconds / 1e9 / rate:4.0%} of matmul)" if flops else "")
+              + (f"  peak {peak:.2f} GB" if peak else ""), flush=True)
+
+    fwd_blocks = n * (plan.flops_per_token(s, T, kind="forward") - 2 * s.hidden * s.vocab)
+    head_f = n * 2 * s.hidden * s.vocab
+    add("blocks forward (no grad)", timed(lambda: body(x)), fwd_blocks)
+    add("LM head matmul alone", timed(lambda: head(h)), head_f)
+    add("head + cross-entropy, whole logits", timed(lambda: nn.losses.cross_entropy(head(h).astype(mx.float32), x)), head_f)
+    chunk = objective.chunk_positions(s.vocab)
+    add(f"head + cross-entropy, chunks of {chunk} positions", timed(lambda: objective.chunked_nll(head, h, x, chunk)), head_f)
+    g_full = mx.grad(lambda hh: nn.losses.cross_entropy(head(hh).astype(mx.float32), x).sum())
+    g_fused = mx.grad(lambda hh: objective.fused_nll(head, hh, x, chunk).sum())
+    add("head + CE forward and dL/dh, autodiff on whole logits", timed(lambda: g_full(h)), 2 * head_f)
+    add("head + CE forward and dL/dh, fused chunks", timed(lambda: g_fused(h)), 2 * head_f)
+    train_flops = n * plan.flops_per_token(s, T, args.rank)
+    streams = cpu_streams()
+    for label, budget, split in (("chunked head, rows over one stream per core (gift's default)", 2**24, True),
+                                 ("chunked head, one stream", 2**24, False),
+                                 ("whole logits, one stream", 2**62, False)):
+        objective.LOGITS_BUDGET = budget
+        step, state = build_step(model, optim.AdamW(learning_rate=1e-5), row_streams=streams if split else None)
+        mx.reset_peak_memory()
+        with blas.threads(1 if split and len(streams) > 1 else None):
+            seconds = timed(lambda: (state, step(x, x, w, None, None, True)[1]), args.reps)
+        add(f"compiled step: {label}", seconds, train_flops, mx.get_peak_memory() / 1e9)
+    objective.LOGITS_BUDGET = 2**24
+    opt = optim.AdamW(learning_rate=1e-5)
+    grads = model.trainable_parameters()
+    opt.init(grads)
+    add("AdamW update of the LoRA parameters", timed(lambda: (opt.apply_gradients(grads, model.trainable_parameters()),
+                                                             opt.state)))
+    print(json.dumps({"matmul_gflops": rate, "batch": B, "seq": T, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
