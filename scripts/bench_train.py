@@ -255,6 +255,7 @@ def clean_env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GIFT_BLAS")}
     env.update(extra)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("GIFT_ROW_STREAMS", "1")  # gift train's opt-in CPU row split (train.py); mlx_lm.lora ignores it
     return env
 
 
