@@ -18,17 +18,23 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
+def run_lines(res):
+    """The command, machine and GPU lines both report kinds open with."""
+    m = res["machine"]
+    return [f"- Command: `{res['command']}`",
+            f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, {m['os']}, device {m['device']}; "
+            f"Python {m['python']}, mlx {m['mlx']}, mlx-lm {m['mlx_lm']}; gift-mlx at {m['commit']}",
+            f"- GPU: {res['gpu']}"]
+
+
 def report(res):
-    p, m, runs, pad = res["profile"], res["machine"], res["runs"], res["padding"]
+    p, runs, pad = res["profile"], res["runs"], res["padding"]
     L = []
     w = L.append
     w(f"## Training throughput against mlx_lm.lora ({res['mode']} run)")
     w("")
     w(f"- Date: {res['date']}; wall time of the whole benchmark {res['wall_s'] / 60:.1f} min")
-    w(f"- Command: `{res['command']}`")
-    w(f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, {m['os']}, device {m['device']}; "
-      f"Python {m['python']}, mlx {m['mlx']}, mlx-lm {m['mlx_lm']}; gift-mlx at {m['commit']}")
-    w(f"- GPU: {res['gpu']}")
+    L += run_lines(res)
     w(f"- Load average (1 min) at start / end: {res['load'][0]:.2f} / {res['load'][1]:.2f} "
       "(the cores are shared; per-run load is in the table at the end)")
     w(f"- BLAS: gift's preload {res['blas']['gift'][1]} → {fmt(res['blas']['gift'][0], 1)} GFLOP/s (`gift doctor`, "
@@ -268,17 +274,14 @@ def shape_efficiency(res):
 
 
 def shape_report(res):
-    c, p, m, runs = res["config"], res["profile"], res["machine"], res["runs"]
+    c, p, runs = res["config"], res["profile"], res["runs"]
     eff = shape_efficiency(res)
     L = []
     w = L.append
     w(f"## At the {res['shape']} shape: gift against mlx_lm.lora, and against the machine's matmul rate")
     w("")
     w(f"- Date: {res['date']}; wall time {res['wall_s'] / 60:.1f} min (building the models: {res['build_s']:.0f} s)")
-    w(f"- Command: `{res['command']}`")
-    w(f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, {m['os']}, device {m['device']}; "
-      f"Python {m['python']}, mlx {m['mlx']}, mlx-lm {m['mlx_lm']}; gift-mlx at {m['commit']}")
-    w(f"- GPU: {res['gpu']}")
+    L += run_lines(res)
     w(f"- Load average (1 min) at start / end: {res['load'][0]:.2f} / {res['load'][1]:.2f} (shared cores; per run below)")
     w(f"- Matmul rate (`gift doctor`, float32 1024², OpenBLAS) before / after the runs: "
       f"{fmt(res['blas']['before'][0], 1)} / {fmt(res['blas']['after'][0], 1)} GFLOP/s; efficiency below = model "
