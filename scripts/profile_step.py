@@ -11,7 +11,6 @@ import argparse
 import json
 import statistics
 import time
-from functools import partial
 
 import gift_mlx  # noqa: F401  (preloads OpenBLAS)
 import mlx.core as mx

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gift_mlx.config import TrainConfig, check_fields, check_value, load_config
+from gift_mlx.config import TrainConfig, check_value, load_config
 from gift_mlx.data import load_split, read_jsonl, to_messages
 from gift_mlx.errors import GiftError
 from gift_mlx.evaluate import EvalSettings

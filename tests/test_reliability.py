@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from gift_mlx import scoring, toy
+from gift_mlx import scoring
 from gift_mlx import train as train_mod
 from gift_mlx.cli import main
 from gift_mlx.config import TrainConfig
