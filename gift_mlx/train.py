@@ -35,7 +35,7 @@ from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, r
                       write_json, write_text, writing)
 from .objective import confidence, token_weights, weighted_sums
 from .pair_check import RESULT_FILE as PAIR_FILE, check_for_training
-from .scoring import cpu_streams, ensure_scores, load_guide
+from .scoring import ensure_scores, load_guide
 
 
 def add_lora(model, cfg):
@@ -89,8 +89,7 @@ def guide_weights(guide, inputs, labels, w, floor, gamma):
     return mx.where(w > 0, token_weights(confidence(guide, inputs, labels), floor, gamma), 0.0)
 
 
-def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None, own=False,
-               row_streams=None):
+def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None, own=False):
     """The compiled training step and the state it updates.
 
     step(inputs, labels, w, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
@@ -99,9 +98,6 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, 
     Under mlx.launch the gradient and the sums are summed over all processes first: Σ w is global.
     The guide's forward (online scoring) may run on its own stream, in parallel with the training forward.
     own=True (dft): the weights are the trained model's own stop-gradient confidences, from the same logits.
-    row_streams: on a CPU, the micro-batch's rows are split over these streams (one per core) and their sums
-    and gradients added: MLX runs a stream's element-wise ops (the exps of softmax, SiLU, cross-entropy) on
-    one thread, so one stream leaves the other cores idle outside the matmuls.
     """
     distributed = world is not None and world.size() > 1
     loss_and_grad = nn.value_and_grad(model, partial(weighted_sums, own=(floor, gamma) if own else None))
@@ -112,13 +108,7 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, 
         if guide is not None:
             with mx.stream(guide_stream or mx.default_stream(mx.default_device())):
                 w = guide_weights(guide, inputs, labels, w, floor, gamma)
-        parts = []
-        for rows, stream in split_rows(inputs.shape[0], row_streams):
-            with mx.stream(stream):
-                parts.append(loss_and_grad(model, inputs[rows], labels[rows], w[rows]))
-        (wl, (sw, l, n)), grad = parts[0]
-        for (wl_, (sw_, l_, n_)), grad_ in parts[1:]:
-            (wl, sw, l, n), grad = (wl + wl_, sw + sw_, l + l_, n + n_), tree_map(mx.add, grad, grad_)
+        (wl, (sw, l, n)), grad = loss_and_grad(model, inputs, labels, w)
         sums = mx.stack([wl, sw, l, n.astype(mx.float32)])
         if acc_grad is not None:
             grad, sums = tree_map(mx.add, grad, acc_grad), sums + acc_sums
@@ -133,15 +123,6 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, 
         return grad, sums
 
     return step, state
-
-
-def split_rows(n, streams):
-    """(row slice, stream) pairs: n rows split as evenly as possible over the streams (None: one part)."""
-    if not streams or len(streams) < 2 or n < 2:
-        return [(slice(0, n), mx.default_stream(mx.default_device()))]
-    k = min(len(streams), n)
-    bounds = [round(i * n / k) for i in range(k + 1)]
-    return [(slice(a, b), st) for a, b, st in zip(bounds, bounds[1:], streams)]
 
 
 def micro_batches(dataset, weights, batch_size, pad_lengths, pad_id, seed, start=0, rank=0, size=1):
@@ -451,13 +432,7 @@ def _train(cfg, log, stack):
     # dropout masks depend on (seed, rank) alone, so cached and freshly computed scores give one adapter.
     mx.random.seed(dropout_seed(cfg.seed, rank))
     optimizer = optim.AdamW(learning_rate=lr_schedule(cfg, steps), weight_decay=cfg.weight_decay)
-    row_streams = None
-    # Opt-in (GIFT_ROW_STREAMS=1): splitting changes the float summation order, so the toy-world results recorded
-    # without it (docs/results.md) would not repeat exactly; scripts/bench_train.py measures what it gains.
-    if guide is None and mx.default_device() == mx.cpu and os.environ.get("GIFT_ROW_STREAMS") == "1":
-        row_streams, blas_threads = cpu_streams(), 1  # one stream per core, one BLAS thread each (as scoring)
-    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream, cfg.method == "dft",
-                             row_streams)
+    step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream, cfg.method == "dft")
 
     start = load_checkpoint(out, model, optimizer, identity, world, log) if cfg.resume else 0
     if cfg.resume and start >= steps and (out / adapters.RUN_RECORD).is_file():

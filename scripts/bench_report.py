@@ -2,6 +2,8 @@
 
 Reads only the `res` dict bench_train.py builds (runs, padding, machine, profile) and measures nothing. The
 ratio targets (gift against mlx_lm.lora) are judged here, so what counts as "met" is read in one place.
+
+    python scripts/bench_report.py WORK/results.json [--doc FILE]   # render a run's section again
 """
 
 import sys
@@ -243,7 +245,8 @@ def shape_efficiency(res):
         if name.startswith("score"):
             tokens = r["tokens_per_s"] * r["seconds"]
             flops = tokens * plan.flops_per_token(s, res["data"]["mean"], kind="forward")
-            out[name] = {"gflops": flops / r["seconds"] / 1e9}
+            out[name] = {"gflops": flops / r["seconds"] / 1e9, "seconds": r["seconds"],
+                         "plan_s": flops / ((matmul or 1) * 1e9 * plan.EFFICIENCY["score"])}
         elif name.startswith("decode"):  # each token attends to the prompt and half the completion on average
             context = r["prompt_tokens"] + r["max_tokens"] / 2
             out[name] = {"gflops": r["tokens"] * plan.flops_per_token(s, context, kind="decode") / r["seconds"] / 1e9}
@@ -384,10 +387,33 @@ def shape_report(res):
             te = ratio(e["plan_s_per_step"], e["s_per_step"])
             w(f"| {name} | {e['plan_peak_gb']:.2f} | {r['peak_memory_gb']:.2f} | {fmt(pe and 100 * (pe - 1), 0)}% | "
               f"{e['plan_s_per_step']:.1f} | {e['s_per_step']:.1f} | {fmt(te and 100 * (te - 1), 0)}% |")
+    for name in ("score-f32", "score-q4"):
+        if name in eff:
+            e = eff[name]
+            te = ratio(e["plan_s"], e["seconds"])
+            w(f"| {name} (the whole scoring pass, s) | – | – | – | {e['plan_s']:.1f} | {e['seconds']:.1f} | "
+              f"{fmt(te and 100 * (te - 1), 0)}% |")
     w("")
-    w("The plan's time is the model FLOPs at the measured matmul rate × plan.EFFICIENCY['train'] "
-      f"({__import__('gift_mlx.plan').plan.EFFICIENCY['train']:.2f}); its memory, plan.peak_bytes with the coefficients "
+    eff_c = __import__('gift_mlx.plan').plan.EFFICIENCY
+    w(f"The plan's time is the model FLOPs at the measured matmul rate × plan.EFFICIENCY ({eff_c['train']:.2f} for "
+      f"training, {eff_c['score']:.2f} for the scoring pass); its memory, plan.peak_bytes with the coefficients "
       "fitted on small models (plan.ACT).")
     w("")
     runs_table(res, w)
     return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="render a bench_train.py run's section again from its results.json")
+    ap.add_argument("results")
+    ap.add_argument("--doc", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    a = ap.parse_args()
+    res = json.loads(Path(a.results).read_text())
+    if "shape" in res:
+        write_doc(Path(a.doc), shape_report(res), key=res["shape"])
+    else:
+        write_doc(Path(a.doc), report(res))
+    print(f"written: {a.doc}")

@@ -255,7 +255,6 @@ def clean_env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GIFT_BLAS")}
     env.update(extra)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("GIFT_ROW_STREAMS", "1")  # gift train's opt-in CPU row split (train.py); mlx_lm.lora ignores it
     return env
 
 
@@ -567,7 +566,7 @@ def one_step_summary(run, steps):
     return run
 
 
-def main_shape(args):
+def main_shape(args, shape):
     """Side by side at a published shape: float32 (same precision, OpenBLAS both), 4-bit (QLoRA, OpenBLAS
     both) and bfloat16 out of the box (mlx_lm.lora as installed vs gift); writes the shape's section."""
     import numpy as np
@@ -581,17 +580,18 @@ def main_shape(args):
         if getattr(args, k, None):
             p[k] = getattr(args, k)
     variants = args.variants.split(",")
-    work, openblas = work_folder(args.work, args.shape)
-    print(f"benchmark (--shape {args.shape}) in {work}", flush=True)
+    # several shapes in one invocation: one subfolder each under --work
+    work, openblas = work_folder(args.work and len(args.shape) > 1 and Path(args.work) / shape or args.work, shape)
+    print(f"benchmark (--shape {shape}) in {work}", flush=True)
     tic = time.perf_counter()
     built = work / "built.json"  # --build-only, then the runs: the models are reused when shape and steps match
-    key = json.loads(json.dumps({"shape": args.shape, "variants": variants, "profile": p}))  # as stored
+    key = json.loads(json.dumps({"shape": shape, "variants": variants, "profile": p}))  # as stored
     if built.is_file() and json.loads(built.read_text())["key"] == key:
         record = json.loads(built.read_text())
         folders = {tuple(k.split("|")): Path(v) for k, v in record["folders"].items()}
         data, config, build_s = Path(record["data"]), record["config"], record["build_s"]
     else:
-        folders, data, config = build_shape(work, args.shape, p, variants)
+        folders, data, config = build_shape(work, shape, p, variants)
         build_s = time.perf_counter() - tic
         built.write_text(json.dumps({"key": key, "folders": {"|".join(k): str(v) for k, v in folders.items()},
                                      "data": str(data), "config": config, "build_s": build_s}))
@@ -623,8 +623,8 @@ def main_shape(args):
         runs["decode-f32"] = run_decode("decode-f32", work, i)
     if "q4" in variants:
         b, i = folders["base", "4bit"], folders["instruct", "4bit"]
-        if args.peer_q4:  # MLX's CPU 4-bit matmul: ~0.3 GFLOP/s, an hour per step at 0.5B
-            peer("peer-q4", b, p["q4_iters"], openblas)
+        if args.peer_q4:  # MLX's CPU 4-bit matmul: ~3 GFLOP/s, minutes per step at 0.5B
+            peer("peer-q4", b, args.peer_q4_iters, openblas)
         runs["score-q4"] = run_gift_score("score-q4", work, i, data, p, train_ds, scores="scores-q4")
         gift("gift-q4", b, i, p["q4_iters"], "scores-q4")
     if "bf16" in variants:  # out of the box: the peer as installed (no OpenBLAS: bf16 matmuls do not use it anyway)
@@ -634,7 +634,7 @@ def main_shape(args):
     blas["after"] = gift_doctor(clean_env())
     blas["q4_gflops"] = q4_gflops()
     res = {
-        "shape": args.shape, "config": config, "profile": p, "variants": variants, "build_s": build_s,
+        "shape": shape, "config": config, "profile": p, "variants": variants, "build_s": build_s,
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "command": shlex.join(["python", "scripts/bench_train.py", *sys.argv[1:]]), "machine": machine(),
         "gpu": "not available in this task (no GPU machine was lent); CPU only",
@@ -647,8 +647,8 @@ def main_shape(args):
     res["load"] = (load_start, os.getloadavg()[0])
     (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
     section = shape_report(res)
-    doc = Path(args.doc) if args.doc else (work / "benchmarks.md" if args.shape == "smoke" else REPO / "docs" / "benchmarks.md")
-    write_doc(doc, section, key=args.shape)
+    doc = Path(args.doc) if args.doc else (work / "benchmarks.md" if shape == "smoke" else REPO / "docs" / "benchmarks.md")
+    write_doc(doc, section, key=shape)
     print("\n" + section)
     print(f"written: {doc} and {work / 'results.json'}")
 
@@ -690,8 +690,8 @@ def main():
     ap.add_argument("--abba", action="store_true",
                     help="run gift-cached and peer-openblas a second time, in reverse order, and pool both rounds")
     ap.add_argument("--gift-wheel", action="store_true", help="also run gift on the wheel's BLAS (GIFT_BLAS=0)")
-    ap.add_argument("--shape", choices=["qwen2.5-0.5b", "qwen2.5-1.5b", "smoke"],
-                    help="a published configuration (random weights) instead of the default profile; smoke: a tiny "
+    ap.add_argument("--shape", nargs="+", choices=["qwen2.5-0.5b", "qwen2.5-1.5b", "smoke"],
+                    help="one or more published configurations, run one after the other (random weights) instead of the default profile; smoke: a tiny "
                          "model with a 152k vocabulary (seconds)")
     ap.add_argument("--variants", default="f32,q4,bf16", help="with --shape: which of f32, q4, bf16 to run, in order")
     ap.add_argument("--bf16-iters", type=int, help="with --shape: steps of the bfloat16 out-of-the-box runs (minutes each)")
@@ -700,11 +700,14 @@ def main():
     ap.add_argument("--max-seq-length", type=int, help="with --shape: rows cut to this many tokens (default 256)")
     ap.add_argument("--build-only", action="store_true", help="with --shape: build the models and data, run nothing")
     ap.add_argument("--no-online", action="store_true", help="with --shape: skip the --online-scores run")
+    ap.add_argument("--peer-q4-iters", type=int, default=1, help="with --peer-q4: steps of mlx_lm.lora's QLoRA run")
     ap.add_argument("--peer-q4", action="store_true",
                     help="with --shape: also run mlx_lm.lora on the 4-bit model (MLX's CPU 4-bit matmul is very slow)")
     args = ap.parse_args()
     if args.shape:
-        return main_shape(args)
+        for shape in args.shape:
+            main_shape(args, shape)
+        return
 
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
