@@ -161,8 +161,8 @@ def cpu_float32(model, name, log=print, share=0.4):
     dequantize_model), if the float32 copy takes at most `share` of the memory.
 
     MLX's CPU backend multiplies half-precision matrices without BLAS: a forward pass of the benchmark
-    model took 10.3 s in bfloat16 and 0.77 s in float32; its 4-bit matmul ran at ~0.3 GFLOP/s against
-    ~200 for float32 with OpenBLAS (docs/benchmarks.md). Dequantized weights hold exactly the quantized
+    model took 10.3 s in bfloat16 and 0.77 s in float32; its 4-bit matmul ran at ~0.35 GFLOP/s with bfloat16
+    activations (3 with float32 ones) against ~240 for float32 with OpenBLAS (docs/benchmarks.md). Dequantized weights hold exactly the quantized
     values, so the model computes the same function and an adapter trained on it fits the quantized model.
     GPUs, a copy too large for memory, and GIFT_CPU_FLOAT32=0 keep the weights as they are. For computing
     only: merge never calls this.
@@ -191,6 +191,7 @@ def cpu_float32(model, name, log=print, share=0.4):
 
         dequantize_model(model)
     model.set_dtype(mx.float32)
+    mx.eval(model.parameters())  # convert now, not inside the first batch's time (and its memory peak)
     log(f"{name}: float32 on CPU{' (dequantized)' if quantized else ''} ({need / 1e9:.1f} GB; "
         f"{what} matmuls are 10-500x slower there)")
     return model

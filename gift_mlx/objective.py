@@ -8,7 +8,9 @@ by the step's Σ w, so accumulating micro-batches gives exactly the gradient of 
 At large vocabularies (Qwen2.5: 151,936 rows) the [positions × vocabulary] float32 logits dominate memory:
 there ℓ is computed through the LM head in chunks of positions (`chunked_nll`), and for training the head's
 gradient is formed chunk by chunk in the same pass (`fused_nll`), so no array spans all the logits and autodiff
-keeps none of them. MLX allocates ahead of execution, so below its memory limit several chunks may be live at
+keeps none of them. There the head also runs on the target positions only (`positions`, from
+`target_positions`): a prompt or padding position has w = 0, so its logits change neither the loss nor the
+gradient, and at 152k vocabularies the head and its softmax are a large share of the step. MLX allocates ahead of execution, so below its memory limit several chunks may be live at
 once (measured: ~2 float32 values per logit at the peak instead of ~4); at the limit it waits, and one chunk's
 logits are freed before the next chunk's are made.
 """
@@ -104,22 +106,39 @@ def fused_nll(head, h, labels, chunk):
     return nll + (t - mx.stop_gradient(t))
 
 
-def token_nll(model, inputs, labels, grad=False, budget=None):
+def token_nll(model, inputs, labels, grad=False, budget=None, positions=None):
     """ℓ = −log p(label) at every position, in float32. grad=True: it will be differentiated.
+    positions (flat indices into [B, T]): ℓ at those positions only, as a vector.
 
     Small logits (positions × vocabulary ≤ budget) go through model(inputs) and cross-entropy as they are;
-    larger ones through the LM head in chunks (chunked_nll, or fused_nll for a gradient).
+    larger ones through the LM head in chunks (chunked_nll, or fused_nll for a gradient), on `positions` only.
     """
     split = split_head(model)
     if split is not None:
         body, head = split
         vocab = model.args.vocab_size
-        if labels.size * vocab > (budget or LOGITS_BUDGET):
-            if not grad or not _trainable(head):
-                chunk = chunk_positions(vocab, budget)
-                return (fused_nll if grad else chunked_nll)(head, body(inputs), labels, chunk)
-    logits = model(inputs).astype(mx.float32)
-    return nn.losses.cross_entropy(logits, labels, reduction="none")
+        if chunked(model, labels.size, budget) and (not grad or not _trainable(head)):
+            h = body(inputs)
+            if positions is not None:
+                h, labels = h.reshape(-1, h.shape[-1])[positions], labels.reshape(-1)[positions]
+            return (fused_nll if grad else chunked_nll)(head, h, labels, chunk_positions(vocab, budget))
+    nll = nn.losses.cross_entropy(model(inputs).astype(mx.float32), labels, reduction="none")
+    return nll if positions is None else nll.reshape(-1)[positions]
+
+
+def chunked(model, n_positions, budget=None):
+    """Whether token_nll computes this many positions' logits in chunks (then `positions` saves head work)."""
+    return split_head(model) is not None and n_positions * model.args.vocab_size > (budget or LOGITS_BUDGET)
+
+
+def target_positions(w, size=None):
+    """Flat indices of the positions with w > 0 (numpy), padded to `size` with a position of weight 0, so that
+    a compiled step sees one shape per `size` (the padding adds 0·ℓ to every sum)."""
+    flat = w.reshape(-1) > 0
+    idx = np.flatnonzero(flat)
+    if size is not None and len(idx) < size:
+        idx = np.concatenate([idx, np.full(size - len(idx), np.argmin(flat))])  # argmin: a w = 0 position
+    return idx.astype(np.int32)
 
 
 def _trainable(head):
@@ -127,19 +146,22 @@ def _trainable(head):
     return bool(tree_flatten(module.trainable_parameters()))
 
 
-def confidence(model, inputs, labels):
-    """q = p(label) at every position, with no gradient: the model is a frozen guide."""
-    return mx.stop_gradient(mx.exp(-token_nll(model, inputs, labels)))
+def confidence(model, inputs, labels, positions=None):
+    """q = p(label) at every position (or at `positions`, flat), with no gradient: the model is a frozen guide."""
+    return mx.stop_gradient(mx.exp(-token_nll(model, inputs, labels, positions=positions)))
 
 
-def weighted_sums(model, inputs, labels, w, own=None, grad=True):
+def weighted_sums(model, inputs, labels, w, own=None, grad=True, positions=None):
     """(Σ w·ℓ, (Σ w, Σ ℓ, n)) over the positions with w > 0: the differentiated value comes first.
+    positions: flat indices holding every w > 0 position (target_positions); the head runs there only.
 
     own=(floor, gamma): DFT-style weights from the trained model itself, w = max(stopgrad(p), floor)^γ on
     the target positions (w > 0 marks them), taken from the same logits as ℓ: no second forward pass.
     grad=False (validation): ℓ is not differentiated, so no head gradient is formed.
     """
-    nll = token_nll(model, inputs, labels, grad=grad)
+    nll = token_nll(model, inputs, labels, grad=grad, positions=positions)
+    if positions is not None:
+        w = w.reshape(-1)[positions]
     if own is not None:
         w = mx.where(w > 0, token_weights(mx.stop_gradient(mx.exp(-nll)), *own), 0.0)
     mask = w > 0

@@ -80,16 +80,17 @@ class Shape:
         return self.layers * block + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
 
 
-def flops_per_token(s, seq, rank=0, kind="train", grad_checkpoint=False):
+def flops_per_token(s, seq, rank=0, kind="train", grad_checkpoint=False, head_share=1.0):
     """Model FLOPs per token; seq: the padded sequence length (causal attention: seq / 2 keys on average).
 
     kind: "forward" (scoring, validation), "train" (forward + backward through activations + LoRA gradients),
-    "decode" (one generated token attending to `seq` cached positions).
+    "decode" (one generated token attending to `seq` cached positions). head_share: the share of positions
+    whose logits are needed (a loss or a score on the target tokens needs the LM head there only).
     """
     keys = seq if kind == "decode" else seq / 2
     linear = 2 * s.layers * sum(i * o for i, o in s.linears())
     attention = 4 * s.layers * keys * s.heads * s.head_dim  # QKᵀ and PV
-    head = 2 * s.hidden * s.vocab
+    head = 2 * s.hidden * s.vocab * head_share
     lora = 2 * s.layers * rank * sum(i + o for i, o in s.linears()) if kind != "forward" else 0
     forward = linear + attention + head + lora
     if kind in ("forward", "decode"):
@@ -166,22 +167,28 @@ class Estimate:
 
 
 def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, grad_checkpoint=False,
-             online=False, score=True):
-    """Peak memory and seconds per epoch (training; scoring pass separately) of one configuration."""
+             online=False, score=True, target_share=1.0):
+    """Peak memory and seconds per epoch (training; scoring pass separately) of one configuration.
+    target_share: the share of tokens that are targets; where the logits are chunked (objective.chunked) gift
+    runs the LM head on those only, and the scoring pass always does."""
+    from .objective import LOGITS_BUDGET
+
     s, cb = as_computed(s, device, memory)
     peak = peak_bytes(s, batch, seq, rank, grad_checkpoint, cb, guide=s if online else None) + OVERHEAD
-    per_token = flops_per_token(s, seq, rank, "train", grad_checkpoint)
+    share = target_share if batch * seq * s.vocab > LOGITS_BUDGET else 1.0
+    per_token = flops_per_token(s, seq, rank, "train", grad_checkpoint, share)
     if online:
         per_token += flops_per_token(s, seq, kind="forward")
     rate = gflops * 1e9
     epoch = tokens_per_epoch * per_token / (rate * EFFICIENCY["train"])
-    scoring = tokens_per_epoch * flops_per_token(s, seq, kind="forward") / (rate * EFFICIENCY["score"])
+    scoring = tokens_per_epoch * flops_per_token(s, seq, kind="forward", head_share=target_share) / (rate * EFFICIENCY["score"])
     return Estimate(peak / 1e9, peak <= memory * 0.9, epoch, scoring if score and not online else 0.0, per_token,
                     tokens_per_epoch, cb, s.bits)
 
 
 def data_tokens(cfg, batch, seq):
-    """(padded tokens of one epoch, longest padded batch length) of cfg.data as gift train batches it."""
+    """(padded tokens of one epoch, longest padded batch length, target tokens ÷ padded tokens) of cfg.data as
+    gift train batches it."""
     import numpy as np
 
     from .data import batch_order, fit_pad_lengths, load_data
@@ -196,7 +203,7 @@ def data_tokens(cfg, batch, seq):
         width = min(p for p in pads if p >= max(lengths[i] for i in idx))
         total += len(idx) * width
         longest = max(longest, width)
-    return total, longest
+    return total, longest, sum(e.num_targets for e in ds.examples) / max(total, 1)
 
 
 def model_config(name, download=False):
@@ -251,13 +258,14 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
     device = device or here_device
     memory = memory_gb * 1e9 * (2 / 3 if device == "gpu" else 1) if memory_gb else here_memory
     seq, batch, rank = cfg.max_seq_length, cfg.batch_size, cfg.lora_rank
+    share = 1.0
     if cfg.data:
-        tokens, seq = data_tokens(cfg, batch, seq)
+        tokens, seq, share = data_tokens(cfg, batch, seq)
     else:
         tokens = None
     online = cfg.online_scores and cfg.method in ("gift", "gift-base")
     e = estimate(s, batch, seq, rank, tokens or batch * seq, device, memory, gflops, cfg.grad_checkpoint, online,
-                 score=cfg.method in ("gift", "gift-base"))
+                 score=cfg.method in ("gift", "gift-base"), target_share=share)
     where = f"{memory / 1e9:.1f} GB usable" + (" (2/3 of a Mac's memory: its recommended working set)"
                                                 if memory_gb and device == "gpu" else "")
     log(f"model: {name}: {s.layers} layers, hidden {s.hidden}, FFN {s.ffn}, {s.heads}/{s.kv_heads} heads, "

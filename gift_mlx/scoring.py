@@ -18,7 +18,7 @@ from .data import collate
 from .errors import GiftError
 from .models import check_vocab, cpu_float32, load_model, local_path, read_config, wire_memory
 from .outputs import check_not_inside, write_bytes, writing
-from .objective import confidence
+from .objective import confidence, target_positions
 
 
 def weights_fingerprint(path_or_id):
@@ -116,17 +116,14 @@ def compute_scores(model, dataset, batch_tokens=None, desc="scoring", world=None
         for batch in batches:
             # Rows split over the streams, each part padded to its own longest row (not compiled: no retrace).
             parts = [p for p in np.array_split(batch, len(streams)) if len(p)]
-            qs, ws = [], []
+            qs = []
             for stream, part in zip(streams, parts):
                 inputs, labels, w = collate([examples[j] for j in part], [None] * len(part))
-                with mx.stream(stream):
-                    qs.append(confidence(model, mx.array(inputs), mx.array(labels)))
-                ws.append(w)
+                with mx.stream(stream):  # the targets' confidences only, row after row
+                    qs.append(confidence(model, mx.array(inputs), mx.array(labels), mx.array(target_positions(w))))
             mx.eval(qs)
-            for part, q, w in zip(parts, qs, ws):
-                q = np.array(q)
-                for b, j in enumerate(part):
-                    flat[offsets[j] : offsets[j + 1]] = q[b][w[b] > 0]
+            for part, q in zip(parts, qs):
+                flat[np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in part])] = np.array(q)
             bar.update()
     if size > 1:
         flat = np.array(mx.distributed.all_sum(mx.array(flat), group=world))

@@ -33,7 +33,7 @@ from .models import (check_compatible, check_vocab, cpu_float32, load_model, loa
                      wire_memory)
 from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, remove_if_empty, save_tensors,
                       write_json, write_text, writing)
-from .objective import confidence, token_weights, weighted_sums
+from .objective import chunked, confidence, target_positions, token_weights, weighted_sums
 from .pair_check import RESULT_FILE as PAIR_FILE, check_for_training
 from .scoring import ensure_scores, load_guide
 
@@ -84,15 +84,20 @@ def lr_schedule(cfg, steps):
     return optim.join_schedules([optim.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
 
 
-def guide_weights(guide, inputs, labels, w, floor, gamma):
-    """Online scoring: the guide's confidence weights on the target positions (w > 0), zero elsewhere."""
-    return mx.where(w > 0, token_weights(confidence(guide, inputs, labels), floor, gamma), 0.0)
+def guide_weights(guide, inputs, labels, w, floor, gamma, positions=None):
+    """Online scoring: the guide's confidence weights on the target positions (w > 0), zero elsewhere; with
+    `positions` (flat, every w > 0 among them) the guide's LM head runs there only."""
+    if positions is None:
+        return mx.where(w > 0, token_weights(confidence(guide, inputs, labels), floor, gamma), 0.0)
+    q = confidence(guide, inputs, labels, positions)
+    picked = mx.where(w.reshape(-1)[positions] > 0, token_weights(q, floor, gamma), 0.0)
+    return mx.zeros(w.size).at[positions].add(picked).reshape(w.shape)  # padding positions add 0
 
 
 def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None, own=False):
     """The compiled training step and the state it updates.
 
-    step(inputs, labels, w, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
+    step(inputs, labels, w, positions, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
     [Σ w·ℓ, Σ w, Σ ℓ, n] to the accumulators; with update=True it applies AdamW to the accumulated gradient
     divided by the step's Σ w, so that L = Σ w·ℓ / Σ w over every target token of the optimizer step.
     Under mlx.launch the gradient and the sums are summed over all processes first: Σ w is global.
@@ -104,11 +109,11 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, 
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(inputs, labels, w, acc_grad, acc_sums, update):
+    def step(inputs, labels, w, positions, acc_grad, acc_sums, update):
         if guide is not None:
             with mx.stream(guide_stream or mx.default_stream(mx.default_device())):
-                w = guide_weights(guide, inputs, labels, w, floor, gamma)
-        (wl, (sw, l, n)), grad = loss_and_grad(model, inputs, labels, w)
+                w = guide_weights(guide, inputs, labels, w, floor, gamma, positions)
+        (wl, (sw, l, n)), grad = loss_and_grad(model, inputs, labels, w, positions=positions)
         sums = mx.stack([wl, sw, l, n.astype(mx.float32)])
         if acc_grad is not None:
             grad, sums = tree_map(mx.add, grad, acc_grad), sums + acc_sums
@@ -123,6 +128,20 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, 
         return grad, sums
 
     return step, state
+
+
+def head_positions(model, w, bound=None):
+    """The flat target positions of a micro-batch (numpy w) when its logits are chunked, else None. bound:
+    per padded length, the most targets one row can hold, which fixes the padded count (one compiled shape)."""
+    if not chunked(model, w.size):
+        return None
+    return mx.array(target_positions(w, None if bound is None else len(w) * bound[w.shape[1]]))
+
+
+def target_bound(dataset, pad_lengths):
+    """{padded length L: the most target tokens of any row that fits in L} (a row goes to the smallest L ≥ its length)."""
+    rows = [(len(e.tokens) - 1, int(np.count_nonzero(e.target[1:]))) for e in dataset.examples]
+    return {L: max([t for n, t in rows if n <= L], default=0) for L in pad_lengths}
 
 
 def micro_batches(dataset, weights, batch_size, pad_lengths, pad_id, seed, start=0, rank=0, size=1):
@@ -153,11 +172,13 @@ def validation_loss(model, dataset, weights, cfg, pad_id, guide=None, world=None
         n_batches = min(n_batches, cfg.val_batches)
     total = mx.zeros(4)
     for _ in range(n_batches):
-        inputs, labels, w = map(mx.array, next(batches))
+        batch = next(batches)
+        positions = head_positions(model, batch[2])
+        inputs, labels, w = map(mx.array, batch)
         if guide is not None:
-            w = guide_weights(guide, inputs, labels, w, cfg.floor, cfg.gamma)
+            w = guide_weights(guide, inputs, labels, w, cfg.floor, cfg.gamma, positions)
         wl, (sw, l, n) = weighted_sums(model, inputs, labels, w, own=(cfg.floor, cfg.gamma) if cfg.method == "dft" else None,
-                                       grad=False)
+                                       grad=False, positions=positions)
         total = total + mx.stack([wl, sw, l, n.astype(mx.float32)])
         mx.eval(total)
     model.train()
@@ -443,6 +464,7 @@ def _train(cfg, log, stack):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pad_lengths = fit_pad_lengths([len(e.tokens) - 1 for e in train_set.examples], cfg.max_seq_length, cfg.pad_lengths)
     log(f"batches: padded to {', '.join(map(str, pad_lengths))} tokens (one compiled shape each)")
+    bound = target_bound(train_set, pad_lengths)
     batches = micro_batches(train_set, weights["train"], cfg.batch_size, pad_lengths, pad_id, cfg.seed,
                             start=start * cfg.grad_accumulation_steps, rank=rank, size=size)
     if val_set is not None and len(val_set) < cfg.batch_size:
@@ -479,7 +501,7 @@ def _train(cfg, log, stack):
             for k in range(cfg.grad_accumulation_steps):
                 inputs, labels, w = next(batches)
                 window["tokens"] += int((labels != pad_id).sum())
-                acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w),
+                acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w), head_positions(model, w, bound),
                                           acc_grad, acc_sums, k == cfg.grad_accumulation_steps - 1)
             with blas.threads(blas_threads):
                 mx.eval(state, acc_sums)

@@ -134,14 +134,16 @@ def tree_map_lora(model):
                            for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_b")])
 
 
-def loss_grad_conf(model, inputs, labels, w, own, compiled):
+def loss_grad_conf(model, inputs, labels, w, own, compiled, positions=None):
     f = nn.value_and_grad(model, partial(weighted_sums, own=own))
-    step = partial(f, model)
+
+    def step(inputs, labels, w, positions):
+        return f(model, inputs, labels, w, positions=positions)
     if compiled:  # as train.build_step: the model's state is an input of the compiled function
         step = partial(mx.compile, inputs=model.state, outputs=model.state)(step)
-    (wl, (sw, l, n)), grad = step(inputs, labels, w)
-    q = confidence(model, inputs, labels)
-    val = weighted_sums(model, inputs, labels, w, own=own, grad=False)[0]
+    (wl, (sw, l, n)), grad = step(inputs, labels, w, positions)
+    q = confidence(model, inputs, labels, positions)
+    val = weighted_sums(model, inputs, labels, w, own=own, grad=False, positions=positions)[0]
     return wl.item(), l.item(), dict(tree_flatten(grad)), np.array(q), val.item()
 
 
@@ -169,6 +171,18 @@ def test_chunked_head_gives_the_same_loss_gradient_and_confidences(monkeypatch, 
                 g = np.array(g)
                 np.testing.assert_allclose(np.array(chunked[2][k]), g, rtol=1e-5, atol=1e-5 * np.abs(g).max())
             np.testing.assert_allclose(chunked[3], full[3], rtol=1e-5, atol=1e-7)
+            # the head on the targets only (train.py's chunked steps), padded with 3 positions of weight 0
+            idx = objective.target_positions(np.array(w), int((np.array(w) > 0).sum()) + 3)
+            assert np.array(w).reshape(-1)[idx[-3:]].tolist() == [0, 0, 0]
+            monkeypatch.setattr(objective, "LOGITS_BUDGET", 5 * 96)
+            targets = loss_grad_conf(model, inputs, labels, w, own, compiled, mx.array(idx))
+            monkeypatch.undo()
+            assert np.isclose(targets[0], full[0], rtol=1e-5) and np.isclose(targets[1], full[1], rtol=1e-5)
+            assert np.isclose(targets[4], full[0], rtol=1e-5)
+            for k, g in full[2].items():
+                g = np.array(g)
+                np.testing.assert_allclose(np.array(targets[2][k]), g, rtol=1e-5, atol=1e-5 * np.abs(g).max())
+            np.testing.assert_allclose(targets[3], full[3].reshape(-1)[idx], rtol=1e-5, atol=1e-7)
 
 
 def test_small_logits_and_unknown_models_keep_the_full_computation(monkeypatch):

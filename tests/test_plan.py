@@ -34,7 +34,7 @@ def test_estimate_matches_a_tiny_training_run(tmp_path, qwen2_pair, task_data):
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     measured = max(r["peak_memory_gb"] for r in rows if "peak_memory_gb" in r) * 1e9 - before
     s = plan.Shape.from_config(json.loads((base / "config.json").read_text()))
-    tokens, seq = plan.data_tokens(cfg, cfg.batch_size, cfg.max_seq_length)
+    tokens, seq, share = plan.data_tokens(cfg, cfg.batch_size, cfg.max_seq_length)
     estimated = plan.peak_bytes(s, cfg.batch_size, seq, cfg.lora_rank)
     # the coefficients were fitted on larger models (hidden 128-512)
     print(f"tiny run: estimated {estimated / 1e6:.1f} MB, measured {measured / 1e6:.1f} MB")

@@ -36,7 +36,7 @@ def run_steps(model, micro):
     acc_g = acc_s = None
     for k, (ex, sc) in enumerate(micro):
         inputs, labels, w = map(mx.array, collate(ex, sc))
-        acc_g, acc_s = step(inputs, labels, w, acc_g, acc_s, k == len(micro) - 1)
+        acc_g, acc_s = step(inputs, labels, w, None, acc_g, acc_s, k == len(micro) - 1)
     mx.eval(state, acc_s)
     return dict(tree_flatten(model.trainable_parameters())), np.array(acc_s)
 
