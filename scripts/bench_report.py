@@ -331,14 +331,17 @@ def shape_report(res):
         from gift_mlx import plan
 
         q4 = res["blas"]["q4_gflops"]
+        q4 = q4 if isinstance(q4, dict) else {"float32": q4}  # runs before 2026-11-27 06:30 measured float32 only
         s4 = plan.Shape.from_config(c, 4)
         step = p["batch_size"] * res["data"]["mean"] * plan.flops_per_token(s4, res["data"]["mean"], p["rank"])
+        rates = ", ".join(f"{v:.2f} GFLOP/s with {k} activations" for k, v in q4.items())
+        slow = min(q4.values())
         w("")
-        w(f"MLX's 4-bit matmul on this CPU (1024², group 64, measured in the same run): {q4:.2f} GFLOP/s. gift "
-          f"computes a 4-bit model in float32 on a CPU when the copy fits (models.cpu_float32 dequantizes it with "
-          f"mlx-lm); a QLoRA step that stays in 4-bit ({step / 1e9:,.0f} GFLOP here) would take about "
-          f"{step / q4 / 1e9:,.0f} s at that rate" + ("" if "peer-q4" in runs else
-                                                    " (mlx_lm.lora on the 4-bit model not run: pass --peer-q4)") + ".")
+        w(f"MLX's 4-bit matmul on this CPU (1024², group 64, measured in the same run): {rates}. gift computes a "
+          f"4-bit model in float32 on a CPU when the copy fits (models.cpu_float32 dequantizes it with mlx-lm); a "
+          f"QLoRA step that stays in 4-bit ({step / 1e9:,.0f} GFLOP here) would take about "
+          f"{step / slow / 1e9:,.0f} s at {slow:.2f} GFLOP/s" + ("" if "peer-q4" in runs else
+                                                             " (mlx_lm.lora on the 4-bit model not run: pass --peer-q4)") + ".")
     w("")
     w("### Ratios and goals")
     w("")

@@ -515,17 +515,21 @@ def build_shape(root, name, p, variants):
 
 
 def q4_gflops(n=1024, seconds=1.0):
-    """MLX's 4-bit matmul rate on this device (float32 activations, group 64): what a QLoRA step runs at."""
+    """MLX's 4-bit matmul rate on this device (group 64), with float32 activations and with bfloat16 ones (what
+    mlx_lm.lora's QLoRA step on a model quantized from bfloat16 weights runs at): {dtype: GFLOP/s}."""
     import mlx.core as mx
 
-    x, w = mx.ones((n, n)), mx.random.normal((n, n))
-    wq, scales, biases = mx.quantize(w, group_size=64, bits=4)
-    mx.eval(x, wq, scales, biases, mx.quantized_matmul(x, wq, scales, biases, group_size=64, bits=4))
-    count, tic = 0, time.perf_counter()
-    while time.perf_counter() - tic < seconds:
-        mx.eval(mx.quantized_matmul(x, wq, scales, biases, group_size=64, bits=4))
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - tic) / 1e9
+    out = {}
+    for dtype in (mx.float32, mx.bfloat16):
+        x, w = mx.ones((n, n), dtype), mx.random.normal((n, n)).astype(dtype)
+        wq, scales, biases = mx.quantize(w, group_size=64, bits=4)
+        mx.eval(x, wq, scales, biases, mx.quantized_matmul(x, wq, scales, biases, group_size=64, bits=4))
+        count, tic = 0, time.perf_counter()
+        while time.perf_counter() - tic < seconds:
+            mx.eval(mx.quantized_matmul(x, wq, scales, biases, group_size=64, bits=4))
+            count += 1
+        out[str(dtype).split(".")[-1]] = 2 * n**3 * count / (time.perf_counter() - tic) / 1e9
+    return out
 
 
 def decode_main(record, model_path, n, max_tokens):
@@ -623,7 +627,8 @@ def main_shape(args, shape):
         runs["decode-f32"] = run_decode("decode-f32", work, i)
     if "q4" in variants:
         b, i = folders["base", "4bit"], folders["instruct", "4bit"]
-        if args.peer_q4:  # MLX's CPU 4-bit matmul: ~3 GFLOP/s, minutes per step at 0.5B
+        if args.peer_q4 is not None and (not args.peer_q4 or shape in args.peer_q4):
+            # mlx_lm.lora keeps bfloat16 activations: MLX's CPU 4-bit matmul then runs ~0.35 GFLOP/s (half an hour per step at 0.5B)
             peer("peer-q4", b, args.peer_q4_iters, openblas)
         runs["score-q4"] = run_gift_score("score-q4", work, i, data, p, train_ds, scores="scores-q4")
         gift("gift-q4", b, i, p["q4_iters"], "scores-q4")
@@ -701,8 +706,9 @@ def main():
     ap.add_argument("--build-only", action="store_true", help="with --shape: build the models and data, run nothing")
     ap.add_argument("--no-online", action="store_true", help="with --shape: skip the --online-scores run")
     ap.add_argument("--peer-q4-iters", type=int, default=1, help="with --peer-q4: steps of mlx_lm.lora's QLoRA run")
-    ap.add_argument("--peer-q4", action="store_true",
-                    help="with --shape: also run mlx_lm.lora on the 4-bit model (MLX's CPU 4-bit matmul is very slow)")
+    ap.add_argument("--peer-q4", nargs="*", metavar="SHAPE",
+                    help="with --shape: also run mlx_lm.lora on the 4-bit model, at these shapes (none named: all); MLX's "
+                         "CPU 4-bit matmul with bfloat16 activations is very slow")
     args = ap.parse_args()
     if args.shape:
         for shape in args.shape:

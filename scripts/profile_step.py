@@ -1,6 +1,7 @@
-"""Where a training step's time goes at a model's shape: the blocks' forward, the LM head + cross-entropy
-(whole logits or in chunks), the compiled step with and without chunking, the optimizer; against the
-matmul rate measured in the same process.
+"""Where a training step's time goes at a model's shape: the blocks' forward, one block's forward by op
+(matmuls, SiLU, attention softmax, RoPE, norms, LoRA dropout masks), the LM head + cross-entropy (whole logits
+or in chunks), the compiled step with and without chunking, the optimizer; against the matmul rate measured in
+the same process.
 
     python scripts/profile_step.py --model FOLDER [--batch 2 --seq 256 --rank 16]
 
@@ -33,6 +34,42 @@ def timed(f, reps=3):
         mx.eval(f())
         out.append(time.perf_counter() - tic)
     return statistics.median(out)
+
+
+def by_op(model, s, B, T, add):
+    """One block's forward split into its ops (mlx-lm's own modules), each timed alone and × the block count."""
+    layer, L, n = model.layers[0], s.layers, B * T
+    attn, mlp = layer.self_attn, layer.mlp
+    q_out, kv_out = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    xb = mx.random.normal((B, T, s.hidden))
+    g = mx.random.normal((B, T, s.ffn))
+    q = mx.random.normal((B, s.heads, T, s.head_dim))
+    kv = mx.random.normal((B, s.kv_heads, T, s.head_dim))
+    xo = mx.random.normal((B, T, q_out))
+    mx.eval(xb, g, q, kv, xo)
+    drop = nn.Dropout(0.05)
+    model.eval()  # the LoRA layers without their dropout: the masks are timed on their own below
+    ops = [
+        ("q, k, v, o projections (LoRA)", lambda: [attn.q_proj(xb), attn.k_proj(xb), attn.v_proj(xb), attn.o_proj(xo)],
+         2 * n * s.hidden * (2 * q_out + 2 * kv_out)),
+        ("gate, up, down projections (LoRA)", lambda: [mlp.gate_proj(xb), mlp.up_proj(xb), mlp.down_proj(g)],
+         2 * n * 3 * s.hidden * s.ffn),
+        ("SiLU(gate) × up", lambda: nn.silu(g) * g, None),
+        ("attention: scores, causal softmax, values (sdpa)", lambda: mx.fast.scaled_dot_product_attention(
+            q, kv, kv, scale=s.head_dim ** -0.5, mask="causal"), 4 * n * T * q_out),
+        ("RoPE on q and k", lambda: [attn.rope(q), attn.rope(kv)], None),
+        ("RMSNorm × 2", lambda: [layer.input_layernorm(xb), layer.post_attention_layernorm(xb)], None),
+        ("residual adds × 2", lambda: [xb + xb, xb - xb], None),
+        ("dropout masks of the 7 LoRA inputs (training)", lambda: [drop(xb) for _ in range(5)] + [drop(xo), drop(g)],
+         None),
+    ]
+    total = 0.0
+    for name, f, flops in ops:
+        seconds = L * timed(f)
+        total += seconds
+        add(f"  × {L} blocks: {name}", seconds, flops and L * flops)
+    add("  sum of the ops above (dropout included)", total)
+    model.train()
 
 
 def main():
@@ -71,6 +108,7 @@ def main():
     fwd_blocks = n * (plan.flops_per_token(s, T, kind="forward") - 2 * s.hidden * s.vocab)
     head_f = n * 2 * s.hidden * s.vocab
     add("blocks forward (no grad)", timed(lambda: body(x)), fwd_blocks)
+    by_op(model, s, B, T, add)
     add("LM head matmul alone", timed(lambda: head(h)), head_f)
     add("head + cross-entropy, whole logits", timed(lambda: nn.losses.cross_entropy(head(h).astype(mx.float32), x)), head_f)
     chunk = objective.chunk_positions(s.vocab)
