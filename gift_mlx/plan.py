@@ -37,10 +37,10 @@ SHAPES = {
 # hidden size, FFN size and heads × sequence length; per element of positions × vocabulary (logits, in
 # full below the chunking budget, in chunks above it); per layer and hidden unit with gradient checkpointing.
 ACT = {"hidden": 87.8, "ffn": 31.3, "attention": 4.7, "logits": 16.1, "logits_chunked": 7.8, "checkpoint": 19.0}
-# Fraction of the measured float32 matmul rate reached (model FLOP/s ÷ matmul FLOP/s), per pass; from the
-# 0.5B-shape benchmark on calm cores (docs/benchmarks.md: training 0.51-0.52, scoring pass 0.62-0.64), CPU with
-# OpenBLAS; the 1.5B shape is the check.
-EFFICIENCY = {"train": 0.50, "score": 0.64}
+# Fraction of the measured float32 matmul rate reached (model FLOP/s ÷ matmul FLOP/s, the LM head counted on
+# the target tokens), per pass; from the 0.5B-shape benchmark (docs/benchmarks.md, 2026-11-27: training 0.44,
+# scoring pass 0.62), CPU with OpenBLAS; the 1.5B shape in the same command is the check.
+EFFICIENCY = {"train": 0.44, "score": 0.62}
 OVERHEAD = 0.6e9  # the process itself (Python, MLX, tokenizer, compiled kernels), from max RSS − MLX peak
 
 
@@ -113,9 +113,11 @@ def lora_params(s, rank, layers=None):
     return (layers or s.layers) * rank * sum(i + o for i, o in s.linears())
 
 
-def peak_bytes(s, batch, seq, rank, grad_checkpoint=False, compute_bytes=4, guide=None, logits_budget=2**24):
+def peak_bytes(s, batch, seq, rank, grad_checkpoint=False, compute_bytes=4, guide=None, logits_budget=2**24,
+               target_share=1.0):
     """MLX's estimated peak during training: weights, LoRA (parameter, gradient, accumulated gradient, AdamW's
-    two moments: 5 × float32), activations kept for the backward, logits; the guide's weights with online scoring."""
+    two moments: 5 × float32), activations kept for the backward, logits (chunked: of the target positions
+    only); the guide's weights with online scoring."""
     n = batch * seq
     scale = compute_bytes / 4  # ACT was fitted in float32
     layer = ACT["hidden"] * s.hidden + ACT["ffn"] * s.ffn + ACT["attention"] * s.heads * seq
@@ -123,7 +125,7 @@ def peak_bytes(s, batch, seq, rank, grad_checkpoint=False, compute_bytes=4, guid
         act = n * (s.layers * ACT["checkpoint"] * s.hidden + layer)
     else:
         act = n * s.layers * layer
-    logits = n * s.vocab * (ACT["logits_chunked"] if n * s.vocab > logits_budget else ACT["logits"])
+    logits = n * s.vocab * (ACT["logits_chunked"] * target_share if n * s.vocab > logits_budget else ACT["logits"])
     total = weight_bytes(s, compute_bytes) + 20 * lora_params(s, rank) + scale * act + logits
     if guide is not None:
         total += weight_bytes(guide, compute_bytes)
@@ -174,11 +176,12 @@ def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, grad
     from .objective import LOGITS_BUDGET
 
     s, cb = as_computed(s, device, memory)
-    peak = peak_bytes(s, batch, seq, rank, grad_checkpoint, cb, guide=s if online else None) + OVERHEAD
+    peak = peak_bytes(s, batch, seq, rank, grad_checkpoint, cb, guide=s if online else None,
+                      target_share=target_share) + OVERHEAD
     share = target_share if batch * seq * s.vocab > LOGITS_BUDGET else 1.0
     per_token = flops_per_token(s, seq, rank, "train", grad_checkpoint, share)
     if online:
-        per_token += flops_per_token(s, seq, kind="forward")
+        per_token += flops_per_token(s, seq, kind="forward", head_share=share)  # the guide's head: targets too
     rate = gflops * 1e9
     epoch = tokens_per_epoch * per_token / (rate * EFFICIENCY["train"])
     scoring = tokens_per_epoch * flops_per_token(s, seq, kind="forward", head_share=target_share) / (rate * EFFICIENCY["score"])

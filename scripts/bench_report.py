@@ -273,8 +273,9 @@ def shape_efficiency(res):
 
                 s, cb = plan.as_computed(s, "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
                 seq = max(x["shape"][1] for x in steps)
+                share = sum(x["targets"] for x in steps) / sum(x["tokens"] for x in steps)
                 peak = plan.peak_bytes(s, p["batch_size"], seq, p["rank"], compute_bytes=cb,
-                                       guide=s if "online" in name else None)
+                                       guide=s if "online" in name else None, target_share=share)
                 est_s = f / len(counted) / ((matmul or 1) * 1e9 * plan.EFFICIENCY["train"])
                 out[name].update(plan_peak_gb=peak / 1e9, plan_s_per_step=est_s)
         out[name]["efficiency_every_head"] = (out[name].get("gflops_every_head", out[name]["gflops"]) / matmul
