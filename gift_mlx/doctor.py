@@ -25,6 +25,18 @@ def matmul_gflops(n=1024, seconds=1.0):
     return 2 * n**3 * count / (time.perf_counter() - tic) / 1e9
 
 
+def exp_rate(n=2**22, seconds=0.2):
+    """exp values per second on one MLX stream: the speed of the element-wise work beside the matmuls (softmax,
+    SiLU, cross-entropy), which MLX's CPU backend runs on one thread per stream."""
+    x = mx.full((n,), 0.5)
+    mx.eval(mx.exp(x))
+    count, tic = 0, time.perf_counter()
+    while time.perf_counter() - tic < seconds:
+        mx.eval(mx.exp(x))
+        count += 1
+    return n * count / (time.perf_counter() - tic)
+
+
 def linux_cpu():
     return platform.system() == "Linux" and mx.default_device() == mx.cpu
 
@@ -64,4 +76,5 @@ def report():
         f"device: {mx.default_device()} ({platform.system()} {platform.machine()})",
         f"BLAS: {blas_line}",
         f"float32 matmul 1024x1024: {matmul_gflops():.1f} GFLOP/s",
+        f"exp on one stream: {exp_rate() / 1e6:,.0f} M values/s",
     ])

@@ -5,8 +5,9 @@ Model FLOPs per token (`flops_per_token`): every matmul of the forward (blocks, 
 the backward through the activations (the same again, attention twice) and LoRA's weight gradients; frozen
 weights get no gradient. Memory (`peak_bytes`): weights + LoRA state + what autodiff keeps for the backward +
 the LM head's logits, with per-element coefficients fitted to MLX's measured peak (mx.get_peak_memory) of
-training steps on small qwen2 models (ACT); time: FLOPs / (measured matmul rate × EFFICIENCY, the fraction of
-the matmul rate gift's step reaches, measured by scripts/bench_train.py). Both are checked against the
+training steps on small qwen2 models (ACT); time (`seconds`): the FLOPs at the matmul rate measured now, plus
+the element-wise values that cost about an exp each (`elementwise_per_token`: SiLU, attention softmax, dropout
+masks, the vocabulary softmax) at the exp rate measured now, × ELEMENT_COST. Both are checked against the
 benchmark's measured runs in docs/benchmarks.md.
 """
 
@@ -37,10 +38,10 @@ SHAPES = {
 # hidden size, FFN size and heads × sequence length; per element of positions × vocabulary (logits, in
 # full below the chunking budget, in chunks above it); per layer and hidden unit with gradient checkpointing.
 ACT = {"hidden": 87.8, "ffn": 31.3, "attention": 4.7, "logits": 16.1, "logits_chunked": 7.8, "checkpoint": 19.0}
-# Fraction of the measured float32 matmul rate reached (model FLOP/s ÷ matmul FLOP/s, the LM head counted on
-# the target tokens), per pass; from the 0.5B-shape benchmark (docs/benchmarks.md, 2026-11-27: training 0.44,
-# scoring pass 0.62), CPU with OpenBLAS; the 1.5B shape in the same command is the check.
-EFFICIENCY = {"train": 0.44, "score": 0.62}
+# Cost of one element-wise value counted by elementwise_per_token, in exps on one stream: 1.44 fitted to the 0.5B-shape
+# float32 training run of docs/benchmarks.md (2026-11-27, the matmuls taken at the measured rate); the 1.5B
+# shape and the other runs of the same command are the check.
+ELEMENT_COST = 1.4
 OVERHEAD = 0.6e9  # the process itself (Python, MLX, tokenizer, compiled kernels), from max RSS − MLX peak
 
 
@@ -99,6 +100,22 @@ def flops_per_token(s, seq, rank=0, kind="train", grad_checkpoint=False, head_sh
     return forward + backward + ((linear + attention + lora) if grad_checkpoint else 0)
 
 
+def elementwise_per_token(s, seq, kind="train", grad_checkpoint=False, head_share=1.0):
+    """Element-wise values per token that cost about an exp each: SiLU, the attention softmax over `seq` keys
+    (MLX's CPU attention forms all seq × seq scores), forward and backward when training, the LoRA inputs'
+    dropout masks (training), and the softmax over the vocabulary where logits are needed (head_share)."""
+    block = s.ffn + s.heads * seq
+    if kind == "train":
+        block = (3 if grad_checkpoint else 2) * block + 6 * s.hidden + s.ffn
+    return s.layers * block + s.vocab * head_share
+
+
+def seconds(flops, elements, gflops, exp_rate, streams=1):
+    """Matmul FLOPs at the measured rate plus element-wise values at the measured exp rate, the element-wise
+    work split over `streams` (the scoring pass: one CPU stream per core)."""
+    return flops / (gflops * 1e9) + ELEMENT_COST * elements / (exp_rate * streams)
+
+
 def weight_bytes(s, compute_bytes):
     """Bytes of the weights as they are computed with: packed 4/8-bit plus a scale and bias per group, or
     every weight in compute_bytes."""
@@ -144,16 +161,16 @@ def as_computed(s, device, memory):
 
 
 def machine():
-    """(device, usable memory in bytes, measured float32 matmul GFLOP/s) of this machine."""
+    """(device, usable memory in bytes, measured float32 matmul GFLOP/s, measured exp values/s) of this machine."""
     import mlx.core as mx
 
-    from .doctor import matmul_gflops
+    from .doctor import exp_rate, matmul_gflops
 
     if mx.metal.is_available():
         device, memory = "gpu", mx.device_info()["max_recommended_working_set_size"]
     else:
         device, memory = "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return device, memory, matmul_gflops(1024, 0.5)
+    return device, memory, matmul_gflops(1024, 0.5), exp_rate()
 
 
 @dataclasses.dataclass
@@ -168,24 +185,28 @@ class Estimate:
     bits: int
 
 
-def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, grad_checkpoint=False,
+def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, exp_rate, grad_checkpoint=False,
              online=False, score=True, target_share=1.0):
     """Peak memory and seconds per epoch (training; scoring pass separately) of one configuration.
     target_share: the share of tokens that are targets; where the logits are chunked (objective.chunked) gift
     runs the LM head on those only, and the scoring pass always does."""
+    from .blas import cores
     from .objective import LOGITS_BUDGET
 
     s, cb = as_computed(s, device, memory)
     peak = peak_bytes(s, batch, seq, rank, grad_checkpoint, cb, guide=s if online else None,
                       target_share=target_share) + OVERHEAD
     share = target_share if batch * seq * s.vocab > LOGITS_BUDGET else 1.0
-    per_token = flops_per_token(s, seq, rank, "train", grad_checkpoint, share)
-    if online:
-        per_token += flops_per_token(s, seq, kind="forward", head_share=share)  # the guide's head: targets too
-    rate = gflops * 1e9
-    epoch = tokens_per_epoch * per_token / (rate * EFFICIENCY["train"])
-    scoring = tokens_per_epoch * flops_per_token(s, seq, kind="forward", head_share=target_share) / (rate * EFFICIENCY["score"])
-    return Estimate(peak / 1e9, peak <= memory * 0.9, epoch, scoring if score and not online else 0.0, per_token,
+    flops = flops_per_token(s, seq, rank, "train", grad_checkpoint, share)
+    elements = elementwise_per_token(s, seq, "train", grad_checkpoint, share)
+    if online:  # the guide's forward; its head on the targets too
+        flops += flops_per_token(s, seq, kind="forward", head_share=share)
+        elements += elementwise_per_token(s, seq, "forward", head_share=share)
+    epoch = tokens_per_epoch * seconds(flops, elements, gflops, exp_rate)
+    scoring = tokens_per_epoch * seconds(flops_per_token(s, seq, kind="forward", head_share=target_share),
+                                         elementwise_per_token(s, seq, "forward", head_share=target_share),
+                                         gflops, exp_rate, cores() if device == "cpu" else 1)
+    return Estimate(peak / 1e9, peak <= memory * 0.9, epoch, scoring if score and not online else 0.0, flops,
                     tokens_per_epoch, cb, s.bits)
 
 
@@ -232,7 +253,7 @@ def model_config(name, download=False):
         raise GiftError(f"{name}: cannot fetch config.json from the Hugging Face Hub ({type(e).__name__})")
 
 
-def options_table(s, rank, device, memory, gflops, batches=(1, 2, 4), seqs=(512, 1024, 2048), tokens=None):
+def options_table(s, rank, device, memory, gflops, exp_rate, batches=(1, 2, 4), seqs=(512, 1024, 2048), tokens=None):
     """Rows of (bits, grad_checkpoint, batch, seq, Estimate) over the usual settings."""
     rows = []
     for bits in (0, 4):
@@ -240,7 +261,7 @@ def options_table(s, rank, device, memory, gflops, batches=(1, 2, 4), seqs=(512,
         for ckpt in (False, True):
             for b in batches:
                 for t in seqs:
-                    e = estimate(shape, b, t, rank, tokens or b * t, device, memory, gflops, ckpt)
+                    e = estimate(shape, b, t, rank, tokens or b * t, device, memory, gflops, exp_rate, ckpt)
                     rows.append((bits, ckpt, b, t, e))
     return rows
 
@@ -257,7 +278,7 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
     if not name:
         raise GiftError("plan needs --base (a model folder or a cached Hub id) or --shape")
     s = Shape.from_config(model_config(name, download), bits)
-    here_device, here_memory, gflops = machine()
+    here_device, here_memory, gflops, exps = machine()
     device = device or here_device
     memory = memory_gb * 1e9 * (2 / 3 if device == "gpu" else 1) if memory_gb else here_memory
     seq, batch, rank = cfg.max_seq_length, cfg.batch_size, cfg.lora_rank
@@ -267,7 +288,7 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
     else:
         tokens = None
     online = cfg.online_scores and cfg.method in ("gift", "gift-base")
-    e = estimate(s, batch, seq, rank, tokens or batch * seq, device, memory, gflops, cfg.grad_checkpoint, online,
+    e = estimate(s, batch, seq, rank, tokens or batch * seq, device, memory, gflops, exps, cfg.grad_checkpoint, online,
                  score=cfg.method in ("gift", "gift-base"), target_share=share)
     where = f"{memory / 1e9:.1f} GB usable" + (" (2/3 of a Mac's memory: its recommended working set)"
                                                 if memory_gb and device == "gpu" else "")
@@ -277,7 +298,8 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
         + (f", {s.bits}-bit" if s.bits else "") + "; computed in "
         + (f"{e.bits}-bit" if e.bits else "float32" if e.compute_bytes == 4 else "16-bit")
         + (" (dequantized: CPU 4-bit matmuls are ~500x slower)" if s.bits and not e.bits else ""))
-    log(f"machine: {device}, {where}, float32 matmul {gflops:.0f} GFLOP/s (measured now, on this machine)")
+    log(f"machine: {device}, {where}, float32 matmul {gflops:.0f} GFLOP/s, exp {exps / 1e6:,.0f} M values/s on one "
+        "stream (measured now, on this machine)")
     log(f"settings: batch {batch} × {seq} tokens, LoRA rank {rank}, grad checkpoint {'on' if cfg.grad_checkpoint else 'off'}"
         + (", online scores" if online else ""))
     log(f"estimated peak memory: {e.peak_gb:.1f} GB (MLX's peak + {OVERHEAD / 1e9:.1f} GB for the process): "
@@ -285,14 +307,14 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
     if tokens:
         log(f"estimated time per epoch ({tokens:,} padded tokens): training {fmt_time(e.epoch_s)}"
             + (f", scoring pass {fmt_time(e.score_s)}" if e.score_s else "")
-            + f" ({e.train_flops_per_token / 1e9:.2f} GFLOP per token at {EFFICIENCY['train']:.0%} of the matmul rate)")
+            + f" ({e.train_flops_per_token / 1e9:.2f} GFLOP per token, plus the element-wise work)")
     else:
         log(f"estimated time per step: {fmt_time(e.epoch_s)} (pass --data for the time per epoch)")
     if table:  # seconds per step only for this machine (its measured matmul rate)
         here = device == here_device and not memory_gb
         log("\n| base | grad checkpoint | batch | max length | peak GB | fits |" + (" s/step |" if here else ""))
         log("|---|---|---|---|---|---|" + ("---|" if here else ""))
-        for b_bits, ckpt, b, t, r in options_table(s, rank, device, memory, gflops):
+        for b_bits, ckpt, b, t, r in options_table(s, rank, device, memory, gflops, exps):
             kind = "float32" if r.compute_bytes == 4 else "bf16"
             log(f"| {(f'{b_bits}-bit' + ('' if r.bits else f' ({kind} on CPU)')) if b_bits else kind} | "
                 f"{'on' if ckpt else 'off'} | {b} | {t} | {r.peak_gb:.1f} | {'yes' if r.fits else 'no'} |"

@@ -6,6 +6,7 @@ ratio targets (gift against mlx_lm.lora) are judged here, so what counts as "met
     python scripts/bench_report.py WORK/results.json [--doc FILE]   # render a run's section again
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -238,12 +239,22 @@ def shape_efficiency(res):
     c, p = res["config"], res["profile"]
     rates = [r for r in (res["blas"]["before"][0], res["blas"]["after"][0]) if r]
     matmul = sum(rates) / len(rates) if rates else None
-    out = {"matmul_gflops": matmul}
+    from gift_mlx.blas import cores
+
+    exps = res["blas"].get("exp_rate")
+    if exps is None:  # runs before 2026-11-27 07:30 did not record it: this machine's rate, measured now
+        from gift_mlx.doctor import exp_rate
+
+        exps = res["blas"]["exp_rate_at_render"] = exp_rate()
+    out = {"matmul_gflops": matmul, "exp_rate": exps}
     def flops(s, x, kind, every_head=False, rank=p["rank"]):
         """A step's model FLOPs; the LM head counted on its target tokens only (all that a loss on the targets
         needs), or on every position (every_head: what a trainer computing all the logits does)."""
         share = 1.0 if every_head else x["targets"] / x["tokens"]
         return x["tokens"] * plan.flops_per_token(s, x["shape"][1], rank if kind == "train" else 0, kind, head_share=share)
+
+    def elements(s, x, kind):  # gift_plan's element-wise count of a step (head on the targets)
+        return x["tokens"] * plan.elementwise_per_token(s, x["shape"][1], kind, head_share=x["targets"] / x["tokens"])
 
     for name, r in res["runs"].items():
         bits = 4 if name.endswith("q4") else 0
@@ -253,7 +264,8 @@ def shape_efficiency(res):
                  "shape": [None, res["data"]["mean"]]}
             f, f_all = flops(s, x, "forward"), flops(s, x, "forward", True)
             out[name] = {"gflops": f / r["seconds"] / 1e9, "gflops_every_head": f_all / r["seconds"] / 1e9,
-                         "seconds": r["seconds"], "plan_s": f / ((matmul or 1) * 1e9 * plan.EFFICIENCY["score"])}
+                         "seconds": r["seconds"],
+                         "plan_s": plan.seconds(f, elements(s, x, "forward"), matmul or 1, exps, cores())}
         elif name.startswith("decode"):  # each token attends to the prompt and half the completion on average
             context = r["prompt_tokens"] + r["max_tokens"] / 2
             out[name] = {"gflops": r["tokens"] * plan.flops_per_token(s, context, kind="decode") / r["seconds"] / 1e9}
@@ -269,14 +281,13 @@ def shape_efficiency(res):
             out[name] = {"gflops": f / seconds / 1e9, "gflops_every_head": f_all / seconds / 1e9,
                          "s_per_step": seconds / len(counted)}
             if name.startswith("gift"):
-                import os
-
                 s, cb = plan.as_computed(s, "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
                 seq = max(x["shape"][1] for x in steps)
                 share = sum(x["targets"] for x in steps) / sum(x["tokens"] for x in steps)
                 peak = plan.peak_bytes(s, p["batch_size"], seq, p["rank"], compute_bytes=cb,
                                        guide=s if "online" in name else None, target_share=share)
-                est_s = f / len(counted) / ((matmul or 1) * 1e9 * plan.EFFICIENCY["train"])
+                el = sum(elements(s, x, "train") + (elements(s, x, "forward") if "online" in name else 0) for x in counted)
+                est_s = plan.seconds(f, el, matmul or 1, exps) / len(counted)
                 out[name].update(plan_peak_gb=peak / 1e9, plan_s_per_step=est_s)
         out[name]["efficiency_every_head"] = (out[name].get("gflops_every_head", out[name]["gflops"]) / matmul
                                               if matmul else None)
@@ -408,10 +419,13 @@ def shape_report(res):
             w(f"| {name} (the whole scoring pass, s) | – | – | – | {e['plan_s']:.1f} | {e['seconds']:.1f} | "
               f"{fmt(te and 100 * (te - 1), 0)}% |")
     w("")
-    eff_c = __import__('gift_mlx.plan').plan.EFFICIENCY
-    w(f"The plan's time is the model FLOPs at the measured matmul rate × plan.EFFICIENCY ({eff_c['train']:.2f} for "
-      f"training, {eff_c['score']:.2f} for the scoring pass); its memory, plan.peak_bytes with the coefficients "
-      "fitted on small models (plan.ACT).")
+    plan = __import__('gift_mlx.plan').plan
+    exp_note = ("measured in the same run" if "exp_rate_at_render" not in res["blas"]
+                else "measured on this machine when this section was rendered; the run did not record it")
+    w(f"The plan's time (plan.seconds) is the model FLOPs at the measured matmul rate plus plan.elementwise_per_token's "
+      f"values × plan.ELEMENT_COST ({plan.ELEMENT_COST}) at the exp rate ({eff['exp_rate'] / 1e6:,.0f} M/s on one "
+      f"stream, {exp_note}), the scoring pass's element-wise work over one stream per core; its memory, "
+      "plan.peak_bytes with the coefficients fitted on small models (plan.ACT).")
     w("")
     runs_table(res, w)
     return "\n".join(L) + "\n"

@@ -638,6 +638,9 @@ def main_shape(args, shape):
         peer("peer-bf16", b, p["bf16_iters"], None)
     blas["after"] = gift_doctor(clean_env())
     blas["q4_gflops"] = q4_gflops()
+    from gift_mlx.doctor import exp_rate
+
+    blas["exp_rate"] = exp_rate()
     res = {
         "shape": shape, "config": config, "profile": p, "variants": variants, "build_s": build_s,
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),

@@ -3,6 +3,7 @@
 import json
 
 import mlx.core as mx
+import pytest
 from click.testing import CliRunner
 
 from gift_mlx import plan, toy
@@ -53,3 +54,13 @@ def test_plan_command_tells_what_fits_a_16gb_mac():
 def test_plan_refuses_a_model_not_on_this_machine(tmp_path):
     result = CliRunner().invoke(main, ["plan", "--base", "someone/not-cached-model"])
     assert result.exit_code == 2 and "error: someone/not-cached-model: no config.json on this machine" in result.output
+
+
+def test_time_is_the_matmuls_at_their_rate_plus_the_elementwise_work_at_the_exp_rate():
+    s = plan.Shape.from_config(plan.SHAPES["qwen2.5-0.5b"])
+    f, e = plan.flops_per_token(s, 256, 16, head_share=0.5), plan.elementwise_per_token(s, 256, head_share=0.5)
+    assert f == plan.flops_per_token(s, 256, 16) - 0.5 * 2 * 2 * s.hidden * s.vocab  # the head: forward + backward
+    assert e == plan.elementwise_per_token(s, 256) - 0.5 * s.vocab
+    assert plan.elementwise_per_token(s, 256, "forward") < e  # no backward, no dropout masks
+    assert plan.seconds(f, e, 200, 1e8) == pytest.approx(f / 200e9 + plan.ELEMENT_COST * e / 1e8)
+    assert plan.seconds(0, e, 200, 1e8, streams=2) == pytest.approx(plan.ELEMENT_COST * e / 2e8)
