@@ -12,7 +12,6 @@ benchmark's measured runs in docs/benchmarks.md.
 """
 
 import dataclasses
-import math
 import os
 
 from .errors import GiftError
@@ -320,8 +319,3 @@ def plan(cfg, shape=None, bits=None, memory_gb=None, device=None, table=False, d
                 f"{'on' if ckpt else 'off'} | {b} | {t} | {r.peak_gb:.1f} | {'yes' if r.fits else 'no'} |"
                 + (f" {r.epoch_s:.0f} |" if here else ""))
     return e
-
-
-def efficiency(model_flops_per_s, matmul_gflops):
-    """Model FLOP/s as a fraction of the matmul rate measured in the same run."""
-    return model_flops_per_s / (matmul_gflops * 1e9) if matmul_gflops else math.nan
