@@ -162,10 +162,10 @@ def cpu_float32(model, name, log=print, share=0.4):
 
     MLX's CPU backend multiplies half-precision matrices without BLAS: a forward pass of the benchmark
     model took 10.3 s in bfloat16 and 0.77 s in float32; its 4-bit matmul ran at ~0.35 GFLOP/s with bfloat16
-    activations (3 with float32 ones) against ~240 for float32 with OpenBLAS (docs/benchmarks.md). Dequantized weights hold exactly the quantized
-    values, so the model computes the same function and an adapter trained on it fits the quantized model.
-    GPUs, a copy too large for memory, and GIFT_CPU_FLOAT32=0 keep the weights as they are. For computing
-    only: merge never calls this.
+    activations (3 with float32 ones) against ~240 for float32 with OpenBLAS (docs/benchmarks.md). Dequantized
+    weights hold exactly the quantized values, so the model computes the same function and an adapter trained
+    on it fits the quantized model. GPUs, a copy too large for memory, and GIFT_CPU_FLOAT32=0 keep the weights
+    as they are. For computing only: merge never calls this.
     """
     import mlx.core as mx
     import mlx.nn as nn

@@ -10,9 +10,10 @@ there ℓ is computed through the LM head in chunks of positions (`chunked_nll`)
 gradient is formed chunk by chunk in the same pass (`fused_nll`), so no array spans all the logits and autodiff
 keeps none of them. There the head also runs on the target positions only (`positions`, from
 `target_positions`): a prompt or padding position has w = 0, so its logits change neither the loss nor the
-gradient, and at 152k vocabularies the head and its softmax are a large share of the step. MLX allocates ahead of execution, so below its memory limit several chunks may be live at
-once (measured: ~2 float32 values per logit at the peak instead of ~4); at the limit it waits, and one chunk's
-logits are freed before the next chunk's are made.
+gradient, and at 152k vocabularies the head and its softmax are a large share of the step. MLX allocates ahead
+of execution, so below its memory limit several chunks may be live at once (measured: ~2 float32 values per
+logit at the peak instead of ~4); at the limit it waits, and one chunk's logits are freed before the next
+chunk's are made.
 """
 
 import mlx.core as mx

@@ -37,9 +37,9 @@ SHAPES = {
 # hidden size, FFN size and heads × sequence length; per element of positions × vocabulary (logits, in
 # full below the chunking budget, in chunks above it); per layer and hidden unit with gradient checkpointing.
 ACT = {"hidden": 87.8, "ffn": 31.3, "attention": 4.7, "logits": 16.1, "logits_chunked": 7.8, "checkpoint": 19.0}
-# Cost of one element-wise value counted by elementwise_per_token, in exps on one stream: 1.44 fitted to the 0.5B-shape
-# float32 training run of docs/benchmarks.md (2026-11-27, the matmuls taken at the measured rate); the 1.5B
-# shape and the other runs of the same command are the check.
+# Cost of one element-wise value counted by elementwise_per_token, in exps on one stream: 1.44 fitted to the
+# 0.5B-shape float32 training run of docs/benchmarks.md (2026-11-27, the matmuls taken at the measured rate);
+# the 1.5B shape and the other runs of the same command are the check.
 ELEMENT_COST = 1.4
 OVERHEAD = 0.6e9  # the process itself (Python, MLX, tokenizer, compiled kernels), from max RSS − MLX peak
 
