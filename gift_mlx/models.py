@@ -191,7 +191,6 @@ def cpu_float32(model, name, log=print, share=0.4):
 
         dequantize_model(model)
     model.set_dtype(mx.float32)
-    mx.eval(model.parameters())  # convert now, not inside the first batch's time (and its memory peak)
     log(f"{name}: float32 on CPU{' (dequantized)' if quantized else ''} ({need / 1e9:.1f} GB; "
         f"{what} matmuls are 10-500x slower there)")
     return model

@@ -213,8 +213,13 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
 
 
 def load_guide(guide_id, trust_remote_code=False, log=print):
-    """The frozen model whose confidences weight the tokens, ready to compute (float32 on a CPU)."""
-    return cpu_float32(load_model(guide_id, trust_remote_code=trust_remote_code)[0], guide_id, log)
+    """The frozen model whose confidences weight the tokens, ready to compute (float32 on a CPU).
+
+    Converted now, not inside the first batch's time. (The model `gift train` trains stays lazy: its weights
+    are read after the scoring pass is gone.)"""
+    model = cpu_float32(load_model(guide_id, trust_remote_code=trust_remote_code)[0], guide_id, log)
+    mx.eval(model.parameters())
+    return model
 
 
 def score(cfg, log=print):
