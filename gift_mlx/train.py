@@ -97,8 +97,8 @@ def guide_weights(guide, inputs, labels, w, floor, gamma, positions=None):
 def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, guide_stream=None, own=False):
     """The compiled training step and the state it updates.
 
-    step(inputs, labels, w, positions, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its sums
-    [Σ w·ℓ, Σ w, Σ ℓ, n] to the accumulators; with update=True it applies AdamW to the accumulated gradient
+    step(inputs, labels, w, positions, acc_grad, acc_sums, update) adds a micro-batch's gradient of Σ w·ℓ and its
+    sums [Σ w·ℓ, Σ w, Σ ℓ, n] to the accumulators (positions: head_positions, or None); with update=True it applies AdamW to the accumulated gradient
     divided by the step's Σ w, so that L = Σ w·ℓ / Σ w over every target token of the optimizer step.
     Under mlx.launch the gradient and the sums are summed over all processes first: Σ w is global.
     The guide's forward (online scoring) may run on its own stream, in parallel with the training forward.
@@ -139,8 +139,9 @@ def head_positions(model, w, bound=None):
 
 
 def target_bound(dataset, pad_lengths):
-    """{padded length L: the most target tokens of any row that fits in L} (a row goes to the smallest L ≥ its length)."""
-    rows = [(len(e.tokens) - 1, int(np.count_nonzero(e.target[1:]))) for e in dataset.examples]
+    """{padded length L: the most target tokens of any row that fits in L} (a row goes to the smallest L ≥ its
+    length)."""
+    rows = [(len(e.tokens) - 1, e.num_targets) for e in dataset.examples]
     return {L: max([t for n, t in rows if n <= L], default=0) for L in pad_lengths}
 
 
@@ -501,8 +502,9 @@ def _train(cfg, log, stack):
             for k in range(cfg.grad_accumulation_steps):
                 inputs, labels, w = next(batches)
                 window["tokens"] += int((labels != pad_id).sum())
-                acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w), head_positions(model, w, bound),
-                                          acc_grad, acc_sums, k == cfg.grad_accumulation_steps - 1)
+                acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w),
+                                          head_positions(model, w, bound), acc_grad, acc_sums,
+                                          k == cfg.grad_accumulation_steps - 1)
             with blas.threads(blas_threads):
                 mx.eval(state, acc_sums)
             s = np.array(acc_sums)

@@ -585,7 +585,7 @@ def main_shape(args, shape):
             p[k] = getattr(args, k)
     variants = args.variants.split(",")
     # several shapes in one invocation: one subfolder each under --work
-    work, openblas = work_folder(args.work and len(args.shape) > 1 and Path(args.work) / shape or args.work, shape)
+    work, openblas = work_folder(Path(args.work) / shape if args.work and len(args.shape) > 1 else args.work, shape)
     print(f"benchmark (--shape {shape}) in {work}", flush=True)
     tic = time.perf_counter()
     built = work / "built.json"  # --build-only, then the runs: the models are reused when shape and steps match
@@ -628,7 +628,8 @@ def main_shape(args, shape):
     if "q4" in variants:
         b, i = folders["base", "4bit"], folders["instruct", "4bit"]
         if args.peer_q4 is not None and (not args.peer_q4 or shape in args.peer_q4):
-            # mlx_lm.lora keeps bfloat16 activations: MLX's CPU 4-bit matmul then runs ~0.35 GFLOP/s (half an hour per step at 0.5B)
+            # mlx_lm.lora keeps bfloat16 activations: MLX's CPU 4-bit matmul then runs ~0.35 GFLOP/s
+            # (half an hour per step at 0.5B)
             peer("peer-q4", b, args.peer_q4_iters, openblas)
         runs["score-q4"] = run_gift_score("score-q4", work, i, data, p, train_ds, scores="scores-q4")
         gift("gift-q4", b, i, p["q4_iters"], "scores-q4")
@@ -699,8 +700,8 @@ def main():
                     help="run gift-cached and peer-openblas a second time, in reverse order, and pool both rounds")
     ap.add_argument("--gift-wheel", action="store_true", help="also run gift on the wheel's BLAS (GIFT_BLAS=0)")
     ap.add_argument("--shape", nargs="+", choices=["qwen2.5-0.5b", "qwen2.5-1.5b", "smoke"],
-                    help="one or more published configurations, run one after the other (random weights) instead of the default profile; smoke: a tiny "
-                         "model with a 152k vocabulary (seconds)")
+                    help="one or more published configurations, run one after the other (random weights) instead "
+                         "of the default profile; smoke: a tiny model with a 152k vocabulary (seconds)")
     ap.add_argument("--variants", default="f32,q4,bf16", help="with --shape: which of f32, q4, bf16 to run, in order")
     ap.add_argument("--bf16-iters", type=int, help="with --shape: steps of the bfloat16 out-of-the-box runs (minutes each)")
     ap.add_argument("--q4-iters", type=int, help="with --shape: steps of the 4-bit (QLoRA) runs")
@@ -714,7 +715,7 @@ def main():
                          "CPU 4-bit matmul with bfloat16 activations is very slow")
     args = ap.parse_args()
     if args.shape:
-        for shape in args.shape:
+        for shape in dict.fromkeys(args.shape):  # each once
             main_shape(args, shape)
         return
 
