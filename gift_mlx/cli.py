@@ -1,25 +1,41 @@
 """The `gift` command line: a thin click layer over functions importable from gift_mlx."""
 
 import sys
+import traceback
 
 import click
 
-from .errors import GiftError
+from .errors import INTERNAL_ERROR, USER_ERROR, GiftError
 
 
 class Group(click.Group):
+    """Every error ends a command as one line on stderr (docs/errors.md); `gift --debug` (or GIFT_DEBUG=1)
+    prints the traceback before it."""
+
     def invoke(self, ctx):
+        debug = ctx.params.get("debug")
         try:
             return super().invoke(ctx)
         except GiftError as e:  # a user mistake: one line, exit 2, no traceback
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            fail(f"error: {e}", USER_ERROR, debug)
         except OSError as e:  # unwritable output, a file where a folder should be, a full disk...
-            click.echo(f"error: {e.filename or ctx.invoked_subcommand or 'gift'}: {e.strerror or e}", err=True)
-            sys.exit(2)
+            fail(f"error: {e.filename or ctx.invoked_subcommand or 'gift'}: {e.strerror or e}", USER_ERROR, debug)
         except KeyboardInterrupt as e:  # said once, with what was saved when a command says so (Interrupted)
-            click.echo("interrupted" + (f": {e}" if str(e) else ""), err=True)
-            sys.exit(130)
+            fail("interrupted" + (f": {e}" if str(e) else ""), 130, debug)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors and --help, printed by click
+        except Exception as e:  # unforeseen, in gift or in model code: one line all the same, exit 1
+            from .models import crash_line
+
+            fail(f"error: {crash_line(e, ctx.invoked_subcommand)}"
+                 + ("" if debug else "; run with --debug for the traceback"), INTERNAL_ERROR, debug)
+
+
+def fail(line, status, debug):
+    if debug:
+        traceback.print_exc()
+    click.echo(line, err=True)
+    sys.exit(status)
 
 
 # -h works as --help everywhere, and every option's help shows its default.
@@ -57,7 +73,8 @@ def check_blas():
 
 @click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(package_name="gift-mlx")
-def main():
+@option("--debug", is_flag=True, envvar="GIFT_DEBUG", help="On an error, print its traceback too (or GIFT_DEBUG=1).")
+def main(debug):
     """GIFT: instruct-guided LoRA fine-tuning on a base model, transferred to its instruct model."""
 
 

@@ -1,4 +1,11 @@
-"""The error every command reports as one `error: ...` line with exit status 2 (no traceback)."""
+"""The errors every command reports as one `error: ...` line (no traceback unless `gift --debug`).
+
+Exit status 2: a user mistake gift recognised (GiftError). Exit status 1: anything else, an exception gift did
+not foresee, in its own code or in model code it calls (cli.py prints it as one line naming the model, the
+command and the exception). 130: Ctrl-C.
+"""
+
+USER_ERROR, INTERNAL_ERROR = 2, 1
 
 
 class GiftError(Exception):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import traceback
+import weakref
 from pathlib import Path
 
 from .errors import GiftError
@@ -38,10 +40,10 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
 
     check_model_arg(str(path_or_id))
     try:
-        return load(
+        return remember(load(
             str(path_or_id), adapter_path=adapter_path, lazy=lazy, return_config=True,
             trust_remote_code=trust_remote_code,
-        )
+        ), path_or_id)
     except GiftError:
         raise
     except Exception as e:  # mlx-lm raises many types; turn them into one line naming the model
@@ -194,3 +196,59 @@ def cpu_float32(model, name, log=print, share=0.4):
     log(f"{name}: float32 on CPU{' (dequantized)' if quantized else ''} ({need / 1e9:.1f} GB; "
         f"{what} matmuls are 10-500x slower there)")
     return model
+
+
+# ---- exceptions raised inside model code ----
+# A crash in mlx-lm's model code (or a model's own code) is no user mistake gift could name, but the user must
+# learn which model and command it came from: cli.py reports every unforeseen exception through crash_line.
+
+_LOADED = {}  # id(module) -> (weak reference, name): which loaded model a module that crashed belongs to
+_FOLDERS = set()  # the loaded local model folders: a module there (trust_remote_code) is model code too
+
+
+def remember(loaded, name):
+    """Note the model (and the folder) every module of a loaded (model, tokenizer, config) belongs to."""
+    for _, module in loaded[0].named_modules():
+        _LOADED[id(module)] = (weakref.ref(module), str(name))
+    if Path(str(name)).is_dir():
+        _FOLDERS.add(os.path.realpath(name))
+    return loaded
+
+
+def _model_code(filename):
+    """Whether a source file is model code: mlx-lm's, or a module shipped in a loaded model's folder."""
+    import mlx_lm
+
+    path = os.path.realpath(filename)
+    if path.startswith(os.path.dirname(os.path.realpath(mlx_lm.__file__)) + os.sep):
+        return True
+    return any(path.startswith(folder + os.sep) for folder in _FOLDERS)
+
+
+def _where(frame, line):
+    """file:line in function, the file shortened to its package path (mlx_lm/models/llama.py)."""
+    parts = Path(frame.f_code.co_filename).parts
+    short = "/".join(parts[-3:] if "site-packages" in parts or "gift_mlx" in parts else parts[-2:])
+    return f"{short}:{line} in {frame.f_code.co_name}"
+
+
+def _owner(frames):
+    """The name of the loaded model whose module runs in one of `frames` (outermost first), else None."""
+    for frame, _ in frames:
+        entry = _LOADED.get(id(frame.f_locals.get("self")))
+        if entry and entry[0]() is frame.f_locals.get("self"):
+            return entry[1]
+    return None
+
+
+def crash_line(e, command):
+    """One line for an exception gift did not foresee: the model, command and exception when it was raised
+    in model code (a model gift loaded ran into it), else an internal error with the place it was raised."""
+    frames = list(traceback.walk_tb(e.__traceback__))
+    inside = [(f, n) for f, n in frames if _model_code(f.f_code.co_filename)]
+    what = f"{type(e).__name__}: {_first_line(e)}"
+    if inside:
+        owner = _owner(inside)
+        return (f"{owner + ': ' if owner else ''}gift {command}: the model code raised {what} "
+                f"({_where(*inside[-1])})")
+    return f"gift {command}: internal error: {what}" + (f" ({_where(*frames[-1])})" if frames else "")
