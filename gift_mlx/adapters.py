@@ -6,6 +6,7 @@
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
 RUN_RECORD = "gift_run.json"  # written by `gift train` beside the adapter
 LEAVES = ("lora_a", "lora_b", "m")
+LOCK = ".gift.lock"  # outputs.folder_lock's file: a training run holds it while it writes the folder
+MAX_SCALE = 1000  # of lora_parameters.scale (alpha / rank; mlx-lm's default is 20)
+LAYER_PATH = re.compile(r"(?P<stack>.*\blayers)\.(?P<index>\d+)\.(?P<key>.+)")  # a module of block N
 
 
 @dataclass
@@ -30,16 +34,18 @@ class Adapter:
     layers: dict  # module path -> {"lora_a": (in, r), "lora_b": (r, out), "m": (out,) for DoRA}
 
 
-def read_adapter(path):
-    """Read and check an mlx-lm adapter folder (adapter_config.json + adapters.safetensors)."""
+def read_adapter(path, allow_unfinished=False, log=print):
+    """Read and check an mlx-lm adapter folder (adapter_config.json + adapters.safetensors): the one check
+    `gift merge` and `gift export-adapter` share. An unfinished training run's adapter is refused unless
+    `allow_unfinished` (then a warning is logged)."""
     folder = Path(path)
     cfg_file, weights_file = folder / CONFIG, folder / WEIGHTS
     if not (cfg_file.is_file() and weights_file.is_file()):
         raise GiftError(f"{folder}: not an adapter folder (needs {CONFIG} and {WEIGHTS})")
     try:
-        config = json.loads(cfg_file.read_text())
+        config = json.loads(cfg_file.read_text(), parse_constant=_no_constant)
         weights = mx.load(str(weights_file))
-    except (OSError, ValueError, RuntimeError, RecursionError) as e:
+    except (OSError, ValueError, RuntimeError, RecursionError, OverflowError) as e:
         raise GiftError(f"{folder}: cannot read adapter ({str(e).splitlines()[0]})")
     kind, rank, scale = _check_config(config, cfg_file)
     layers = {}
@@ -49,12 +55,19 @@ def read_adapter(path):
             raise GiftError(f"{weights_file}: tensor {name} is not a LoRA/DoRA tensor")
         layers.setdefault(module, {})[leaf] = w
     _check_layers(layers, kind, rank, weights_file)
+    _check_targets(layers, config, cfg_file)
     check_finite(weights, weights_file)
+    check_finished(folder, allow_unfinished, log)
     return Adapter(folder, config, kind, scale, layers)
 
 
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _check_config(config, cfg_file):
-    """(kind, rank, scale) of adapter_config.json, every field gift reads checked for its type."""
+    """(kind, rank, scale) of adapter_config.json, every field gift (and PEFT, for an export) reads checked for
+    its type and range."""
     if not isinstance(config, dict):
         raise GiftError(f"{cfg_file}: expected a JSON object, got {type(config).__name__}")
     kind = config.get("fine_tune_type", "lora")
@@ -63,46 +76,156 @@ def _check_config(config, cfg_file):
     for key in ("base_model", "instruct_model", "model", "method"):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise GiftError(f"{cfg_file}: field '{key}' must be a string, got {type(config[key]).__name__}")
-    if config.get("num_layers") is not None and (isinstance(config["num_layers"], bool)
-                                                 or not isinstance(config["num_layers"], int)):
-        raise GiftError(f"{cfg_file}: field 'num_layers' must be an integer, got {config['num_layers']!r}")
+    layers = config.get("num_layers")
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers == 0 or layers < -1):
+        raise GiftError(f"{cfg_file}: field 'num_layers' must be -1 (all blocks) or a positive integer, got {layers!r}")
     params = config.get("lora_parameters") or {}
     if not isinstance(params, dict):
         raise GiftError(f"{cfg_file}: field 'lora_parameters' must be an object, got {type(params).__name__}")
     if "rank" not in params or "scale" not in params:
         raise GiftError(f"{cfg_file}: lora_parameters needs 'rank' and 'scale'")
-    rank, scale = params["rank"], params["scale"]
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+    rank, scale, dropout = params["rank"], params["scale"], params.get("dropout", 0.0)
+    if not _is_number(rank, int) or rank < 1:
         raise GiftError(f"{cfg_file}: field 'lora_parameters.rank' must be a positive integer, got {rank!r}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if not _is_number(scale):
         raise GiftError(f"{cfg_file}: field 'lora_parameters.scale' must be a finite number, got {scale!r}")
+    if not 0 < scale <= MAX_SCALE:  # mlx-lm adds scale·B·A: a negative one reverses the update, a huge one swamps W
+        raise GiftError(f"{cfg_file}: field 'lora_parameters.scale' must be positive and at most {MAX_SCALE} "
+                        f"(alpha / rank), got {scale!r}")
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise GiftError(f"{cfg_file}: field 'lora_parameters.dropout' must be a number in [0, 1), got {dropout!r}")
     keys = params.get("keys")
     if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
         raise GiftError(f"{cfg_file}: field 'lora_parameters.keys' must be a list of strings, got {keys!r}")
     return kind, rank, float(scale)
 
 
+def _is_number(value, kind=(int, float)):
+    return not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value)
+
+
 def _check_layers(layers, kind, rank, weights_file):
+    """Every adapted module holds float lora_a and lora_b (and DoRA's m) of the configured rank."""
     needed = {"lora_a", "lora_b"} | ({"m"} if kind == "dora" else set())
     if not layers:
         raise GiftError(f"{weights_file}: holds no adapter tensors")
     for module, t in layers.items():
         if set(t) != needed:
             raise GiftError(f"{weights_file}: {module} has {sorted(t)}, expected {sorted(needed)}")
-        if t["lora_a"].ndim != 2 or t["lora_a"].shape[1] != rank or t["lora_b"].shape[0] != rank:
-            raise GiftError(f"{weights_file}: {module}: lora_a {tuple(t['lora_a'].shape)} and lora_b "
-                            f"{tuple(t['lora_b'].shape)} do not have rank {rank}")
+        for leaf, w in t.items():
+            if not mx.issubdtype(w.dtype, mx.floating):  # an integer update is no trained adapter
+                raise GiftError(f"{weights_file}: {module}.{leaf} holds {str(w.dtype).split('.')[-1]} values; "
+                                "adapter tensors are floating point")
+        if t["lora_a"].ndim == 3:
+            _check_experts(module, t, rank, weights_file)
+        else:
+            _check_linear(module, t, rank, weights_file)
+
+
+def _check_linear(module, t, rank, weights_file):
+    """A linear layer's update (mlx-lm's LoRALinear / DoRALinear): lora_a (in, r), lora_b (r, out), m (out,)."""
+    a, b = t["lora_a"].shape, t["lora_b"].shape
+    if len(a) != 2 or len(b) != 2 or a[1] != rank or b[0] != rank:
+        raise GiftError(f"{weights_file}: {module}: lora_a {tuple(a)} and lora_b {tuple(b)} are not "
+                        f"(in, {rank}) and ({rank}, out) matrices of rank {rank}")
+    if "m" in t and tuple(t["m"].shape) != (b[1],):
+        raise GiftError(f"{weights_file}: {module}: m {tuple(t['m'].shape)} is not one magnitude per output "
+                        f"row ({b[1]},)")
+
+
+def _check_experts(module, t, rank, weights_file):
+    """A mixture-of-experts layer's update (mlx-lm's LoRASwitchLinear: lora_a (experts, r, in), lora_b
+    (experts, out, r)): not merged or exported yet."""
+    raise GiftError(f"{weights_file}: {module}: per-expert (3-D, mixture-of-experts) tensors lora_a "
+                    f"{tuple(t['lora_a'].shape)} and lora_b {tuple(t['lora_b'].shape)} cannot be merged or "
+                    "exported yet")
+
+
+def _check_targets(layers, config, cfg_file):
+    """The tensors adapt what the config says (mlx-lm's load_adapters rebuilds exactly those layers): modules
+    of the blocks (…layers.N.key), keys among lora_parameters.keys, in at most num_layers blocks."""
+    found = {module: LAYER_PATH.fullmatch(module) for module in layers}
+    outside = [module for module, m in found.items() if m is None]
+    if outside:
+        raise GiftError(f"{cfg_file}: the adapter holds {outside[0]}, which is not in a block (…layers.N.…); "
+                        "mlx-lm adapts the blocks' layers only")
+    keys = config["lora_parameters"].get("keys")
+    unlisted = sorted({m["key"] for m in found.values()} - set(keys)) if keys is not None else []
+    if unlisted:
+        raise GiftError(f"{cfg_file}: lora_parameters.keys {keys} does not list {unlisted}, which the adapter's "
+                        "tensors adapt")
+    blocks = sorted({(m["stack"], int(m["index"])) for m in found.values()})
+    n = config.get("num_layers")
+    if n is not None and n > 0 and len(blocks) > n:
+        raise GiftError(f"{cfg_file}: num_layers is {n}, but the adapter's tensors adapt {len(blocks)} blocks "
+                        f"({blocks[0][1]} to {blocks[-1][1]})")
+
+
+def check_blocks(adapter, model, label):
+    """The adapted blocks are the model's last num_layers (mlx-lm adapts model.layers[-num_layers:])."""
+    n = adapter.config.get("num_layers")
+    depth = len(getattr(model, "layers", ()))
+    if not n or n < 0 or not depth:
+        return
+    early = sorted({int(m["index"]) for m in map(LAYER_PATH.fullmatch, adapter.layers) if int(m["index"]) < depth - n})
+    if early:
+        raise GiftError(f"{adapter.path / CONFIG}: num_layers is {n}, so only blocks {depth - n} to {depth - 1} of "
+                        f"{label} are adapted, but the adapter's tensors adapt block {early[0]}")
+
+
+# ---- the run that wrote the adapter ----
+
+def unfinished(folder):
+    """Why the gift training run that writes `folder` has not finished, or None (finished, or an adapter
+    that mlx_lm.lora or another tool wrote: no run record, no checkpoints)."""
+    folder = Path(folder)
+    lock = folder / LOCK
+    if lock.exists():
+        try:
+            holder = " ".join(lock.read_text().split()[:2])
+        except OSError:
+            holder = "?"
+        return f"a training run holds its lock ({LOCK}: process {holder}; alive, or killed before it finished)"
+    record = read_run_record(folder)
+    if record:
+        if record.get("status", "complete") != "complete":
+            return f"{RUN_RECORD} says status '{record['status']}'"
+        if not record.get("final"):
+            return f"{RUN_RECORD} records no final metrics (final: null)"
+    elif any(folder.glob("checkpoint-*.safetensors")):
+        return f"it holds training checkpoints but no {RUN_RECORD} (which a run writes when it completes)"
+    return None
+
+
+def check_finished(folder, allow=False, log=print):
+    """Refuse the adapter of an unfinished run (its weights are an intermediate step's) unless `allow`."""
+    reason = unfinished(folder)
+    if reason and not allow:
+        raise GiftError(f"{folder}: unfinished training run ({reason}); let it finish or continue it with "
+                        "`gift train --resume`, or pass --allow-unfinished to use the adapter as it is")
+    if reason:
+        log(f"warning: {folder}: unfinished training run ({reason}); using the adapter as it is")
+
+
+# Fields of gift_run.json that merge and export read, and the JSON types they must have.
+RECORD_FIELDS = {"final": dict, "data": dict, "config": dict, "eval": (dict, list), "pair_check": dict,
+                 "status": str, "base_model": str, "instruct_model": str, "method": str}
 
 
 def read_run_record(adapter_path):
-    """The run record `gift train` left beside the adapter ({} when there is none)."""
+    """The run record `gift train` left beside the adapter ({} when there is none), its fields type-checked."""
     path = Path(adapter_path) / RUN_RECORD
     try:
-        record = json.loads(path.read_text()) if path.is_file() else {}
+        record = json.loads(path.read_text(), parse_constant=_no_constant) if path.is_file() else {}
     except (OSError, ValueError, RecursionError) as e:
         raise GiftError(f"{path}: cannot read run record ({e})")
     if not isinstance(record, dict):
         raise GiftError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    for key, kind in RECORD_FIELDS.items():
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            raise GiftError(f"{path}: field '{key}' must be "
+                            f"{'a JSON object' if kind is dict else 'a string' if kind is str else 'an object or list'}"
+                            f", got {type(record[key]).__name__}")
     return record
 
 

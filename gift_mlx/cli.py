@@ -245,6 +245,7 @@ def doctor():
 # ---- merge / export (merge.py, export.py) ----
 
 DTYPE_CHOICE = click.Choice(["bfloat16", "float16", "float32"])
+UNFINISHED_HELP = "Use the adapter of a training run that is still running or was interrupted (an intermediate step's)."
 
 
 @main.command()
@@ -261,8 +262,10 @@ DTYPE_CHOICE = click.Choice(["bfloat16", "float16", "float32"])
 @option("--gguf-type", type=click.Choice(["f16", "bf16", "q8_0", "f32"]), shown="from --dtype, else f16",
         help="Tensor type of --format gguf (norms stay f32).")
 @option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
+@option("--allow-unfinished", is_flag=True, help=UNFINISHED_HELP)
 @option("--upload-repo", help="Then upload the output (with its model card) to this Hugging Face Hub repo.")
-def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf_type, force, upload_repo):
+def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf_type, force, allow_unfinished,
+          upload_repo):
     """Add the adapter's update to the instruct model and save the merged model."""
     from .export import upload
     from .merge import merge as run
@@ -270,7 +273,7 @@ def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf
     if gguf_type and fmt != "gguf":
         raise GiftError("--gguf-type applies to --format gguf only")
     run(instruct, adapter_path, out, fmt=fmt, dtype=dtype, scale=scale, base=base, requantize=requantize,
-        gguf_type=gguf_type, force=force, log=click.echo)
+        gguf_type=gguf_type, force=force, allow_unfinished=allow_unfinished, log=click.echo)
     if upload_repo:
         upload(out, upload_repo, log=click.echo)
 
@@ -282,12 +285,15 @@ def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf
 @option("--instruct", shown="the adapter's instruct_model", help="base_model_name_or_path for PEFT.")
 @option("--scale", type=float, default=1.0, show_default=True, help="λ, folded into lora_alpha.")
 @option("--force", is_flag=True, help="Replace an existing output folder written by gift.")
+@option("--allow-unfinished", is_flag=True, help=UNFINISHED_HELP)
 @option("--upload-repo", help="Then upload the adapter (with its model card) to this Hugging Face Hub repo.")
-def export_adapter(adapter_path, fmt, out, instruct, scale, force, upload_repo):
+def export_adapter(adapter_path, fmt, out, instruct, scale, force, allow_unfinished, upload_repo):
     """Write the adapter in PEFT's layout, to apply to the instruct model with transformers."""
     from .export import export_peft, upload
 
-    click.echo(f"wrote {export_peft(adapter_path, out, instruct=instruct, scale=scale, force=force)} ({fmt})")
+    path = export_peft(adapter_path, out, instruct=instruct, scale=scale, force=force,
+                       allow_unfinished=allow_unfinished, log=click.echo)
+    click.echo(f"wrote {path} ({fmt})")
     if upload_repo:
         upload(out, upload_repo, log=click.echo)
 

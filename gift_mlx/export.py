@@ -229,13 +229,13 @@ def peft_config(adapter, instruct, scale):
     }
 
 
-def export_peft(adapter_path, out, instruct=None, scale=1.0, force=False):
+def export_peft(adapter_path, out, instruct=None, scale=1.0, force=False, allow_unfinished=False, log=print):
     """Rewrite an mlx-lm LoRA adapter as a PEFT adapter folder for the instruct model; return its path.
 
     PEFT stores A as (r, in) and B as (out, r), the transposes of mlx-lm's, under `base_model.model.<module>`.
     """
     scale = check_scale(scale)
-    adapter = read_adapter(adapter_path)
+    adapter = read_adapter(adapter_path, allow_unfinished, log)
     if adapter.kind != "lora":
         raise GiftError(
             f"{adapter.path}: a DoRA adapter cannot be exported for PEFT: its update depends on the weights it "

@@ -20,7 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import export
-from .adapters import CONFIG, read_adapter
+from .adapters import CONFIG, check_blocks, read_adapter
 from .errors import GiftError
 from .models import check_compatible, check_model_arg, load_model, local_path, model_ref, read_config
 from .outputs import output_folder, write_json
@@ -31,6 +31,7 @@ GGUF_FILE = "model.gguf"
 GGUF_OF_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
 LINEARS = (nn.Linear, nn.QuantizedLinear)
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
+MAX_UPDATE = 1.0  # ‖λ·ΔW‖ / ‖W_instruct‖ (a trained adapter's is ~0.001-0.05; docs/errors.md)
 
 
 # ---- the arithmetic ----
@@ -234,6 +235,11 @@ def _check_options(adapter, instruct, fmt, dtype, base, requantize):
         raise GiftError("--requantize: GGUF output is quantized by llama.cpp's own types (--gguf-type q8_0)")
     if adapter.kind == "dora" and not base:
         raise GiftError(DORA_NEEDS_BASE.format(path=adapter.path, base=adapter.config.get("base_model") or "<model>"))
+    trained_on = adapter.config.get("base_model")
+    if adapter.kind == "dora" and trained_on and model_ref(base) != model_ref(trained_on) and (
+            Path(trained_on).exists() or not Path(base).exists()):
+        raise GiftError(f"--base {base}: the DoRA adapter was trained on {trained_on} ({adapter.path / CONFIG}), "
+                        f"and its update is defined against those weights only; pass --base {trained_on}")
     return model_ref(instruct)
 
 
@@ -242,6 +248,7 @@ def _load_checked(adapter, instruct, raw, base, requantize):
     _check_architecture(adapter, instruct, raw, base)
     model, _, loaded = load_model(instruct, lazy=True)
     _fit(model, adapter, f"instruct {instruct}")
+    check_blocks(adapter, model, f"instruct {instruct}")
     if requantize and not _has_quantized(model):
         raise GiftError(f"--requantize: instruct {instruct} is not quantized")
     base_model = load_model(base, lazy=True)[0] if adapter.kind == "dora" else None
@@ -262,10 +269,10 @@ def _output_config(model, raw, loaded, fused, fmt, dtype, requantize):
 
 
 def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dtype=None, scale=1.0, base=None,
-          requantize=False, gguf_type=None, force=False, log=print):
+          requantize=False, gguf_type=None, force=False, allow_unfinished=False, log=print):
     """Merge the adapter into the instruct model and write it to `out` in `fmt` (mlx | hf | gguf); return out."""
     scale = export.check_scale(scale)
-    adapter = read_adapter(adapter_path)
+    adapter = read_adapter(adapter_path, allow_unfinished, log)
     instruct = _check_options(adapter, instruct, fmt, dtype, base, requantize)
     raw = read_config(instruct)
     if fmt == "hf":
@@ -288,6 +295,8 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
         export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx",
                              label=f"{out}: merged weights", extras=sizes)
         update_size = math.sqrt(sum(u.item() for u, _ in sizes.values()) / sum(w.item() for _, w in sizes.values()))
+        check_update_size(update_size, adapter, scale)
+        line = update_line(update_size, scale, sizes, adapter, instruct, log)  # before the output is in place
         write_json(tmp / "config.json", config)
         export.copy_tokenizer(local_path(instruct), tmp, raw)
         _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale,
@@ -295,15 +304,27 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
                     requantized={"mean_error_over_update": rq_error} if requantize else None,
                     update_relative_size=round(update_size, 6))
     log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out} ({fmt})")
-    log(update_line(update_size, scale, sizes, adapter, instruct, log))
+    log(line)
     return Path(out)
+
+
+def check_update_size(update_size, adapter, scale):
+    """‖λ·ΔW‖ / ‖W_instruct‖ above 1 replaces the instruct weights rather than tuning them (a fine-tuning update
+    is a few percent): no adapter gift or mlx-lm trains does that."""
+    if not update_size <= MAX_UPDATE:
+        raise GiftError(f"{adapter.path}: the update is {update_size:.3g}x the size of the instruct weights it "
+                        f"would be added to (‖λ·ΔW‖_F / ‖W_instruct‖_F, λ = {scale:g}); a fine-tuning update is a "
+                        "small fraction of them: check the adapter's tensors and lora_parameters.scale, and --scale")
 
 
 def update_line(update_size, scale, sizes, adapter, instruct, log=print):
     """The update's relative size, next to the base -> instruct distance when the base is on this machine."""
     line = (f"update: ‖λ·ΔW‖_F / ‖W_instruct‖_F = {update_size:.4f} over the {len(sizes)} adapted matrices "
             f"(λ = {scale:g})")
-    pair = known_result(adapter.path, adapter.config.get("base_model"), instruct, log)
+    try:
+        pair = known_result(adapter.path, adapter.config.get("base_model"), instruct, log)
+    except (GiftError, ValueError) as e:  # a measure beside the merge, not part of it: say why it is missing
+        return line + f"; base -> instruct distance: not measured ({str(e).splitlines()[0]})"
     if pair is None:
         return line + "; base -> instruct distance: not measured (the base model is not on this machine)"
     same = distance_over(pair, set(sizes))

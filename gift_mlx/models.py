@@ -1,6 +1,7 @@
 """Loading models and tokenizers (Hub ids or local folders) through mlx-lm, with one-line errors."""
 
 import json
+import math
 import os
 import traceback
 import weakref
@@ -40,10 +41,12 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
 
     check_model_arg(str(path_or_id))
     try:
-        return remember(load(
+        loaded = load(
             str(path_or_id), adapter_path=adapter_path, lazy=lazy, return_config=True,
             trust_remote_code=trust_remote_code,
-        ), path_or_id)
+        )
+        check_config_fields(loaded[2], Path(str(path_or_id)) / "config.json")  # before any forward uses them
+        return remember(loaded, path_or_id)
     except GiftError:
         raise
     except Exception as e:  # mlx-lm raises many types; turn them into one line naming the model
@@ -113,7 +116,7 @@ def cached_path(path_or_id):
 
 
 def read_config(path_or_id):
-    """config.json of a model, with the fields gift compares checked for their types."""
+    """config.json of a model, with the fields gift and mlx-lm's models read checked for their types."""
     path = local_path(path_or_id) / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -121,15 +124,51 @@ def read_config(path_or_id):
         raise GiftError(f"{path}: cannot read model config ({e})")
     if not isinstance(config, dict):
         raise GiftError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    for key in SHAPE_KEYS:
-        value = config.get(key)
-        if value is None:
-            continue
-        if key == "model_type" and not isinstance(value, str):
-            raise GiftError(f"{path}: field 'model_type' must be a string, got {value!r}")
-        if key != "model_type" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise GiftError(f"{path}: field '{key}' must be a positive integer, got {value!r}")
+    check_config_fields(config, path)
     return config
+
+
+# Fields that mlx-lm's ModelArgs (models/*.py) take as they are: a string rope_theta reaches the model code and
+# fails there (a traceback in the first forward), so each is checked here and named in one line.
+POSITIVE_INTS = SHAPE_KEYS[1:] + ("max_position_embeddings", "num_experts", "num_local_experts",
+                                  "num_experts_per_tok", "moe_intermediate_size", "sliding_window_pattern")
+NUMBERS = ("rope_theta", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "partial_rotary_factor",
+           "rope_local_base_freq", "query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping")
+BOOLS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "rope_traditional", "use_sliding_window")
+OBJECTS = ("rope_scaling", "rope_parameters", "quantization", "quantization_config", "text_config")
+
+
+def check_config_fields(config, path, prefix=""):
+    """Type-check the fields of POSITIVE_INTS, NUMBERS, BOOLS and OBJECTS (null allowed) and the
+    quantization parameters; a wrapped model's text_config likewise."""
+    def bad(key, what):
+        raise GiftError(f"{path}: field '{prefix}{key}' must be {what}, got {config[key]!r}"[:300])
+
+    if config.get("model_type") is not None and not isinstance(config["model_type"], str):
+        bad("model_type", "a string")
+    for key in POSITIVE_INTS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            bad(key, "a positive integer")
+    for key in NUMBERS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            bad(key, "a finite number")
+    for key in BOOLS:
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            bad(key, "true or false")
+    for key in OBJECTS:
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            bad(key, "an object")
+    quant = config.get("quantization")
+    if quant:  # mlx-lm reads group_size and bits (and per-layer entries) from it to build the quantized layers
+        for key in ("group_size", "bits"):
+            value = quant.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GiftError(f"{path}: field '{prefix}quantization.{key}' must be a positive integer, got {value!r}")
+    if isinstance(config.get("text_config"), dict):
+        check_config_fields(config["text_config"], path, prefix + "text_config.")
 
 
 def check_compatible(base_config, instruct_config, base_name="base", instruct_name="instruct"):
@@ -228,7 +267,9 @@ def _model_code(filename):
 def _where(frame, line):
     """file:line in function, the file shortened to its package path (mlx_lm/models/llama.py)."""
     parts = Path(frame.f_code.co_filename).parts
-    short = "/".join(parts[-3:] if "site-packages" in parts or "gift_mlx" in parts else parts[-2:])
+    for anchor in ("site-packages", "gift_mlx"):
+        parts = parts[parts.index(anchor) + (anchor != "gift_mlx"):] if anchor in parts else parts
+    short = "/".join(parts[-3:])
     return f"{short}:{line} in {frame.f_code.co_name}"
 
 

@@ -415,7 +415,7 @@ def known_result(adapter_folder, base, instruct, log=print):
     if saved.is_file():
         try:
             result = json.loads(saved.read_text())
-            if result.get("fingerprints") == fingerprints(base, instruct):
+            if isinstance(result, dict) and result.get("fingerprints") == fingerprints(base, instruct):
                 return result
         except (OSError, ValueError):
             pass
