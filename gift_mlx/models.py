@@ -40,12 +40,14 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
     from mlx_lm.utils import load
 
     check_model_arg(str(path_or_id))
+    if (Path(str(path_or_id)) / "config.json").is_file():
+        read_config(path_or_id)  # the fields mlx-lm reads, named in one line before its code trips over them
     try:
         loaded = load(
             str(path_or_id), adapter_path=adapter_path, lazy=lazy, return_config=True,
             trust_remote_code=trust_remote_code,
         )
-        check_config_fields(loaded[2], Path(str(path_or_id)) / "config.json")  # before any forward uses them
+        check_config_fields(loaded[2], Path(str(path_or_id)) / "config.json")  # a Hub model's, once fetched
         return remember(loaded, path_or_id)
     except GiftError:
         raise

@@ -181,6 +181,21 @@ def nonempty_folder(t):
     return folder
 
 
+def params(**changes):
+    """An adapter_config edit: lora_parameters with `changes`."""
+    return lambda c: {**c, "lora_parameters": {**c["lora_parameters"], **changes}}
+
+
+def leaves(edit, leaf="lora_a"):
+    """An adapters.safetensors edit: edit(tensor) applied to every `leaf` tensor."""
+    return lambda weights: {k: edit(v) if k.endswith(leaf) else v for k, v in weights.items()}
+
+
+def with_file(folder, name, content):
+    write(folder / name, content)
+    return folder
+
+
 # (id, argv builder (world, tmp_path) -> argv, text the one-line error must contain)
 CASES = [
     # ---- train: data files ----
@@ -293,6 +308,57 @@ CASES = [
     ("merge-out-exists", lambda w, t: merge(w, t, out=nonempty_folder(t)), "already exists (pass --force to replace it)"),
     ("merge-force-over-foreign-folder", lambda w, t: merge(w, t, "--force", out=nonempty_folder(t)),
      "exists and was not written by gift (no gift_export.json); not replacing it"),
+    # ---- adapters: the one check merge and export share (adapters.read_adapter) ----
+    ("merge-adapter-negative-scale", lambda w, t: merge(w, t, adapter=adapter_copy(w, t, config=params(scale=-2.0))),
+     "field 'lora_parameters.scale' must be positive and at most 1000 (alpha / rank), got -2.0"),
+    ("export-adapter-negative-scale", lambda w, t: export(w, t, adapter=adapter_copy(w, t, config=params(scale=-2.0))),
+     "field 'lora_parameters.scale' must be positive and at most 1000 (alpha / rank), got -2.0"),
+    ("export-adapter-huge-scale", lambda w, t: export(w, t, adapter=adapter_copy(w, t, config=params(scale=1e6))),
+     "field 'lora_parameters.scale' must be positive and at most 1000 (alpha / rank), got 1000000.0"),
+    ("export-adapter-dropout-a-string", lambda w, t: export(w, t, adapter=adapter_copy(w, t, config=params(dropout="0.05"))),
+     "field 'lora_parameters.dropout' must be a number in [0, 1), got '0.05'"),
+    ("merge-adapter-integer-tensors", lambda w, t: merge(w, t, adapter=adapter_copy(
+        w, t, weights=leaves(lambda v: (v * 1000).astype(mx.int32)))),
+     "lora_a holds int32 values; adapter tensors are floating point"),
+    ("export-adapter-integer-tensors", lambda w, t: export(w, t, adapter=adapter_copy(
+        w, t, weights=leaves(lambda v: (v * 1000).astype(mx.int32)))), "holds int32 values"),
+    ("merge-adapter-rank-disagrees", lambda w, t: merge(w, t, adapter=adapter_copy(w, t, config=params(rank=8))),
+     "are not (in, 8) and (8, out) matrices of rank 8"),
+    ("export-adapter-mis-shaped", lambda w, t: export(w, t, adapter=adapter_copy(
+        w, t, weights=leaves(lambda v: v.T, "lora_b"))), "are not (in, 4) and (4, out) matrices of rank 4"),
+    ("export-adapter-3d-tensors", lambda w, t: export(w, t, adapter=adapter_copy(
+        w, t, weights=lambda ws: {k: v[None] for k, v in ws.items()})),
+     "per-expert (3-D, mixture-of-experts) tensors lora_a (1, "),
+    ("export-adapter-keys-disagree", lambda w, t: export(w, t, adapter=adapter_copy(
+        w, t, config=params(keys=["self_attn.q_proj"]))), "lora_parameters.keys ['self_attn.q_proj'] does not list ["),
+    ("merge-adapter-num-layers-disagrees", lambda w, t: merge(w, t, adapter=adapter_copy(
+        w, t, config=lambda c: {**c, "num_layers": 1})), "num_layers is 1, but the adapter's tensors adapt 2 blocks (0 to 1)"),
+    ("merge-adapter-update-larger-than-the-model", lambda w, t: merge(w, t, adapter=adapter_copy(
+        w, t, weights=leaves(lambda v: v + 1e4, "lora_b"))), "the update is"),
+    ("merge-unfinished-run", lambda w, t: merge(w, t, adapter=with_file(
+        adapter_copy(w, t), "gift_run.json", json.dumps({"final": None}))),
+     "unfinished training run (gift_run.json records no final metrics (final: null)); let it finish"),
+    ("export-unfinished-run", lambda w, t: export(w, t, adapter=with_file(
+        adapter_copy(w, t), "gift_run.json", json.dumps({"status": "interrupted", "final": None}))),
+     "unfinished training run (gift_run.json says status 'interrupted')"),
+    ("merge-interrupted-run-without-record", lambda w, t: merge(w, t, adapter=with_file(
+        adapter_copy(w, t), "checkpoint-0000001.safetensors", b"")),
+     "holds training checkpoints but no gift_run.json"),
+    ("export-run-record-final-a-string", lambda w, t: export(w, t, adapter=with_file(
+        adapter_copy(w, t), "gift_run.json", json.dumps({"final": "done"}))),
+     "gift_run.json: field 'final' must be a JSON object, got str"),
+    ("merge-run-record-data-a-list", lambda w, t: merge(w, t, adapter=with_file(
+        adapter_copy(w, t), "gift_run.json", json.dumps({"final": {"loss": 1.0}, "data": [1]}))),
+     "gift_run.json: field 'data' must be a JSON object, got list"),
+    ("merge-instruct-rope-theta-a-string", lambda w, t: merge(
+        w, t, instruct=model_copy(w, t, lambda c: {**c, "rope_theta": "10000"}, "instruct")),
+     "config.json: field 'rope_theta' must be a finite number, got '10000'"),
+    ("chat-model-rope-theta-a-string", lambda w, t: chat(
+        w, t, model=model_copy(w, t, lambda c: {**c, "rope_theta": "10000"}, "instruct")),
+     "config.json: field 'rope_theta' must be a finite number, got '10000'"),
+    ("chat-model-quantization-a-string", lambda w, t: chat(
+        w, t, model=model_copy(w, t, lambda c: {**c, "quantization": "4bit"}, "instruct")),
+     "config.json: field 'quantization' must be an object, got '4bit'"),
     # ---- export-adapter ----
     ("export-not-an-adapter-folder", lambda w, t: export(w, t, adapter=w.instruct), "not an adapter folder"),
     ("export-adapter-weights-corrupt", lambda w, t: export(w, t, adapter=adapter_copy(w, t, weights=b"\x00" * 64)),
