@@ -215,6 +215,44 @@ def test_dora_needs_base_then_transfers_the_dense_delta(llama_pair, tmp_path):
     assert mx.allclose(weight(out, name), expected, atol=1e-5)
 
 
+def test_dora_refuses_another_base_than_the_recorded_one(llama_pair, qwen2_pair, tmp_path):
+    base, instruct = llama_pair
+    dora = make_adapter(base, tmp_path / "dora", instruct, kind="dora", num_layers=1, keys=["self_attn.v_proj"])
+    code, _, err = run_cli("merge", "--adapter-path", dora, "--base", instruct, "--out", tmp_path / "m")
+    assert code == 2 and err.startswith(f"error: --base {instruct}: the DoRA adapter was trained on {base}")
+    assert err.strip().endswith(f"pass --base {base}") and not (tmp_path / "m").exists()
+
+
+def copy_adapter(lora, to, files):
+    """The adapter's two files, plus `files` ({name: text})."""
+    to.mkdir()
+    for f in ("adapter_config.json", "adapters.safetensors"):
+        (to / f).write_bytes((lora / f).read_bytes())
+    for name, text in files.items():
+        (to / name).write_text(text)
+    return to
+
+
+def test_unfinished_run_is_refused_unless_allowed(llama_pair, lora, tmp_path):
+    """A run still holding its lock (or killed holding it) left an intermediate step's adapter."""
+    running = copy_adapter(lora, tmp_path / "a", {".gift.lock": f"{os.getpid()} {socket.gethostname()}"})
+    code, _, err = run_cli("merge", "--adapter-path", running, "--out", tmp_path / "m")
+    assert code == 2 and "unfinished training run (a training run holds its lock (.gift.lock: process" in err
+    assert "--allow-unfinished" in err and not (tmp_path / "m").exists()
+    code, stdout, err = run_cli("export-adapter", "--adapter-path", running, "--out", tmp_path / "p",
+                                "--allow-unfinished")
+    assert code == 0 and f"warning: {running}: unfinished training run" in stdout
+    assert json.loads((tmp_path / "p" / outputs.RECORD).read_text())["final_metrics"] is None
+
+
+def test_a_forged_pair_result_is_measured_afresh(llama_pair, lora, tmp_path):
+    """pair_check.json beside the adapter that is not a result is stale, not a crash after the output."""
+    forged = copy_adapter(lora, tmp_path / "a", {"pair_check.json": "[1]"})
+    code, stdout, err = run_cli("merge", "--adapter-path", forged, "--instruct", llama_pair[1], "--out", tmp_path / "m")
+    assert code == 0, err
+    assert "base -> instruct distance over the same matrices" in stdout
+
+
 def test_cli_merge_and_force(llama_pair, lora, tmp_path):
     out = tmp_path / "m"
     code, stdout, _ = run_cli("merge", "--instruct", llama_pair[1], "--adapter-path", lora, "--out", out)
