@@ -184,6 +184,17 @@ def check_compatible(base_config, instruct_config, base_name="base", instruct_na
         raise GiftError(f"{base_name} and {instruct_name} differ in architecture: " + "; ".join(diffs))
 
 
+def nonfinite_weight(model):
+    """The name of the model's first float parameter holding NaN or infinity, else None (reads every weight)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    for name, v in tree_flatten(model.parameters()):
+        if mx.issubdtype(v.dtype, mx.floating) and not mx.isfinite(v).all().item():
+            return name
+    return None
+
+
 def wire_memory():
     """On Apple silicon (Metal), raise the wired-memory limit to the device's recommended working set, so a
     large model's weights stay resident instead of being paged, as mlx-lm's trainer (mlx_lm/tuner/trainer.py,

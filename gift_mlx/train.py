@@ -29,8 +29,8 @@ from . import __version__, adapters, blas, plot
 from .config import TrainConfig
 from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
-from .models import (check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, read_config,
-                     wire_memory)
+from .models import (check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, nonfinite_weight,
+                     read_config, wire_memory)
 from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, remove_if_empty, save_tensors,
                       write_json, write_text, writing)
 from .objective import chunked, confidence, target_positions, token_weights, weighted_sums
@@ -259,6 +259,20 @@ def save_checkpoint(out, step, model, optimizer, identity, keep, world):
     for old in checkpoints(out)[:-keep]:
         old.unlink()
     return path
+
+
+def nonfinite_cause(model, trained_id, guide, guide_id, inputs, w):
+    """Where a step's non-finite loss comes from, checked in this order (the model restored to the last good
+    step): the models' own weights, the batch's token weights, the trained model's logits; else the update."""
+    for m, name in ((model, trained_id), (guide, guide_id)):
+        tensor = nonfinite_weight(m) if m is not None else None
+        if tensor:
+            return f"{name} holds NaN or infinite values in {tensor}: its weights, not the training, are broken"
+    if not np.isfinite(np.asarray(w, dtype=np.float64)).all():
+        return "the batch's token weights are not finite: the guide's confidences"
+    if not mx.isfinite(model(mx.array(inputs))).all().item():
+        return f"{trained_id}'s logits on the batch are not finite before this step's update: an overflow in its dtype?"
+    return "the update diverged: lower the learning rate or --gamma"
 
 
 def checkpoints(out):
@@ -513,8 +527,10 @@ def _train(cfg, log, stack):
                 what = "the loss is not finite" if s[1] > 0 or not np.isfinite(s[1]) else \
                     "every token weight is 0 (Σw = 0), so the loss Σw·ℓ/Σw is undefined"
                 if not cfg.skip_nonfinite:
-                    raise GiftError(f"step {it}: {what}; the last checkpoint is kept "
-                                    "(lower the learning rate or --gamma, or pass --skip-nonfinite to skip such batches)")
+                    cause = nonfinite_cause(model, trained_id, guide, guide_id, inputs, w) if s[1] > 0 or \
+                        not np.isfinite(s[1]) else "lower the learning rate or --gamma"
+                    raise GiftError(f"step {it}: {what}: {cause}; the last checkpoint is kept "
+                                    "(pass --skip-nonfinite to skip such batches)")
                 skipped += 1
                 bar.write(f"step {it}: {what}: batch skipped ({skipped} so far)")
                 continue
