@@ -33,7 +33,7 @@ def weights_fingerprint(path_or_id):
         size = f.stat().st_size
         h.update(f"{f.name}:{size}".encode())
         with open(f, "rb") as fh:
-            header = int.from_bytes(fh.read(8), "little")
+            header = min(int.from_bytes(fh.read(8), "little"), size)  # a damaged length must not seek past 2^63
             h.update(fh.read(min(header, 1 << 24)))
             for pos in (8 + header, max(8 + header, size // 2), max(8 + header, size - 65536)):
                 fh.seek(pos)

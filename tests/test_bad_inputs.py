@@ -359,6 +359,9 @@ CASES = [
     ("chat-model-quantization-a-string", lambda w, t: chat(
         w, t, model=model_copy(w, t, lambda c: {**c, "quantization": "4bit"}, "instruct")),
      "config.json: field 'quantization' must be an object, got '4bit'"),
+    ("score-weights-header-length-2-63", lambda w, t: score(w, t, instruct=with_file(copy_of(
+        w.instruct, t / "instruct-copy"), "model.safetensors", (2**63).to_bytes(8, "little") + b"{}")),
+     "cannot load model: [load_safetensors] Invalid json header length"),
     # ---- export-adapter ----
     ("export-not-an-adapter-folder", lambda w, t: export(w, t, adapter=w.instruct), "not an adapter folder"),
     ("export-adapter-weights-corrupt", lambda w, t: export(w, t, adapter=adapter_copy(w, t, weights=b"\x00" * 64)),

@@ -3,6 +3,7 @@
 
 import shutil
 
+import mlx.core as mx
 import pytest
 from click.testing import CliRunner
 
@@ -75,3 +76,19 @@ def test_user_errors_keep_exit_2_and_show_a_traceback_only_with_debug(tmp_path):
     assert plain.exit_code == debug.exit_code == 2
     assert "Traceback" not in plain.output and "Traceback" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
+
+
+def test_a_nan_in_the_base_is_named_not_blamed_on_the_learning_rate(llama_pair, task_data, tmp_path):
+    base = tmp_path / "nan-base"
+    shutil.copytree(llama_pair[0], base)
+    weights = dict(mx.load(str(base / "model.safetensors")))
+    name = "model.layers.1.mlp.up_proj.weight"
+    weights[name] = mx.where(mx.arange(weights[name].size).reshape(weights[name].shape) == 5, float("nan"), weights[name])
+    mx.save_safetensors(str(base / "model.safetensors"), weights)
+    result = run("train", "--base", base, "--instruct", llama_pair[1], "--data", task_data, "--method", "shadow-ft",
+                 "--no-pair-check", "--adapter-path", tmp_path / "out", "--iters", 1, "--batch-size", 2)
+    err = result.stderr.strip().splitlines()[-1]
+    assert result.exit_code == 2, result.output
+    assert err.startswith(f"error: step 1: the loss is not finite: {base} holds NaN or infinite values in "
+                          "model.layers.1.mlp.up_proj."), err
+    assert "learning rate" not in err
