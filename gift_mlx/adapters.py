@@ -193,7 +193,7 @@ def unfinished(folder):
         if not record.get("final"):
             return f"{RUN_RECORD} records no final metrics (final: null)"
     elif any(folder.glob("checkpoint-*.safetensors")):
-        return f"it holds training checkpoints but no {RUN_RECORD} (which a run writes when it completes)"
+        return f"it holds training checkpoints but no {RUN_RECORD}, which a run writes when it completes"
     return None
 
 
@@ -201,10 +201,10 @@ def check_finished(folder, allow=False, log=print):
     """Refuse the adapter of an unfinished run (its weights are an intermediate step's) unless `allow`."""
     reason = unfinished(folder)
     if reason and not allow:
-        raise GiftError(f"{folder}: unfinished training run ({reason}); let it finish or continue it with "
+        raise GiftError(f"{folder}: unfinished training run: {reason}; let it finish or continue it with "
                         "`gift train --resume`, or pass --allow-unfinished to use the adapter as it is")
     if reason:
-        log(f"warning: {folder}: unfinished training run ({reason}); using the adapter as it is")
+        log(f"warning: {folder}: unfinished training run: {reason}; using the adapter as it is")
 
 
 # Fields of gift_run.json that merge and export read, and the JSON types they must have.

@@ -337,10 +337,10 @@ CASES = [
         w, t, weights=leaves(lambda v: v + 1e4, "lora_b"))), "the update is"),
     ("merge-unfinished-run", lambda w, t: merge(w, t, adapter=with_file(
         adapter_copy(w, t), "gift_run.json", json.dumps({"final": None}))),
-     "unfinished training run (gift_run.json records no final metrics (final: null)); let it finish"),
+     "unfinished training run: gift_run.json records no final metrics (final: null); let it finish"),
     ("export-unfinished-run", lambda w, t: export(w, t, adapter=with_file(
         adapter_copy(w, t), "gift_run.json", json.dumps({"status": "interrupted", "final": None}))),
-     "unfinished training run (gift_run.json says status 'interrupted')"),
+     "unfinished training run: gift_run.json says status 'interrupted'"),
     ("merge-interrupted-run-without-record", lambda w, t: merge(w, t, adapter=with_file(
         adapter_copy(w, t), "checkpoint-0000001.safetensors", b"")),
      "holds training checkpoints but no gift_run.json"),

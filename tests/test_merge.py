@@ -237,7 +237,7 @@ def test_unfinished_run_is_refused_unless_allowed(llama_pair, lora, tmp_path):
     """A run still holding its lock (or killed holding it) left an intermediate step's adapter."""
     running = copy_adapter(lora, tmp_path / "a", {".gift.lock": f"{os.getpid()} {socket.gethostname()}"})
     code, _, err = run_cli("merge", "--adapter-path", running, "--out", tmp_path / "m")
-    assert code == 2 and "unfinished training run (a training run holds its lock (.gift.lock: process" in err
+    assert code == 2 and "unfinished training run: a training run holds its lock (.gift.lock: process" in err
     assert "--allow-unfinished" in err and not (tmp_path / "m").exists()
     code, stdout, err = run_cli("export-adapter", "--adapter-path", running, "--out", tmp_path / "p",
                                 "--allow-unfinished")
