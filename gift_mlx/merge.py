@@ -11,7 +11,6 @@ with the re-quantization error printed (rounding can swallow a small update: mlx
 The instruct model is loaded lazily and written shard by shard, so a merge needs about one model's memory.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -132,7 +131,7 @@ def _known_config(name):
         cached = try_to_load_from_cache(str(name), "config.json")
     except Exception:  # not a valid repo id: nothing to compare against
         return None
-    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+    return read_config(Path(cached).parent) if isinstance(cached, str) else None  # a local folder: no download
 
 
 def _check_architecture(adapter, instruct, instruct_config, base):

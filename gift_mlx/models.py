@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import sys
 import traceback
 import weakref
 from pathlib import Path
@@ -62,6 +63,7 @@ def load_tokenizer(path_or_id, chat=False):
     check_model_arg(str(path_or_id))
     try:
         tokenizer = _load_tokenizer(str(path_or_id))
+        _note([tokenizer], path_or_id)
     except Exception as e:
         raise GiftError(f"{path_or_id}: cannot load tokenizer: {_first_line(e)}")
     if chat:
@@ -259,22 +261,28 @@ _FOLDERS = set()  # the loaded local model folders: a module there (trust_remote
 
 
 def remember(loaded, name):
-    """Note the model (and the folder) every module of a loaded (model, tokenizer, config) belongs to."""
-    for _, module in loaded[0].named_modules():
-        _LOADED[id(module)] = (weakref.ref(module), str(name))
-    if Path(str(name)).is_dir():
-        _FOLDERS.add(os.path.realpath(name))
+    """Note the model (and the folder) every module and the tokenizer of a loaded (model, tokenizer, config)
+    belong to."""
+    _note([m for _, m in loaded[0].named_modules()], name)
+    _note([loaded[1]], name)
     return loaded
 
 
-def _model_code(filename):
-    """Whether a source file is model code: mlx-lm's, or a module shipped in a loaded model's folder."""
-    import mlx_lm
+def _note(objects, name):
+    for obj in objects + [getattr(obj, "_tokenizer", None) for obj in objects]:  # mlx-lm's wrapper and HF's
+        if obj is not None:
+            _LOADED[id(obj)] = (weakref.ref(obj), str(name))
+    if Path(str(name)).is_dir():
+        _FOLDERS.add(os.path.realpath(name))
 
+
+def _model_code(filename):
+    """Whether a source file is model code: mlx-lm's, transformers' (tokenizers, chat templates), or a module
+    shipped in a loaded model's folder."""
     path = os.path.realpath(filename)
-    if path.startswith(os.path.dirname(os.path.realpath(mlx_lm.__file__)) + os.sep):
-        return True
-    return any(path.startswith(folder + os.sep) for folder in _FOLDERS)
+    packages = [sys.modules[name].__file__ for name in ("mlx_lm", "transformers") if name in sys.modules]
+    roots = [os.path.dirname(os.path.realpath(f)) for f in packages] + list(_FOLDERS)
+    return any(path.startswith(root + os.sep) for root in roots)
 
 
 def _where(frame, line):
