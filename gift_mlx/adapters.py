@@ -22,7 +22,7 @@ RUN_RECORD = "gift_run.json"  # written by `gift train` beside the adapter
 LEAVES = ("lora_a", "lora_b", "m")
 LOCK = ".gift.lock"  # outputs.folder_lock's file: a training run holds it while it writes the folder
 MAX_SCALE = 1000  # of lora_parameters.scale (alpha / rank; mlx-lm's default is 20)
-LAYER_PATH = re.compile(r"(?P<stack>.*\blayers)\.(?P<index>\d+)\.(?P<key>.+)")  # a module of block N
+LAYER_PATH = re.compile(r"(?P<stack>.*\blayers)\.(?P<index>\d+)\.(?P<suffix>.+)")  # a module of block N
 
 
 @dataclass
@@ -150,7 +150,7 @@ def _check_targets(layers, config, cfg_file):
         raise GiftError(f"{cfg_file}: the adapter holds {outside[0]}, which is not in a block (…layers.N.…); "
                         "mlx-lm adapts the blocks' layers only")
     keys = config["lora_parameters"].get("keys")
-    unlisted = sorted({m["key"] for m in found.values()} - set(keys)) if keys is not None else []
+    unlisted = sorted({m["suffix"] for m in found.values()} - set(keys)) if keys is not None else []
     if unlisted:
         raise GiftError(f"{cfg_file}: lora_parameters.keys {keys} does not list {unlisted}, which the adapter's "
                         "tensors adapt")

@@ -234,12 +234,20 @@ def _check_options(adapter, instruct, fmt, dtype, base, requantize):
         raise GiftError("--requantize: GGUF output is quantized by llama.cpp's own types (--gguf-type q8_0)")
     if adapter.kind == "dora" and not base:
         raise GiftError(DORA_NEEDS_BASE.format(path=adapter.path, base=adapter.config.get("base_model") or "<model>"))
+    return model_ref(instruct)
+
+
+def _check_dora_base(adapter, base, log):
+    """A DoRA update is defined against the weights it was trained on: --base must be the recorded base_model
+    (when that one is on this machine to compare; else a note says which is assumed)."""
     trained_on = adapter.config.get("base_model")
-    if adapter.kind == "dora" and trained_on and model_ref(base) != model_ref(trained_on) and (
-            Path(trained_on).exists() or not Path(base).exists()):
+    if adapter.kind != "dora" or not trained_on or model_ref(base) == model_ref(trained_on):
+        return
+    if Path(trained_on).exists() or not Path(base).exists():
         raise GiftError(f"--base {base}: the DoRA adapter was trained on {trained_on} ({adapter.path / CONFIG}), "
                         f"and its update is defined against those weights only; pass --base {trained_on}")
-    return model_ref(instruct)
+    log(f"note: --base {base} stands in for {trained_on}, the base the DoRA adapter records (not on this "
+        "machine): the merge is right only if it holds the same weights")
 
 
 def _load_checked(adapter, instruct, raw, base, requantize):
@@ -273,6 +281,7 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
     scale = export.check_scale(scale)
     adapter = read_adapter(adapter_path, allow_unfinished, log)
     instruct = _check_options(adapter, instruct, fmt, dtype, base, requantize)
+    _check_dora_base(adapter, base, log)
     raw = read_config(instruct)
     if fmt == "hf":
         export.check_hf(raw)

@@ -221,6 +221,11 @@ def test_dora_refuses_another_base_than_the_recorded_one(llama_pair, qwen2_pair,
     code, _, err = run_cli("merge", "--adapter-path", dora, "--base", instruct, "--out", tmp_path / "m")
     assert code == 2 and err.startswith(f"error: --base {instruct}: the DoRA adapter was trained on {base}")
     assert err.strip().endswith(f"pass --base {base}") and not (tmp_path / "m").exists()
+    config = json.loads((dora / "adapter_config.json").read_text())  # the recorded base has moved: a note
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "base_model": str(tmp_path / "moved")}))
+    lines = []
+    merge(instruct, dora, tmp_path / "m", base=base, log=lines.append)
+    assert lines[0].startswith(f"note: --base {base} stands in for {tmp_path / 'moved'}")
 
 
 def copy_adapter(lora, to, files):
