@@ -188,8 +188,8 @@ def _probe(tokenizer):
 def fit_template(messages, tokenizer):
     """The messages as the template takes them: with no system role, a leading system turn is folded into the
     first user turn (system text, a blank line, user text), as Gemma 3's own template does."""
-    if chat_format(tokenizer).system or len(messages) < 2 or messages[0]["role"] != "system" \
-            or messages[1]["role"] != "user":
+    leading_system = len(messages) > 1 and [m["role"] for m in messages[:2]] == ["system", "user"]
+    if chat_format(tokenizer).system or not leading_system:
         return messages
     first = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
     return [first, *messages[2:]]
@@ -228,7 +228,7 @@ def reply_span(prompt, turn, tokens, after, ends):
     if k >= after and common_prefix_len(turn, tokens) >= end:
         return k, end
     for s in range(max(after, 1), len(tokens) - len(reply) + 1):
-        if tokens[s] == reply[0] and tokens[s - 1] == turn[k - 1] and tokens[s : s + len(reply)] == reply:
+        if tokens[s] == reply[0] and (k == 0 or tokens[s - 1] == turn[k - 1]) and tokens[s : s + len(reply)] == reply:
             return s, s + len(reply)
     return None
 
