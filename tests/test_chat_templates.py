@@ -3,11 +3,12 @@ and its end-of-turn token, a system turn is kept or folded, and what a template 
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
 
-from chat_templates import FAMILIES, MISTRAL, write_family_tokenizer
+from chat_templates import BY_NAME, FAMILIES, MISTRAL, write_family_tokenizer
 from gift_mlx import data, toy
 from gift_mlx.chat import Chat, repl
 from gift_mlx.cli import main
@@ -69,10 +70,16 @@ def test_targets_are_exactly_each_reply_and_its_end_of_turn(tokenizers, family, 
             assert fitted[0] == {"role": "user", "content": f"{SYSTEM}\n\n{turns[0][0]}"}
 
 
-def test_reasoning_reply_of_qwen3_and_no_think_smollm3(tokenizers):
+def test_reasoning_reply_of_qwen3_and_no_think_smollm3(tokenizers, toy_tokenizer, tmp_path):
     tok = tokenizers["qwen3"]
     tokens, target, _ = data.tokenize(conversation([("1+1?", "<think>\nadd them\n</think>\n\n2")]), tok)
     assert target_texts(tok, tokens, target) == ["<think>\nadd them\n</think>\n\n2<|im_end|>"]
+    # no think tokens: mlx-lm renders with enable_thinking=False, the empty block goes into the prompt, and an
+    # earlier reply (written without it) is still the reply the model writes: every turn has its targets
+    tok = load_tokenizer(write_family_tokenizer(toy_tokenizer, tmp_path, replace(BY_NAME["qwen3"], plain=())))
+    tokens, target, missed = data.tokenize(conversation(TURNS), tok)
+    assert target_texts(tok, tokens, target) == ["1+1=2. #### 2<|im_end|>", "2+2=4. #### 4<|im_end|>"]
+    assert missed == 0
     tok = tokenizers["smollm3"]  # reasoning off: the empty think block is in the prompt, not a target
     tokens, target, _ = data.tokenize(conversation(TURNS, "/no_think " + SYSTEM), tok)
     assert "<think>\n\n</think>\n1+1=2" in tok.decode(tokens.tolist())
