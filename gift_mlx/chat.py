@@ -44,8 +44,14 @@ class Chat:
         """Answer a user turn, streaming text pieces to write(); the reply joins the history."""
         from mlx_lm.generate import stream_generate
 
+        from .data import render
+
         self.history.append({"role": "user", "content": text})
-        tokens = list(self.tokenizer.apply_chat_template(self.messages(), add_generation_prompt=True))
+        try:  # a system turn the template has no role for is folded into the first user turn (data.render)
+            tokens = render(self.tokenizer, self.messages(), add_generation_prompt=True)
+        except GiftError:  # the template refused the conversation: the turn is not kept
+            self.history.pop()
+            raise
         pieces, generated = [], []
         try:
             for r in stream_generate(self.model, self.tokenizer, self._new_tokens(tokens), max_tokens=self.max_tokens,
@@ -111,6 +117,9 @@ def repl(chat, lines, write, note):
                 chat.reply(text, write)
             except KeyboardInterrupt:  # Ctrl-C stops a reply, not the chat
                 note("\n[stopped]")
+                continue
+            except GiftError as e:  # the chat template refused this turn: say so, the chat goes on
+                note(f"[error: {e}]")
                 continue
             write("\n")
 
