@@ -1,4 +1,5 @@
-"""Loading models and tokenizers (Hub ids or local folders) through mlx-lm, with one-line errors."""
+"""Loading models and tokenizers (Hub ids or local folders) through mlx-lm, with one-line errors, also for an
+exception raised later in their code (crash_line)."""
 
 import json
 import math
@@ -308,9 +309,9 @@ def crash_line(e, command):
     in model code (a model gift loaded ran into it), else an internal error with the place it was raised."""
     frames = list(traceback.walk_tb(e.__traceback__))
     inside = [(f, n) for f, n in frames if _model_code(f.f_code.co_filename)]
-    what = f"{type(e).__name__}: {_first_line(e)}"
+    what, command = f"{type(e).__name__}: {_first_line(e)}", " ".join(filter(None, ("gift", command)))
     if inside:
         owner = _owner(inside)
-        return (f"{owner + ': ' if owner else ''}gift {command}: the model code raised {what} "
+        return (f"{owner + ': ' if owner else ''}{command}: the model code raised {what} "
                 f"({_where(*inside[-1])})")
-    return f"gift {command}: internal error: {what}" + (f" ({_where(*frames[-1])})" if frames else "")
+    return f"{command}: internal error: {what}" + (f" ({_where(*frames[-1])})" if frames else "")
