@@ -333,6 +333,10 @@ CASES = [
         w, t, config=params(keys=["self_attn.q_proj"]))), "lora_parameters.keys ['self_attn.q_proj'] does not list ["),
     ("merge-adapter-num-layers-disagrees", lambda w, t: merge(w, t, adapter=adapter_copy(
         w, t, config=lambda c: {**c, "num_layers": 1})), "num_layers is 1, but the adapter's tensors adapt 2 blocks (0 to 1)"),
+    ("merge-adapter-blocks-not-the-last", lambda w, t: merge(w, t, adapter=adapter_copy(
+        w, t, config=lambda c: {**c, "num_layers": 1},
+        weights=lambda ws: {k: v for k, v in ws.items() if k.startswith("model.layers.0.")})),
+     "num_layers is 1, so only blocks 1 to 1 of instruct"),
     ("merge-adapter-update-larger-than-the-model", lambda w, t: merge(w, t, adapter=adapter_copy(
         w, t, weights=leaves(lambda v: v + 1e4, "lora_b"))), "the update is"),
     ("merge-unfinished-run", lambda w, t: merge(w, t, adapter=with_file(
