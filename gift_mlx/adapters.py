@@ -4,6 +4,7 @@
 `mlx_lm.generate --adapter-path` and `mlx_lm.fuse` read gift's adapters too.
 """
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -104,6 +105,34 @@ def read_run_record(adapter_path):
     if not isinstance(record, dict):
         raise GiftError(f"{path}: expected a JSON object, got {type(record).__name__}")
     return record
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_status(adapter_path):
+    """Whether `gift train` finished the adapter in `adapter_path`: "complete" (the final adapter was written
+    and verified, and adapters.safetensors is still that file), "running" (a run in progress, or one killed),
+    "interrupted" (stopped by Ctrl-C, SIGTERM or an error; --resume continues it), "damaged" (the record says
+    complete but the adapter file is missing or not the one written), or None when there is no run record
+    (an adapter gift did not train). A record from before statuses existed was written only on completion."""
+    record = read_run_record(adapter_path)
+    if not record:
+        return None
+    status = record.get("status", "complete")
+    if status == "complete" and record.get("adapter_sha256"):
+        weights = Path(adapter_path) / WEIGHTS
+        try:
+            same = file_sha256(weights) == record["adapter_sha256"]
+        except OSError:
+            same = False
+        return "complete" if same else "damaged"
+    return status if isinstance(status, str) else "damaged"
 
 
 def write_config(folder, config):

@@ -97,21 +97,30 @@ def test_a_damaged_score_file_is_recomputed(tmp_path, llama_pair, task_data, dam
 
 # ---- run-folder integrity ----
 
+HOLD = """import sys, time
+from gift_mlx.outputs import folder_lock
+with folder_lock(sys.argv[1], "training run"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_a_second_run_on_a_locked_folder_gets_one_error_line_and_a_stale_lock_is_taken_over(
         tmp_path, llama_pair, task_data):
     out = tmp_path / "a"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".gift.lock").write_text(f"{other.pid} {os.uname().nodename}")
+        assert other.stdout.readline().strip() == "held"
         args = ["train", "--base", llama_pair[0], "--instruct", llama_pair[1], "--data", task_data,
                 "--adapter-path", out, "--iters", 1, "--lora-rank", 4, "--lora-alpha", 8]
         one_error_line(run(*args), f"in use by another gift training run (process {other.pid}")
         assert sorted(p.name for p in out.iterdir()) == [".gift.lock"]
     finally:
-        other.kill()
+        other.kill()  # SIGKILL: its lock file stays, stale
         other.wait()
-    r = run(*args)  # its process is gone: the lock is stale
+    assert (out / ".gift.lock").exists()
+    r = run(*args)
     assert r.exit_code == 0, r.output
     assert not (out / ".gift.lock").exists()
 
