@@ -626,14 +626,19 @@ def _train(cfg, log, stack):
 
             wandb.finish()
 
-    if start < steps:
-        save_checkpoint(out, steps, model, optimizer, identity, cfg.keep_checkpoints, world)
-    elif rank == 0:  # resumed at the last step: a kill may have come between its checkpoint and the adapter's copy
-        adapters.write_weights(model, out)
+    try:
+        if start < steps:
+            save_checkpoint(out, steps, model, optimizer, identity, cfg.keep_checkpoints, world)
+        elif rank == 0:  # resumed at the last step: a kill may have come between its checkpoint and the adapter's copy
+            adapters.write_weights(model, out)
+        if rank == 0:
+            plot.training(out / "loss.png", plot.read_metrics(out / "metrics.jsonl"))
+            record["adapter_sha256"] = verify_adapter(out, model)
+            # last: "complete" only once the adapter is written and verified
+            adapters.write_run_record(out, {**record, "status": "complete"})
+    except BaseException:
+        mark(out, record, "interrupted", rank)
+        raise
     record["status"] = "complete"
-    if rank == 0:
-        plot.training(out / "loss.png", plot.read_metrics(out / "metrics.jsonl"))
-        record["adapter_sha256"] = verify_adapter(out, model)
-        adapters.write_run_record(out, record)  # last: "complete" only once the adapter is written and verified
     log(f"adapter: {out / adapters.WEIGHTS}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record
