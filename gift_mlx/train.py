@@ -33,8 +33,8 @@ from .data import batch_order, collate, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
 from .models import (check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, read_config,
                      wire_memory)
-from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, new_folder, remove_orphans,
-                      save_tensors, write_json, write_text, writing)
+from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, new_folder, no_link,
+                      remove_orphans, save_tensors, write_json, write_text, writing)
 from .objective import chunked, confidence, target_positions, token_weights, weighted_sums
 from .pair_check import RESULT_FILE as PAIR_FILE, check_for_training
 from .scoring import ensure_scores, load_guide, weights_fingerprint
@@ -484,6 +484,8 @@ def _train(cfg, log, stack):
         stack.enter_context(new_folder(out, owned=True, keep=lambda: bool(checkpoints(out))))
         stack.enter_context(folder_lock(out, "training run"))
         remove_orphans(out)  # temporaries of a killed run
+        for name in (*RUN_FILES, PAIR_FILE, "loss.png"):  # a planted link would have the run write elsewhere
+            no_link(out / name)
         claim_folder(out, cfg)
     else:
         with writing(out):

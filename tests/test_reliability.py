@@ -125,6 +125,18 @@ def test_a_second_run_on_a_locked_folder_gets_one_error_line_and_a_stale_lock_is
     assert not (out / ".gift.lock").exists()
 
 
+def test_a_symbolic_link_in_the_run_folder_is_never_written_through(tmp_path, llama_pair, task_data):
+    data = shutil.copytree(task_data, tmp_path / "data")
+    out = tmp_path / "a"
+    train_mod.train(config(llama_pair, data, out, iters=2, save_every=1), log=quiet)
+    original = (data / "train.jsonl").read_bytes()
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").symlink_to(data / "train.jsonl")
+    with pytest.raises(GiftError, match="metrics.jsonl: is a symbolic link"):
+        train_mod.train(config(llama_pair, data, out, iters=4, save_every=1, resume=True), log=quiet)
+    assert (data / "train.jsonl").read_bytes() == original
+
+
 def test_resume_after_the_data_changed_is_refused(tmp_path, llama_pair, task_data):
     data = shutil.copytree(task_data, tmp_path / "data")
     out = tmp_path / "a"
