@@ -121,7 +121,7 @@ def staged_folder(out):
     out = Path(out)
     tmp = _tmp_path(out)
     try:
-        with new_folder(out.parent), path_lock(out.parent / hidden_name(out.name, "lock"), out):
+        with new_folder(out.parent, label=out), path_lock(out.parent / hidden_name(out.name, "lock"), out):
             before = _identity(out)
             try:
                 remove_orphans(out.parent, out.name)
@@ -187,16 +187,19 @@ def _created(path):
 
 
 @contextmanager
-def new_folder(path, owned=False, keep=lambda: False):
+def new_folder(path, owned=False, keep=lambda: False, label=None):
     """Create `path` (and its parents) if missing, and after any failure in the block remove the topmost
     folder it created. owned=True (a folder the command holds locked): when `path` existed, remove instead
     the entries that appeared in it during the block. keep(), checked at failure time, true keeps all (a
-    training run's checkpoints, to resume from)."""
+    training run's checkpoints, to resume from). A failure to create it is an error naming `label` (or path)."""
     path = Path(path)
     missing = _created(path)
     before = {p.name for p in _list(path)}
-    with writing(path):
+    try:
         path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where `label`'s parent folder should be: not a directory, for `label`
+        code = errno.ENOTDIR if label and isinstance(e, FileExistsError) else e.errno
+        raise write_error(label or path, OSError(code, os.strerror(code))) from None
     try:
         yield path
     except BaseException:
