@@ -4,7 +4,6 @@
 `mlx_lm.generate --adapter-path` and `mlx_lm.fuse` read gift's adapters too.
 """
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .data import file_sha256
 from .errors import GiftError
 from .outputs import check_finite, save_tensors, write_json
 
@@ -105,14 +105,6 @@ def read_run_record(adapter_path):
     if not isinstance(record, dict):
         raise GiftError(f"{path}: expected a JSON object, got {type(record).__name__}")
     return record
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run_status(adapter_path):

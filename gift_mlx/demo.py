@@ -67,8 +67,8 @@ def clear_output(out, force):
         written = None
     if not isinstance(written, dict):
         held = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
-        raise GiftError(f"{out}: not a gift demo folder (holds {', '.join(held[:3])}) and has no readable {DEMO_RECORD}; "
-                        "--force replaces only an earlier demo's output")
+        raise GiftError(f"{out}: not a gift demo folder (holds {', '.join(held[:3])}) and has no readable "
+                        f"{DEMO_RECORD}; --force replaces only an earlier demo's output")
     foreign = sorted(k for k, v in demo_files(out).items() if written.get(k) != v)
     if foreign:
         raise GiftError(f"{out}: not a gift demo folder: {foreign[0]} was not written by the demo, or changed "

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import __version__, adapters, blas, plot
 from .config import TrainConfig
-from .data import batch_order, collate, fit_pad_lengths, load_data
+from .data import batch_order, collate, file_sha256, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
 from .models import (check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, read_config,
                      wire_memory)
@@ -393,7 +393,7 @@ def verify_adapter(out, model):
     if written.keys() != params.keys() or not all(mx.array_equal(written[k], params[k]).item() for k in params):
         raise GiftError(f"{path}: the adapter just written differs from the trained one (a disk fault?); "
                         "run the same command with --resume to write it again")
-    return adapters.file_sha256(path)
+    return file_sha256(path)
 
 
 def reporting(cfg, out):
