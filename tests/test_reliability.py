@@ -137,6 +137,17 @@ def test_a_symbolic_link_in_the_run_folder_is_never_written_through(tmp_path, ll
     assert (data / "train.jsonl").read_bytes() == original
 
 
+def test_the_next_run_removes_a_killed_runs_temporary_checkpoint(tmp_path, llama_pair, task_data):
+    out = tmp_path / "a"
+    train_mod.train(config(llama_pair, task_data, out, iters=2, save_every=1), log=quiet)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = out / f".checkpoint-0000003.safetensors.tmp-{dead.pid}.safetensors"  # SIGKILL inside the write
+    orphan.write_bytes(b"half a checkpoint")
+    train_mod.train(config(llama_pair, task_data, out, iters=2, save_every=1, resume=True), log=quiet)
+    assert not orphan.exists()
+
+
 def test_resume_after_the_data_changed_is_refused(tmp_path, llama_pair, task_data):
     data = shutil.copytree(task_data, tmp_path / "data")
     out = tmp_path / "a"

@@ -209,6 +209,7 @@ def test_a_kill_between_the_last_checkpoint_and_the_final_adapter_is_not_complet
     record = json.loads((out / "gift_run.json").read_text())
     (out / "gift_run.json").write_text(json.dumps({**record, "status": "running"}))
     assert adapters.run_status(out) == "running"
+    assert adapters.run_status(tmp_path) is None  # no run record: not an adapter gift trained
     train_mod.train(small(llama_pair, task_data, out, save_every=2, keep_checkpoints=5, resume=True), log=QUIET)
     assert adapters.run_status(out) == "complete" and same_adapter(straight, out)
     # A changed adapter file is no longer the verified one.
