@@ -247,8 +247,8 @@ def path_lock(path, owner, what="run"):
     while True:
         try:  # never through a link: a planted link would have the lock truncate its target
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as e:
-            raise write_error(path, e) from None
+        except OSError as e:  # named by what is locked, not the hidden lock file
+            raise write_error(owner, OSError(e.errno, e.strerror)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
