@@ -250,3 +250,19 @@ def test_two_concurrent_runs_on_one_folder_the_second_stops_with_one_line(tmp_pa
     finally:
         first.kill()
         first.wait()
+
+
+def test_two_evals_into_one_out_at_once_one_wins_and_the_other_says_so(tmp_path, llama_pair):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"question": "What is 1+2?", "answer": "3"}) + "\n")
+    args = [sys.executable, "-m", "gift_mlx", "eval", "--model", str(llama_pair[1]), "--data", str(problems),
+            "--out", str(tmp_path / "out"), "--samples", "2", "--max-tokens", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    err = next(e for code, e in results if code == 2).strip()
+    assert err.startswith("error: ") and ("in use by another gift run" in err or "already" in err
+                                          or "not empty" in err), err
+    assert (tmp_path / "out" / "summary.json").is_file()
