@@ -25,7 +25,7 @@ from .merge import merge
 from .outputs import RECORD, folder_lock, new_folder, save_tensors, write_bytes, write_json, write_text
 from .pair_check import one_line, pair_check
 from .plot import methods as methods_plot
-from .train import train
+from .train import sigterm_as_interrupt, train
 
 WORLD = Path(__file__).parent / "world"
 METHODS = ("direct", "shadow-ft", "gift")
@@ -205,8 +205,9 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
     base, instruct, task, retention = world_paths(world)
     out = Path(out)
     clear_output(out, force)
-    # Locked for the run; a demo that fails or is interrupted removes what it wrote (it has no --resume).
-    with new_folder(out, owned=True), folder_lock(out, "demo"):
+    # Locked for the run; a demo that fails or is interrupted (Ctrl-C, SIGTERM) removes what it wrote (it has
+    # no --resume).
+    with sigterm_as_interrupt(), new_folder(out, owned=True), folder_lock(out, "demo"):
         summary = run_demo(out, base, instruct, task, retention, iters, samples, seed, methods, limit, log)
         write_json(out / DEMO_RECORD, {"files": demo_files(out)})  # last: what a later --force may delete
     return summary
