@@ -12,6 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .data import file_sha256
 from .errors import GiftError
 from .outputs import check_finite, save_tensors, write_json
 
@@ -104,6 +105,26 @@ def read_run_record(adapter_path):
     if not isinstance(record, dict):
         raise GiftError(f"{path}: expected a JSON object, got {type(record).__name__}")
     return record
+
+
+def run_status(adapter_path):
+    """Whether `gift train` finished the adapter in `adapter_path`: "complete" (the final adapter was written
+    and verified, and adapters.safetensors is still that file), "running" (a run in progress, or one killed),
+    "interrupted" (stopped by Ctrl-C, SIGTERM or an error; --resume continues it), "damaged" (the record says
+    complete but the adapter file is missing or not the one written), or None when there is no run record
+    (an adapter gift did not train). A record from before statuses existed was written only on completion."""
+    record = read_run_record(adapter_path)
+    if not record:
+        return None
+    status = record.get("status", "complete")
+    if status == "complete" and record.get("adapter_sha256"):
+        weights = Path(adapter_path) / WEIGHTS
+        try:
+            same = file_sha256(weights) == record["adapter_sha256"]
+        except OSError:
+            same = False
+        return "complete" if same else "damaged"
+    return status if isinstance(status, str) else "damaged"
 
 
 def write_config(folder, config):
