@@ -162,12 +162,15 @@ def write_task_data(folder, n_train=64, n_valid=16, n_test=16, seed=0):
 FAMILY_CONFIGS = {
     "llama": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                   "original_max_position_embeddings": 8192}),
+                                   "original_max_position_embeddings": 8192}, max_position_embeddings=131072),
     "mistral": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen2": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen3": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "gemma2": dict(),
-    "gemma3_text": dict(num_hidden_layers=6),  # one full sliding-window pattern (5 local + 1 global)
+    # one full sliding-window pattern (5 local + 1 global); linear scaling on the global layers as Gemma 3 4B+
+    "gemma3_text": dict(num_hidden_layers=6, rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
     "phi3": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
     "olmo2": dict(rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
     "smollm3": dict(rope_parameters={"rope_type": "default", "rope_theta": 2000000.0}),
@@ -176,6 +179,16 @@ FAMILY_CONFIGS = {
                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "olmoe": dict(num_experts=4, num_experts_per_tok=2,
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+}
+# Families that work too but are not in the test matrix (see README's families section for the others).
+MORE_FAMILY_CONFIGS = {
+    "lfm2": dict(layer_types=["conv", "full_attention"],  # hybrid: a short-convolution block and an attention one
+                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}),
+    "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
+                        rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+    "gemma4_text": dict(vocab_size_per_layer_input=384, hidden_size_per_layer_input=16),
 }
 FAMILY_DIMS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
@@ -191,7 +204,7 @@ def build_hf_pair(root, model_type, seed=0, noise=0.05, **overrides):
     root = Path(root)
     vocab = build_tokenizer(root / "tokenizer", seed=seed)
     ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
-    fields = {**FAMILY_DIMS, **ids, **FAMILY_CONFIGS.get(model_type, {}), **overrides, "vocab_size": vocab}
+    fields = {**FAMILY_DIMS, **ids, **{**FAMILY_CONFIGS, **MORE_FAMILY_CONFIGS}.get(model_type, {}), **overrides, "vocab_size": vocab}
     config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).float()
