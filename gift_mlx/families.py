@@ -32,6 +32,10 @@ class Family:
     renames: tuple = ()  # (transformers field, mlx-lm field) pairs beyond RENAMES
     # Per-layer-type rope_parameters: {layer type: (theta field, scaling field or None)} in mlx-lm's ModelArgs.
     rope_layers: dict | None = None
+    mlx_type: str | None = None  # mlx-lm's model_type for a transformers type mlx-lm does not name
+    # (mlx-lm field, layer type): transformers 5 writes a periodic layer pattern as the list layer_types;
+    # mlx-lm reads its period, "layer i is of that type when (i + 1) % period == 0".
+    layer_period: tuple | None = None
 
 
 FAMILIES = {
@@ -39,9 +43,10 @@ FAMILIES = {
     "mistral": Family(hf_class="MistralForCausalLM"),
     "qwen2": Family(hf_class="Qwen2ForCausalLM", gguf_arch="QWEN2"),
     "qwen3": Family(hf_class="Qwen3ForCausalLM"),
-    "gemma3_text": Family(renames=(("_sliding_window_pattern", "sliding_window_pattern"),),
+    "gemma3_text": Family(layer_period=("sliding_window_pattern", "full_attention"),
                           rope_layers={"full_attention": ("rope_theta", "rope_scaling"),
                                        "sliding_attention": ("rope_local_base_freq", None)}),
+    "qwen3_5_text": Family(mlx_type="qwen3_5", layer_period=("full_attention_interval", "full_attention")),  # mlx-lm's qwen3_5 reads a bare text config as its text_config
     "lfm2": Family(renames=(("hidden_size", "block_dim"),)),  # transformers 5 drops block_dim (= hidden_size)
 }
 
@@ -115,6 +120,16 @@ def _translate_rope(config, fields, row, out, notes, where):
         _set(out, notes, fields, config, "rope_scaling", _scaling(rope), "rope_parameters")
 
 
+def _period(layer_types, period_field, where):
+    """The period of a layer_types list that mlx-lm's `field` can express, else one error."""
+    field, kind = period_field
+    period = layer_types.index(kind) + 1 if kind in layer_types else len(layer_types) + 1
+    if any((t == kind) != ((i + 1) % period == 0) for i, t in enumerate(layer_types)):
+        raise GiftError(f"{where}: field 'layer_types': mlx-lm's model reads only a period ({field}: every "
+                        f"n-th layer {kind}); {layer_types} has none")
+    return period
+
+
 def translate_config(config, where="config.json"):
     """(fields to pass to mlx-lm's load as model_config=, notes "transformers field -> mlx-lm field").
 
@@ -130,11 +145,17 @@ def translate_config(config, where="config.json"):
         if inner:
             out["text_config"] = {**text, **inner}
             notes += [f"text_config.{n}" for n in inner_notes]
-    fields = _args_fields(config)
+    row = family(config["model_type"])
+    if row.mlx_type:
+        out["model_type"] = row.mlx_type
+        notes.append(f"model_type {config['model_type']} -> {row.mlx_type}")
+    fields = _args_fields({**config, **out})
     if fields is None:
         return out, notes
-    row = family(config["model_type"])
     _translate_rope(config, fields, row, out, notes, where)
+    if row.layer_period and row.layer_period[0] not in config and isinstance(config.get("layer_types"), list):
+        out[row.layer_period[0]] = _period(config["layer_types"], row.layer_period, where)
+        notes.append(f"layer_types -> {row.layer_period[0]}")
     for source, target in RENAMES + row.renames:
         if source in config and target not in config:
             _set(out, notes, fields, config, target, config[source], source)

@@ -188,6 +188,8 @@ MORE_FAMILY_CONFIGS = {
                        rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}),
     "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
                         rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+    "qwen3_5_text": dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
+                         linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16),
     "gemma4_text": dict(vocab_size_per_layer_input=384, hidden_size_per_layer_input=16),
 }
 FAMILY_DIMS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
