@@ -1,0 +1,137 @@
+"""Real model families end to end: tiny pairs written by transformers (its config layout), loaded, trained and merged.
+
+The matrix (one pair per family, built once per module): the instruct model gift loads computes transformers'
+logits; `gift train` (2 steps) and the MLX merge give W + scale·B A (per expert for mixtures of experts); plain
+mlx_lm.load of the merged folder computes the adapter-applied model's logits. scripts/family_matrix.py makes the
+same checks into README's table.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from gift_mlx import toy
+from gift_mlx.adapters import read_adapter
+from gift_mlx.config import TrainConfig
+from gift_mlx.errors import GiftError
+from gift_mlx.families import translate_config
+from gift_mlx.models import load_model
+from gift_mlx.train import add_lora
+
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("family_matrix", ROOT / "scripts" / "family_matrix.py")
+matrix = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(matrix)
+
+MATRIX = matrix.FAMILIES + ["lfm2"]  # lfm2: a hybrid (convolution + attention blocks)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return toy.write_task_data(tmp_path_factory.mktemp("data"), n_train=8, n_valid=4, n_test=4)
+
+
+@pytest.fixture(scope="module", params=MATRIX)
+def built(request, tmp_path_factory, data):
+    family = request.param
+    return (family, *matrix.build(family, tmp_path_factory.mktemp(family), data))
+
+
+def test_instruct_logits_equal_transformers(built):
+    assert matrix.logits_vs_transformers(*built) <= matrix.TOLERANCE
+
+
+def test_merged_weights_are_instruct_plus_scale_ba(built):
+    family, pair, adapter, merged = built
+    assert matrix.merged_weights(*built) <= matrix.TOLERANCE
+    # and the update is there: every adapted matrix of the merge differs from the instruct's
+    instruct = dict(tree_flatten(load_model(pair[1])[0].parameters()))
+    written = {}
+    for f in Path(merged).glob("model*.safetensors"):
+        written.update(mx.load(str(f)))
+    layers = read_adapter(adapter).layers
+    for path in layers:
+        assert not mx.array_equal(written[f"{path}.weight"], instruct[f"{path}.weight"]), path
+    if family in ("qwen3_moe", "olmoe"):  # LoRA on the experts too: one per expert, (experts, r, in)
+        assert any(t["lora_a"].ndim == 3 and t["lora_a"].shape[0] == 4 for t in layers.values())
+
+
+def test_merged_folder_loads_in_mlx_lm_with_the_adapted_logits(built):
+    assert matrix.merged_logits(*built) <= matrix.TOLERANCE
+
+
+# ---- the translation ----
+
+def hf_config(model_type, **fields):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **{**toy.FAMILY_DIMS, "vocab_size": 384, **fields}).to_dict()
+
+
+def test_translation_reads_transformers_5_fields():
+    llama, notes = translate_config(hf_config("llama", **toy.FAMILY_CONFIGS["llama"]))
+    assert llama["rope_theta"] == 500000.0 and llama["rope_scaling"]["type"] == "llama3"
+    assert llama["rope_scaling"]["factor"] == 8.0 and "rope_parameters -> rope_scaling" in notes
+    moe, _ = translate_config(hf_config("qwen3_moe", **toy.FAMILY_CONFIGS["qwen3_moe"]))
+    assert moe["num_experts"] == 4
+    gemma, _ = translate_config(hf_config("gemma3_text", **toy.FAMILY_CONFIGS["gemma3_text"]))
+    assert gemma["rope_theta"] == 1e6 and gemma["rope_local_base_freq"] == 1e4
+    assert gemma["rope_scaling"]["type"] == "linear" and gemma["sliding_window_pattern"] == 6
+    wrapped, notes = translate_config({"model_type": "gemma3", "text_config": hf_config(
+        "gemma3_text", **toy.FAMILY_CONFIGS["gemma3_text"])})
+    assert wrapped["text_config"]["rope_local_base_freq"] == 1e4 and notes[0].startswith("text_config.")
+    assert translate_config({"model_type": "qwen3", "rope_parameters": {"rope_theta": 5.0}}) == ({}, [])  # mlx-lm reads it
+
+
+def test_rope_mlx_lm_cannot_build_is_one_error(tmp_path):
+    with pytest.raises(GiftError, match=r"config.json: field 'rope_parameters.rope_type': 'yarn' is not implemented"):
+        translate_config(hf_config("gemma2", rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}))
+    with pytest.raises(GiftError, match=r"field 'layer_types': .* has none"):
+        translate_config(hf_config("gemma3_text", num_hidden_layers=3,
+                                   layer_types=["full_attention", "sliding_attention", "full_attention"]))
+    # qwen3_moe's ModelArgs has rope_scaling, but its attention builds plain nn.RoPE: refused at load
+    base, instruct = toy.build_hf_pair(tmp_path, "qwen3_moe", rope_parameters={
+        "rope_type": "llama3", "rope_theta": 1e6, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 1024})
+    with pytest.raises(GiftError, match=r"instruct/config.json: field 'rope_parameters.rope_type': 'llama3' is not "
+                                        r"implemented by mlx-lm's qwen3_moe model"):
+        load_model(instruct)
+
+
+# ---- wrapped and hybrid models ----
+
+def test_add_lora_on_a_wrapped_hybrid_model_loads_in_mlx_lm(tmp_path):
+    """Qwen3.5 (transformers' qwen3_5_text) loads as mlx-lm's qwen3_5, whose blocks sit under
+    language_model.model.layers and alternate linear and full attention: the adapter names both kinds."""
+    from mlx_lm.tuner.utils import load_adapters
+
+    from gift_mlx.adapters import write_config, write_weights
+
+    _, instruct = toy.build_hf_pair(tmp_path, "qwen3_5_text")
+    model = load_model(instruct)[0]
+    assert model.layers[0] is model.language_model.model.layers[0]
+    config = add_lora(model, TrainConfig(lora_rank=4, lora_alpha=8, lora_dropout=0.0))
+    keys = config["lora_parameters"]["keys"]
+    assert "self_attn.q_proj" in keys and "linear_attn.in_proj_qkv" in keys and "mlp.down_proj" in keys
+    model.update(_randomized(model.trainable_parameters()))  # lora_b starts at 0: give the adapter an effect
+    (tmp_path / "a").mkdir()
+    write_config(tmp_path / "a", config)
+    write_weights(model, tmp_path / "a")
+    plain = load_model(instruct)[0]
+    tokens = mx.array([matrix.TOKENS])
+    assert not mx.allclose(plain(tokens), model(tokens), atol=1e-3)
+    reloaded = load_adapters(plain, str(tmp_path / "a"))
+    assert mx.allclose(reloaded(tokens), model(tokens), atol=1e-5)
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["num_layers"] == 2
+
+
+def _randomized(params):
+    from mlx.utils import tree_map
+
+    return tree_map(lambda v: mx.random.normal(v.shape) * 0.1, params)
