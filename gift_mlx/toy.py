@@ -180,17 +180,18 @@ FAMILY_CONFIGS = {
     "olmoe": dict(num_experts=4, num_experts_per_tok=2,
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
 }
-# Families that work too but are not in the test matrix (see README's families section for the others).
+# More families for scripts/family_matrix.py (lfm2 and qwen3_5_text are in tests/test_families.py too; README's
+# families section says which fail and why).
 MORE_FAMILY_CONFIGS = {
     "lfm2": dict(layer_types=["conv", "full_attention"],  # hybrid: a short-convolution block and an attention one
                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
-    "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2,
-                       rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}),
-    "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
-                        rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
     "qwen3_5_text": dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
                          linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16),
+    "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}),
     "gemma4_text": dict(vocab_size_per_layer_input=384, hidden_size_per_layer_input=16),
+    "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
+                        rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
 }
 FAMILY_DIMS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)

@@ -97,18 +97,22 @@ def cell(value):
     return str(value)
 
 
+def _reason(e, root):
+    return "fails: " + str(e).splitlines()[0].replace(f"{root}/", "")[:100].strip()
+
+
 def row(family, root, data, columns=COLUMNS):
-    """The cells of one family's row (a failure to build, train or merge fills the row with its reason)."""
+    """The cells of one family's row (a failure to build, train or merge is said once, in the first cell)."""
     try:
         built = build(family, root, data)
     except Exception as e:  # reported in the table, not raised: the matrix shows every family
-        return [f"fails: {str(e).splitlines()[0][:120]}"] * len(columns)
+        return [_reason(e, root)] + ["-"] * (len(columns) - 1)
     cells = []
     for _, column in columns:
         try:
             cells.append(cell(column(family, *built)))
         except Exception as e:
-            cells.append(f"fails: {str(e).splitlines()[0][:120]}")
+            cells.append(_reason(e, root))
     return cells
 
 

@@ -29,7 +29,9 @@ _spec = importlib.util.spec_from_file_location("family_matrix", ROOT / "scripts"
 matrix = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(matrix)
 
-MATRIX = matrix.FAMILIES + ["lfm2"]  # lfm2: a hybrid (convolution + attention blocks)
+# lfm2: a hybrid (convolution and attention blocks); qwen3_5_text: loaded as mlx-lm's wrapped qwen3_5
+# (blocks under language_model.model.layers), a hybrid of linear and full attention
+MATRIX = matrix.FAMILIES + ["lfm2", "qwen3_5_text"]
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +137,19 @@ def _randomized(params):
     from mlx.utils import tree_map
 
     return tree_map(lambda v: mx.random.normal(v.shape) * 0.1, params)
+
+
+def test_per_expert_adapter_tensors_must_agree(tmp_path):
+    """mlx-lm's LoRASwitchLinear tensors (experts, r, in) / (experts, out, r) are read; disagreeing ones refused."""
+    from gift_mlx.adapters import write_config
+
+    path = "model.layers.0.mlp.switch_mlp.up_proj"
+    write_config(tmp_path, {"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": {"rank": 4, "scale": 2.0}})
+    mx.save_safetensors(str(tmp_path / "adapters.safetensors"),
+                        {f"{path}.lora_a": mx.zeros((4, 4, 64)), f"{path}.lora_b": mx.zeros((4, 32, 4))})
+    assert read_adapter(tmp_path).layers[path]["lora_b"].shape == (4, 32, 4)
+    mx.save_safetensors(str(tmp_path / "adapters.safetensors"),
+                        {f"{path}.lora_a": mx.zeros((4, 4, 64)), f"{path}.lora_b": mx.zeros((3, 32, 4))})
+    with pytest.raises(GiftError, match=r"adapters.safetensors: model.layers.0.mlp.switch_mlp.up_proj: per-expert "
+                                        r"lora_a \(4, 4, 64\) and lora_b \(3, 32, 4\) do not have rank 4"):
+        read_adapter(tmp_path)
