@@ -20,9 +20,11 @@ from .errors import GiftError
 # (field transformers writes, field mlx-lm's ModelArgs reads): copied when ModelArgs has the second and the config
 # lacks it. Family rows add their own.
 RENAMES = (("num_local_experts", "num_experts"),)
-# The mlx-lm RoPE class that implements a scaled rope_type (rope_utils.initialize_rope); "linear" is nn.RoPE's scale.
-ROPE_CLASSES = {"llama3": "Llama3RoPE", "yarn": "YarnRoPE", "longrope": "SuScaledRoPE", "su": "SuScaledRoPE",
-                "dynamic": "DynamicNTKScalingRoPE", "proportional": "ProportionalRoPE"}
+# A word in the name of the mlx-lm RoPE classes that implement a scaled rope_type (rope_utils.initialize_rope's,
+# and families' own: DeepseekV2YarnRotaryEmbedding, hunyuan's DynamicNTKAlphaRoPE); "linear" is nn.RoPE's scale.
+# Types not named here are not checked.
+ROPE_CLASSES = {"llama3": "Llama3", "yarn": "Yarn", "deepseek_yarn": "Yarn", "longrope": "SuScaled",
+                "su": "SuScaled", "dynamic": "Dynamic", "proportional": "Proportional"}
 
 
 @dataclass(frozen=True)
@@ -183,17 +185,14 @@ def check_rope(model, config, where="config.json"):
     import mlx.nn as nn
 
     modules = [m for _, m in model.named_modules()]
-    classes = {type(m).__name__ for m in modules}
+    classes = " ".join({type(m).__name__ for m in modules})
     scales = [m.scale for m in modules if isinstance(m, nn.RoPE)]
     for name, params in rope_settings(config):
-        kind = rope_type(params)
-        if kind in ("default", "mrope"):
-            continue
+        kind, factor = rope_type(params), params.get("factor")
         if kind == "linear":
-            factor = params.get("factor")
-            ok = isinstance(factor, (int, float)) and any(math.isclose(s, 1 / factor) for s in scales)
+            ok = isinstance(factor, (int, float)) and factor > 0 and any(math.isclose(s, 1 / factor) for s in scales)
         else:
-            ok = ROPE_CLASSES.get(kind) in classes
+            ok = kind not in ROPE_CLASSES or ROPE_CLASSES[kind] in classes
         if not ok:
             raise GiftError(f"{where}: field '{name}.rope_type': '{kind}' is not implemented by mlx-lm's "
                             f"{config.get('model_type')} model (it would run unscaled RoPE)")

@@ -54,8 +54,8 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
 
 
 def mlx_config_fields(path_or_id):
-    """(config.json path, the fields mlx-lm must be given beyond it to build the user's model); ({}) when the
-    config cannot be read: mlx-lm's load then says why."""
+    """(config.json path, the fields mlx-lm must be given beyond it to build the user's model); no fields when
+    the config cannot be read: mlx-lm's load then says why."""
     try:
         where = local_path(path_or_id) / "config.json"
         config = json.loads(where.read_text())
