@@ -19,12 +19,16 @@ from .errors import GiftError
 
 # (field transformers writes, field mlx-lm's ModelArgs reads): copied when ModelArgs has the second and the config
 # lacks it. Family rows add their own.
-RENAMES = (("num_local_experts", "num_experts"),)
+RENAMES = (("num_local_experts", "num_experts"), ("n_positions", "n_ctx"))
+# (rope_parameters key, ModelArgs field): where a flat rope_parameters' values go.
+ROPE_FIELDS = (("rope_theta", "rope_theta"), ("rope_theta", "rotary_emb_base"),
+               ("partial_rotary_factor", "partial_rotary_factor"), ("partial_rotary_factor", "rotary_pct"))
 # A word in the name of the mlx-lm RoPE classes that implement a scaled rope_type (rope_utils.initialize_rope's,
 # and families' own: DeepseekV2YarnRotaryEmbedding, hunyuan's DynamicNTKAlphaRoPE); "linear" is nn.RoPE's scale.
-# Types not named here are not checked.
+# Types not named here (mrope, axial, ...) are not checked.
 ROPE_CLASSES = {"llama3": "Llama3", "yarn": "Yarn", "deepseek_yarn": "Yarn", "longrope": "SuScaled",
                 "su": "SuScaled", "dynamic": "Dynamic", "proportional": "Proportional"}
+SCALED = {*ROPE_CLASSES, "linear"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,11 @@ FAMILIES = {
                           rope_layers={"full_attention": ("rope_theta", "rope_scaling"),
                                        "sliding_attention": ("rope_local_base_freq", None)}),
     "qwen3_5_text": Family(mlx_type="qwen3_5", layer_period=("full_attention_interval", "full_attention")),  # mlx-lm's qwen3_5 reads a bare text config as its text_config
+    "mimo_v2_flash": Family(rope_layers={"full_attention": ("rope_theta", None),
+                                         "sliding_attention": ("swa_rope_theta", None)}),
+    "olmo3": Family(rope_layers={"full_attention": ("rope_theta", "rope_scaling"),
+                                 "sliding_attention": ("rope_theta", None)}),
+    "step3p5": Family(rope_layers={"full_attention": ("rope_theta", "rope_scaling")}),
     "lfm2": Family(renames=(("hidden_size", "block_dim"),)),  # transformers 5 drops block_dim (= hidden_size)
 }
 
@@ -83,7 +92,13 @@ def _scaling(params):
     """rope_parameters as mlx-lm's rope_scaling (which reads "type" or "rope_type"; phi3 reads "type" only)."""
     if rope_type(params) == "default":
         return None
-    return {**{k: v for k, v in params.items() if k != "rope_theta"}, "type": rope_type(params)}
+    scaling = {**{k: v for k, v in params.items() if k != "rope_theta"}, "type": rope_type(params)}
+    factor, attention = params.get("factor"), params.get("attention_factor")
+    if (rope_type(params) == "yarn" and isinstance(attention, (int, float)) and isinstance(factor, (int, float))
+            and factor > 1 and "mscale" not in params and "mscale_all_dim" not in params):
+        # mlx-lm's YarnRoPE scales by 0.1·mscale·ln(factor) + 1 and does not read attention_factor (Olmo 3 sets it)
+        scaling["mscale"] = (attention - 1) / (0.1 * math.log(factor))
+    return scaling
 
 
 def _set(out, notes, fields, config, key, value, source):
@@ -108,18 +123,22 @@ def _translate_rope(config, fields, row, out, notes, where):
             if theta_field is None or (scaling_field is None and rope_type(params) != "default"):
                 raise GiftError(f"{where}: field '{name}.rope_type': '{rope_type(params)}' for {layer_type} layers "
                                 f"is not implemented by mlx-lm's {config.get('model_type')} model")
+            if theta_field in out and out[theta_field] != params.get("rope_theta"):
+                raise GiftError(f"{where}: field '{name}.rope_theta': mlx-lm's {config.get('model_type')} model "
+                                f"has one {theta_field} for several layer types, here {out[theta_field]} and "
+                                f"{params.get('rope_theta')}")
             _set(out, notes, fields, config, theta_field, params.get("rope_theta"), f"{name}.rope_theta")
             if scaling_field:
                 _set(out, notes, fields, config, scaling_field, _scaling(params), name)
         return
-    _set(out, notes, fields, config, "rope_theta", rope.get("rope_theta"), "rope_parameters.rope_theta")
-    _set(out, notes, fields, config, "partial_rotary_factor", rope.get("partial_rotary_factor"),
-         "rope_parameters.partial_rotary_factor")
-    if _scaling(rope) is not None:
-        if "rope_scaling" not in fields:
-            raise GiftError(f"{where}: field 'rope_parameters.rope_type': '{rope_type(rope)}' is not implemented "
-                            f"by mlx-lm's {config.get('model_type')} model")
-        _set(out, notes, fields, config, "rope_scaling", _scaling(rope), "rope_parameters")
+    for key, field in ROPE_FIELDS:
+        _set(out, notes, fields, config, field, rope.get(key), f"rope_parameters.{key}")
+    if rope_type(rope) in SCALED and "rope_scaling" not in fields:
+        raise GiftError(f"{where}: field 'rope_parameters.rope_type': '{rope_type(rope)}' is not implemented "
+                        f"by mlx-lm's {config.get('model_type')} model")
+    _set(out, notes, fields, config, "rope_scaling", _scaling(rope), "rope_parameters")
+    if "rope_scaling" in fields and "rope_scaling" not in config and "rope_scaling" not in out:
+        out["rope_scaling"] = None  # some ModelArgs require the field transformers 5 no longer writes
 
 
 def _period(layer_types, period_field, where):

@@ -187,6 +187,10 @@ MORE_FAMILY_CONFIGS = {
                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen3_5_text": dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
                          linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16),
+    "olmo3": dict(num_hidden_layers=4, max_position_embeddings=65536, rope_parameters={  # 3 sliding + 1 full
+        "full_attention": {"rope_type": "yarn", "factor": 8.0, "rope_theta": 500000.0, "attention_factor": 1.2,
+                           "original_max_position_embeddings": 8192, "beta_fast": 32, "beta_slow": 1},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0}}),
     "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2,
                        rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}),
     "gemma4_text": dict(vocab_size_per_layer_input=384, hidden_size_per_layer_input=16),

@@ -30,8 +30,9 @@ matrix = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(matrix)
 
 # lfm2: a hybrid (convolution and attention blocks); qwen3_5_text: loaded as mlx-lm's wrapped qwen3_5
-# (blocks under language_model.model.layers), a hybrid of linear and full attention
-MATRIX = matrix.FAMILIES + ["lfm2", "qwen3_5_text"]
+# (blocks under language_model.model.layers), a hybrid of linear and full attention; olmo3: yarn with an
+# attention_factor on the full-attention layers only
+MATRIX = matrix.FAMILIES + ["lfm2", "qwen3_5_text", "olmo3"]
 
 
 @pytest.fixture(scope="module")
