@@ -52,7 +52,8 @@ FAMILIES = {
     "gemma3_text": Family(layer_period=("sliding_window_pattern", "full_attention"),
                           rope_layers={"full_attention": ("rope_theta", "rope_scaling"),
                                        "sliding_attention": ("rope_local_base_freq", None)}),
-    "qwen3_5_text": Family(mlx_type="qwen3_5", layer_period=("full_attention_interval", "full_attention")),  # mlx-lm's qwen3_5 reads a bare text config as its text_config
+    # mlx-lm's qwen3_5 (a wrapper) reads a bare text config as its text_config
+    "qwen3_5_text": Family(mlx_type="qwen3_5", layer_period=("full_attention_interval", "full_attention")),
     "mimo_v2_flash": Family(rope_layers={"full_attention": ("rope_theta", None),
                                          "sliding_attention": ("swa_rope_theta", None)}),
     "olmo3": Family(rope_layers={"full_attention": ("rope_theta", "rope_scaling"),
@@ -107,29 +108,34 @@ def _set(out, notes, fields, config, key, value, source):
         notes.append(f"{source} -> {key}")
 
 
+def _translate_layer_rope(config, fields, row, out, notes, where):
+    """rope_parameters {layer type: {...}} into the per-layer-type fields the family's row names."""
+    model_type, rope, thetas = config.get("model_type"), config["rope_parameters"], {}
+    if not row.rope_layers:
+        raise GiftError(f"{where}: field 'rope_parameters': per-layer-type RoPE ({', '.join(rope)}) is not read "
+                        f"by mlx-lm's {model_type} model")
+    for layer_type, params in rope.items():
+        theta_field, scaling_field = row.rope_layers.get(layer_type, (None, None))
+        name, theta = f"rope_parameters.{layer_type}", params.get("rope_theta")
+        if theta_field is None or (scaling_field is None and rope_type(params) != "default"):
+            raise GiftError(f"{where}: field '{name}.rope_type': '{rope_type(params)}' for {layer_type} layers "
+                            f"is not implemented by mlx-lm's {model_type} model")
+        if thetas.setdefault(theta_field, theta) != theta:
+            raise GiftError(f"{where}: field '{name}.rope_theta': mlx-lm's {model_type} model has one "
+                            f"{theta_field} for several layer types, here {thetas[theta_field]} and {theta}")
+        _set(out, notes, fields, config, theta_field, theta, f"{name}.rope_theta")
+        if scaling_field:
+            _set(out, notes, fields, config, scaling_field, _scaling(params), name)
+
+
 def _translate_rope(config, fields, row, out, notes, where):
     rope = config.get("rope_parameters")
     if not isinstance(rope, dict) or not rope:
         return
     if "rope_parameters" in fields and not row.rope_layers:
         return  # this mlx-lm model reads rope_parameters itself
-    if all(isinstance(v, dict) for v in rope.values()):  # per layer type (Gemma 3, Gemma 4)
-        if not row.rope_layers:
-            raise GiftError(f"{where}: field 'rope_parameters': per-layer-type RoPE ({', '.join(rope)}) is not "
-                            f"read by mlx-lm's {config.get('model_type')} model")
-        for layer_type, params in rope.items():
-            theta_field, scaling_field = row.rope_layers.get(layer_type, (None, None))
-            name = f"rope_parameters.{layer_type}"
-            if theta_field is None or (scaling_field is None and rope_type(params) != "default"):
-                raise GiftError(f"{where}: field '{name}.rope_type': '{rope_type(params)}' for {layer_type} layers "
-                                f"is not implemented by mlx-lm's {config.get('model_type')} model")
-            if theta_field in out and out[theta_field] != params.get("rope_theta"):
-                raise GiftError(f"{where}: field '{name}.rope_theta': mlx-lm's {config.get('model_type')} model "
-                                f"has one {theta_field} for several layer types, here {out[theta_field]} and "
-                                f"{params.get('rope_theta')}")
-            _set(out, notes, fields, config, theta_field, params.get("rope_theta"), f"{name}.rope_theta")
-            if scaling_field:
-                _set(out, notes, fields, config, scaling_field, _scaling(params), name)
+    if all(isinstance(v, dict) for v in rope.values()):  # per layer type (Gemma 3, Olmo 3)
+        _translate_layer_rope(config, fields, row, out, notes, where)
         return
     for key, field in ROPE_FIELDS:
         _set(out, notes, fields, config, field, rope.get(key), f"rope_parameters.{key}")
@@ -151,7 +157,7 @@ def _period(layer_types, period_field, where):
     return period
 
 
-def translate_config(config, where="config.json"):
+def translate_config(config, where="config.json", nested=False):
     """(fields to pass to mlx-lm's load as model_config=, notes "transformers field -> mlx-lm field").
 
     Only fields the model's mlx-lm ModelArgs reads and the config lacks (or holds under another value) are
@@ -162,12 +168,12 @@ def translate_config(config, where="config.json"):
     out, notes = {}, []
     text = config.get("text_config")
     if isinstance(text, dict) and isinstance(text.get("model_type"), str):
-        inner, inner_notes = translate_config(text, where)
+        inner, inner_notes = translate_config(text, where, nested=True)
         if inner:
             out["text_config"] = {**text, **inner}
             notes += [f"text_config.{n}" for n in inner_notes]
     row = family(config["model_type"])
-    if row.mlx_type:
+    if row.mlx_type and not nested:
         out["model_type"] = row.mlx_type
         notes.append(f"model_type {config['model_type']} -> {row.mlx_type}")
     fields = _args_fields({**config, **out})

@@ -211,7 +211,8 @@ def build_hf_pair(root, model_type, seed=0, noise=0.05, **overrides):
     root = Path(root)
     vocab = build_tokenizer(root / "tokenizer", seed=seed)
     ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
-    fields = {**FAMILY_DIMS, **ids, **{**FAMILY_CONFIGS, **MORE_FAMILY_CONFIGS}.get(model_type, {}), **overrides, "vocab_size": vocab}
+    family = {**FAMILY_CONFIGS, **MORE_FAMILY_CONFIGS}.get(model_type, {})
+    fields = {**FAMILY_DIMS, **ids, **family, **overrides, "vocab_size": vocab}
     config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).float()

@@ -89,7 +89,8 @@ def test_translation_reads_transformers_5_fields():
     wrapped, notes = translate_config({"model_type": "gemma3", "text_config": hf_config(
         "gemma3_text", **toy.FAMILY_CONFIGS["gemma3_text"])})
     assert wrapped["text_config"]["rope_local_base_freq"] == 1e4 and notes[0].startswith("text_config.")
-    assert translate_config({"model_type": "qwen3", "rope_parameters": {"rope_theta": 5.0}}) == ({}, [])  # mlx-lm reads it
+    # mlx-lm's qwen3 reads rope_parameters itself: nothing to add
+    assert translate_config({"model_type": "qwen3", "rope_parameters": {"rope_theta": 5.0}}) == ({}, [])
 
 
 def test_rope_mlx_lm_cannot_build_is_one_error(tmp_path):
