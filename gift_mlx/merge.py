@@ -318,7 +318,10 @@ def update_line(update_size, scale, sizes, adapter, instruct, log=print):
     """The update's relative size, next to the base -> instruct distance when the base is on this machine."""
     line = (f"update: ‖λ·ΔW‖_F / ‖W_instruct‖_F = {update_size:.4f} over the {len(sizes)} adapted matrices "
             f"(λ = {scale:g})")
-    pair = known_result(adapter.path, adapter.config.get("base_model"), instruct, log)
+    try:
+        pair = known_result(adapter.path, adapter.config.get("base_model"), instruct, log)
+    except GiftError as e:  # the merge is written; e.g. a base in transformers' layout, an MoE instruct in mlx-lm's
+        return line + f"; base -> instruct distance: not measured ({e})"
     if pair is None:
         return line + "; base -> instruct distance: not measured (the base model is not on this machine)"
     same = distance_over(pair, set(sizes))

@@ -155,3 +155,33 @@ def test_per_expert_adapter_tensors_must_agree(tmp_path):
     with pytest.raises(GiftError, match=r"adapters.safetensors: model.layers.0.mlp.switch_mlp.up_proj: per-expert "
                                         r"lora_a \(4, 4, 64\) and lora_b \(3, 32, 4\) do not have rank 4"):
         read_adapter(tmp_path)
+
+
+def test_moe_merge_into_a_quantized_instruct(tmp_path, data):
+    """Per-expert layers quantized (QuantizedSwitchLinear): dequantized, merged, written as float (the adapted
+    model's logits) or re-quantized (still a QuantizedSwitchLinear, loadable)."""
+    import shutil
+
+    import mlx.nn as nn
+    from mlx_lm.utils import save_config, save_model
+
+    from gift_mlx.merge import merge
+
+    pair, adapter, _ = matrix.build("qwen3_moe", tmp_path / "moe", data)
+    model, _, config = load_model(pair[1])
+    nn.quantize(model, group_size=32, bits=4, class_predicate=lambda p, m: "switch_mlp." in p and hasattr(m, "to_quantized"))
+    quantized = tmp_path / "instruct-q4"
+    save_model(quantized, model)
+    save_config({**config, "quantization": {"group_size": 32, "bits": 4, "mode": "affine"}}, quantized / "config.json")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(pair[1] / f, quantized / f)
+    reference = load_model(quantized, adapter_path=str(adapter))[0]
+    tokens = mx.array([matrix.TOKENS])
+    for requantize in (False, True):
+        out = tmp_path / f"merged-{requantize}"
+        merge(str(quantized), str(adapter), str(out), requantize=requantize, log=lambda m: None)
+        merged = load_model(out)[0]
+        layer = type(merged.model.layers[0].mlp.switch_mlp.up_proj).__name__
+        assert layer == ("QuantizedSwitchLinear" if requantize else "SwitchLinear")
+        if not requantize:
+            assert mx.abs(merged(tokens) - reference(tokens)).max().item() <= matrix.TOLERANCE
