@@ -1,7 +1,8 @@
 """Merge an adapter trained on the base model into the instruct model (gift-method.md, step 4).
 
 W' = W_instruct + λ·ΔW for every adapted linear layer, added in float32.
-- LoRA: ΔW = scale · (B A) comes from the adapter alone.
+- LoRA: ΔW = scale · (B A) comes from the adapter alone; for a mixture of experts' per-expert layers (mlx-lm's
+  SwitchLinear, weights (experts, out, in)) one B A per expert, as mlx-lm's LoRASwitchLinear.fuse forms it.
 - DoRA: its update rescales the rows of (W_base + scale·B A) to the learned magnitudes m, so it is not a
   low-rank delta and means something only against the weights it was trained on. It is transferred as the
   dense task vector ΔW = fused(W_base) − W_base, which needs the base model (`--base`); without it the merge
