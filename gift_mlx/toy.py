@@ -157,6 +157,8 @@ def write_task_data(folder, n_train=64, n_valid=16, n_test=16, seed=0):
 
 # ---- tiny pairs of real Hugging Face families, saved by transformers (its config layout) ----
 
+FAMILY_DIMS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
 # Per family: what the tiny model needs beyond FAMILY_DIMS, and the RoPE theta the real family uses, so that a
 # model loaded with a wrong (default) theta computes visibly different logits.
 FAMILY_CONFIGS = {
@@ -187,6 +189,12 @@ MORE_FAMILY_CONFIGS = {
                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen3_5_text": dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
                          linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16),
+    "gemma3": dict(  # Gemma 3 4B+: the text model inside a multimodal wrapper (mlx-lm: language_model.model.layers)
+        text_config={**FAMILY_DIMS, "num_hidden_layers": 6, "vocab_size": 384,
+                     "rope_parameters": FAMILY_CONFIGS["gemma3_text"]["rope_parameters"]},
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=3, eoi_token_index=4, image_token_index=5),
     "olmo3": dict(num_hidden_layers=4, max_position_embeddings=65536, rope_parameters={  # 3 sliding + 1 full
         "full_attention": {"rope_type": "yarn", "factor": 8.0, "rope_theta": 500000.0, "attention_factor": 1.2,
                            "original_max_position_embeddings": 8192, "beta_fast": 32, "beta_slow": 1},
@@ -197,8 +205,6 @@ MORE_FAMILY_CONFIGS = {
     "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
                         rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
 }
-FAMILY_DIMS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
 
 
 def build_hf_pair(root, model_type, seed=0, noise=0.05, **overrides):

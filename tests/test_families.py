@@ -31,8 +31,8 @@ _spec.loader.exec_module(matrix)
 
 # lfm2: a hybrid (convolution and attention blocks); qwen3_5_text: loaded as mlx-lm's wrapped qwen3_5
 # (blocks under language_model.model.layers), a hybrid of linear and full attention; olmo3: yarn with an
-# attention_factor on the full-attention layers only
-MATRIX = matrix.FAMILIES + ["lfm2", "qwen3_5_text", "olmo3"]
+# attention_factor on the full-attention layers only; gemma3: Gemma 3 4B+'s multimodal wrapper (text_config)
+MATRIX = matrix.FAMILIES + ["lfm2", "qwen3_5_text", "gemma3", "olmo3"]
 
 
 @pytest.fixture(scope="module")
