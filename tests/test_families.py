@@ -185,3 +185,12 @@ def test_moe_merge_into_a_quantized_instruct(tmp_path, data):
         assert layer == ("QuantizedSwitchLinear" if requantize else "SwitchLinear")
         if not requantize:
             assert mx.abs(merged(tokens) - reference(tokens)).max().item() <= matrix.TOLERANCE
+
+
+def test_pair_check_names_the_translated_fields(tmp_path):
+    from gift_mlx.pair_check import pair_check, summary_text
+
+    base, instruct = toy.build_hf_pair(tmp_path, "llama")
+    text = summary_text(pair_check(base, instruct))
+    assert ("note: config fields translated for mlx-lm: rope_parameters.rope_theta -> rope_theta, "
+            "rope_parameters -> rope_scaling") in text
