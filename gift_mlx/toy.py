@@ -182,8 +182,8 @@ FAMILY_CONFIGS = {
     "olmoe": dict(num_experts=4, num_experts_per_tok=2,
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
 }
-# More families for scripts/family_matrix.py (lfm2 and qwen3_5_text are in tests/test_families.py too; README's
-# families section says which fail and why).
+# More families for scripts/family_matrix.py (lfm2, qwen3_5_text, gemma3 and olmo3 are in tests/test_families.py
+# too; README's families section says which fail and why).
 MORE_FAMILY_CONFIGS = {
     "lfm2": dict(layer_types=["conv", "full_attention"],  # hybrid: a short-convolution block and an attention one
                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
