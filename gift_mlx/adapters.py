@@ -29,6 +29,7 @@ class Adapter:
     kind: str  # lora | dora
     scale: float  # mlx-lm's LoRA scale (alpha / rank)
     layers: dict  # module path -> {"lora_a": (in, r), "lora_b": (r, out), "m": (out,) for DoRA}
+    # (per-expert layers of a mixture of experts: "lora_a": (experts, r, in), "lora_b": (experts, out, r))
 
 
 def read_adapter(path):
@@ -90,9 +91,23 @@ def _check_layers(layers, kind, rank, weights_file):
     for module, t in layers.items():
         if set(t) != needed:
             raise GiftError(f"{weights_file}: {module} has {sorted(t)}, expected {sorted(needed)}")
+        if t["lora_a"].ndim == 3:
+            _check_experts(module, t, kind, rank, weights_file)
+            continue
         if t["lora_a"].ndim != 2 or t["lora_a"].shape[1] != rank or t["lora_b"].shape[0] != rank:
             raise GiftError(f"{weights_file}: {module}: lora_a {tuple(t['lora_a'].shape)} and lora_b "
                             f"{tuple(t['lora_b'].shape)} do not have rank {rank}")
+
+
+def _check_experts(module, t, kind, rank, weights_file):
+    """A mixture-of-experts layer (mlx-lm's LoRASwitchLinear): one LoRA per expert, lora_a (experts, r, in)
+    and lora_b (experts, out, r); mlx-lm has no DoRA for these layers."""
+    a, b = t["lora_a"].shape, t["lora_b"].shape
+    if kind != "lora":
+        raise GiftError(f"{weights_file}: {module}: per-expert tensors in a {kind} adapter (only LoRA has them)")
+    if len(b) != 3 or a[0] != b[0] or a[1] != rank or b[2] != rank:
+        raise GiftError(f"{weights_file}: {module}: per-expert lora_a {tuple(a)} and lora_b {tuple(b)} do not "
+                        f"have rank {rank} for the same number of experts")
 
 
 def read_run_record(adapter_path):

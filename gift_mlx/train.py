@@ -51,10 +51,11 @@ def add_lora(model, cfg):
         linear_to_lora_layers(model, num_layers, params, use_dora=cfg.fine_tune_type == "dora")
     except ValueError as e:
         raise GiftError(f"lora_keys: {e}")
-    # Record the adapted keys explicitly so merge and PEFT export need not guess mlx-lm's defaults.
-    keys = sorted({k.rsplit(".", 1)[0][len(f"model.layers.{len(model.layers) - 1}."):]
-                   for k, _ in tree_flatten(model.trainable_parameters())
-                   if k.startswith(f"model.layers.{len(model.layers) - 1}.")})
+    # Record the adapted keys explicitly so merge and PEFT export need not guess mlx-lm's defaults: relative to
+    # a block, as mlx-lm reads them, wherever model.layers puts the blocks (wrapped models: language_model.model),
+    # and over every adapted block (a hybrid model's attention and convolution blocks hold different layers).
+    keys = sorted({k.rsplit(".", 1)[0] for block in model.layers[len(model.layers) - num_layers:]
+                   for k, _ in tree_flatten(block.trainable_parameters())})
     if not keys:
         raise GiftError(f"lora_keys: {cfg.lora_keys} matched no layer of the model")
     return {"fine_tune_type": cfg.fine_tune_type, "num_layers": num_layers,
