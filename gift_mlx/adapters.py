@@ -13,6 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .data import file_sha256
 from .errors import GiftError
 from .outputs import check_finite, save_tensors, write_json
 
@@ -32,6 +33,7 @@ class Adapter:
     kind: str  # lora | dora
     scale: float  # mlx-lm's LoRA scale (alpha / rank)
     layers: dict  # module path -> {"lora_a": (in, r), "lora_b": (r, out), "m": (out,) for DoRA}
+    # (per-expert layers of a mixture of experts: "lora_a": (experts, r, in), "lora_b": (experts, out, r))
 
 
 def read_adapter(path, allow_unfinished=False, log=print):
@@ -116,8 +118,8 @@ def _check_layers(layers, kind, rank, weights_file):
             if not mx.issubdtype(w.dtype, mx.floating):  # an integer update is no trained adapter
                 raise GiftError(f"{weights_file}: {module}.{leaf} holds {str(w.dtype).split('.')[-1]} values; "
                                 "adapter tensors are floating point")
-        if t["lora_a"].ndim == 3:
-            _check_experts(module, t, rank, weights_file)
+        if t["lora_a"].ndim == 3:  # a mixture of experts' per-expert tensors
+            _check_experts(module, t, kind, rank, weights_file)
         else:
             _check_linear(module, t, rank, weights_file)
 
@@ -131,14 +133,6 @@ def _check_linear(module, t, rank, weights_file):
     if "m" in t and tuple(t["m"].shape) != (b[1],):
         raise GiftError(f"{weights_file}: {module}: m {tuple(t['m'].shape)} is not one magnitude per output "
                         f"row ({b[1]},)")
-
-
-def _check_experts(module, t, rank, weights_file):
-    """A mixture-of-experts layer's update (mlx-lm's LoRASwitchLinear: lora_a (experts, r, in), lora_b
-    (experts, out, r)): not merged or exported yet."""
-    raise GiftError(f"{weights_file}: {module}: per-expert (3-D, mixture-of-experts) tensors lora_a "
-                    f"{tuple(t['lora_a'].shape)} and lora_b {tuple(t['lora_b'].shape)} cannot be merged or "
-                    "exported yet")
 
 
 def _check_targets(layers, config, cfg_file):
@@ -186,14 +180,17 @@ def unfinished(folder):
         except OSError:
             holder = "?"
         return f"a training run holds its lock ({LOCK}: process {holder}; alive, or killed before it finished)"
-    record = read_run_record(folder)
-    if record:
-        if record.get("status", "complete") != "complete":
-            return f"{RUN_RECORD} says status '{record['status']}'"
-        if not record.get("final"):
-            return f"{RUN_RECORD} records no final metrics (final: null)"
-    elif any(folder.glob("checkpoint-*.safetensors")):
-        return f"it holds training checkpoints but no {RUN_RECORD}, which a run writes when it completes"
+    status = run_status(folder)
+    if status is None:
+        if any(folder.glob("checkpoint-*.safetensors")):
+            return f"it holds training checkpoints but no {RUN_RECORD}, which a run writes when it completes"
+        return None
+    if status == "damaged":
+        return f"{WEIGHTS} is not the adapter the run wrote ({RUN_RECORD} says status 'damaged')"
+    if status != "complete":
+        return f"{RUN_RECORD} says status '{status}'"
+    if not read_run_record(folder).get("final"):
+        return f"{RUN_RECORD} records no final metrics (final: null)"
     return None
 
 
@@ -212,6 +209,17 @@ RECORD_FIELDS = {"final": dict, "data": dict, "config": dict, "eval": (dict, lis
                  "status": str, "base_model": str, "instruct_model": str, "method": str}
 
 
+def _check_experts(module, t, kind, rank, weights_file):
+    """A mixture-of-experts layer (mlx-lm's LoRASwitchLinear): one LoRA per expert, lora_a (experts, r, in)
+    and lora_b (experts, out, r); mlx-lm has no DoRA for these layers."""
+    a, b = t["lora_a"].shape, t["lora_b"].shape
+    if kind != "lora":
+        raise GiftError(f"{weights_file}: {module}: per-expert tensors in a {kind} adapter (only LoRA has them)")
+    if len(b) != 3 or a[0] != b[0] or a[1] != rank or b[2] != rank:
+        raise GiftError(f"{weights_file}: {module}: per-expert lora_a {tuple(a)} and lora_b {tuple(b)} do not "
+                        f"have rank {rank} for the same number of experts")
+
+
 def read_run_record(adapter_path):
     """The run record `gift train` left beside the adapter ({} when there is none), its fields type-checked."""
     path = Path(adapter_path) / RUN_RECORD
@@ -227,6 +235,26 @@ def read_run_record(adapter_path):
                             f"{'a JSON object' if kind is dict else 'a string' if kind is str else 'an object or list'}"
                             f", got {type(record[key]).__name__}")
     return record
+
+
+def run_status(adapter_path):
+    """Whether `gift train` finished the adapter in `adapter_path`: "complete" (the final adapter was written
+    and verified, and adapters.safetensors is still that file), "running" (a run in progress, or one killed),
+    "interrupted" (stopped by Ctrl-C, SIGTERM or an error; --resume continues it), "damaged" (the record says
+    complete but the adapter file is missing or not the one written), or None when there is no run record
+    (an adapter gift did not train). A record from before statuses existed was written only on completion."""
+    record = read_run_record(adapter_path)
+    if not record:
+        return None
+    status = record.get("status", "complete")
+    if status == "complete" and record.get("adapter_sha256"):
+        weights = Path(adapter_path) / WEIGHTS
+        try:
+            same = file_sha256(weights) == record["adapter_sha256"]
+        except OSError:
+            same = False
+        return "complete" if same else "damaged"
+    return status if isinstance(status, str) else "damaged"
 
 
 def write_config(folder, config):

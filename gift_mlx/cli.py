@@ -228,8 +228,10 @@ PLAN_FIELDS = ("config", "base", "instruct", "data", "method", "online_scores", 
 @option("--download", is_flag=True, help="Fetch a Hub model's config.json if it is not on this machine.")
 def plan(shape, bits, memory_gb, device, table, download, **options):
     """Estimate peak memory and time per epoch of a training run on this machine, without training."""
+    from .config import check_value
     from .plan import plan as run
 
+    check_value("--memory-gb", memory_gb, float, 0, 1e6, open_lo=True, optional=True)
     run(make_config(**options), shape=shape, bits=None if bits is None else int(bits), memory_gb=memory_gb,
         device=device, table=table, download=download, log=click.echo)
 

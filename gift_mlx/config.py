@@ -17,11 +17,13 @@ from typing import Optional
 import yaml
 
 from .errors import GiftError
+from .outputs import nonfinite_at
 
 METHODS = ("gift", "shadow-ft", "direct", "gift-base", "dft")
 COUNT_MAX = 2**31 - 1  # steps, rows, tokens, samples: beyond this a value is a typo, not a plan
 SEED_RANGE = (0, 2**64 - 1)  # what mx.random.seed and numpy's generators accept
 FLOAT32_TINY = 1.1754944e-38  # the smallest normal float32
+EXTRA_DEPTH, EXTRA_ITEMS = 32, 10_000  # `extra` is notes for the run record, not a data store
 
 
 def bounded(default, lo=None, hi=None, *, open_lo=False, open_hi=False, default_factory=None):
@@ -183,6 +185,7 @@ class TrainConfig:
             raise GiftError(f"gamma: floor^gamma = {self.floor}^{self.gamma} underflows to 0 in float32, so "
                             "weights of unconfident tokens vanish and a step's Σw can be 0; lower --gamma "
                             "or raise --floor")
+        check_extra(self.extra, where)
         for service in (self.report_to or "").split(","):
             service = service.strip().lower()
             if service and service not in ("wandb", "swanlab"):
@@ -196,14 +199,45 @@ class TrainConfig:
         return self.lora_alpha / self.lora_rank
 
 
+def check_extra(extra, where=None):
+    """`extra` goes into the run record (JSON) at the end of a run: refuse now what JSON cannot hold (NaN,
+    infinity) and what would take long to write (deep nesting, very many items)."""
+    name = lambda at: f"{where}: field '{at}'" if where else f"{at}:"  # noqa: E731
+    count, stack = 0, [(extra, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if depth > EXTRA_DEPTH or count > EXTRA_ITEMS:
+            raise GiftError(f"{name('extra')} nested deeper than {EXTRA_DEPTH} levels or holds more than "
+                            f"{EXTRA_ITEMS} items; keep it to short notes")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((v, depth + 1) for v in children)
+    bad = nonfinite_at(extra)
+    if bad:
+        raise GiftError(f"{name('extra.' + bad)} must be a finite number (the run record is JSON)")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """A config has no use for YAML anchors and aliases, and nested aliases expand exponentially (a
+    'billion laughs' file would hang the run when its record is written)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: aliases (*name) are not supported in a config")
+        return super().compose_node(parent, index)
+
+
 def load_config(path=None, overrides=None, cls=TrainConfig):
     """Defaults < YAML file < overrides (None values in overrides are ignored), then checked."""
     values = {}
     if path:
         try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
+            values = yaml.load(Path(path).read_text(), Loader=_NoAliasLoader) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise GiftError(f"{path}: cannot read config ({str(e).splitlines()[0]})")
+        except RecursionError:
+            raise GiftError(f"{path}: cannot read config (nested too deeply)") from None
         if not isinstance(values, dict):
             raise GiftError(f"{path}: config must be a mapping of field: value")
         if not all(isinstance(k, str) for k in values):
@@ -214,6 +248,8 @@ def load_config(path=None, overrides=None, cls=TrainConfig):
     if unknown:
         raise GiftError(f"{path or 'config'}: unknown field(s): {', '.join(unknown)}")
     check_fields(cls(**values), where=path or "config")  # the file's own values, named as its fields
+    if "extra" in values:
+        check_extra(values["extra"], path or "config")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     config = cls(**values)
     check_fields(config)

@@ -13,6 +13,7 @@ Average@k, pass@k and maj@k on the task test set, Average@k on the retention set
 """
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,10 +22,10 @@ from .config import COUNT_MAX, SEED_RANGE, TrainConfig, check_value
 from .errors import GiftError, Interrupted
 from .evaluate import evaluate
 from .merge import merge
-from .outputs import RECORD, write_json, write_text
+from .outputs import RECORD, folder_lock, new_folder, save_tensors, write_bytes, write_json, write_text
 from .pair_check import one_line, pair_check
 from .plot import methods as methods_plot
-from .train import train
+from .train import sigterm_as_interrupt, train
 
 WORLD = Path(__file__).parent / "world"
 METHODS = ("direct", "shadow-ft", "gift")
@@ -34,25 +35,47 @@ METHODS = ("direct", "shadow-ft", "gift")
 SETTINGS = dict(iters=32, batch_size=32, lora_rank=8, lora_alpha=16.0, learning_rate=1e-4, max_seq_length=256,
                 seed=0)
 MAX_TOKENS = dict(task=96, retention=64)  # answers are under 80 characters (one token each)
-# What a demo writes in its --out folder: --force replaces a folder that holds nothing else.
-OUTPUTS = ("world", "merged", "eval", *METHODS, "gift-base")
+DEMO_RECORD = "gift_demo.json"  # every file a finished demo wrote (size, mtime): what --force may delete
+LOCK = ".gift.lock"
+
+
+def demo_files(out):
+    """{relative path: [size, mtime_ns]} of every entry under `out` (links as themselves, never followed)."""
+    files = {}
+    for root, dirs, names in os.walk(out):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = Path(root) / name
+            st = path.lstat()
+            files[str(path.relative_to(out))] = [st.st_size, st.st_mtime_ns]
+    files.pop(LOCK, None)
+    files.pop(DEMO_RECORD, None)
+    return files
 
 
 def clear_output(out, force):
-    """Refuse an existing non-empty --out unless force; with force, remove an earlier demo's outputs."""
+    """Refuse an existing non-empty --out unless force; with force, remove an earlier demo's output, and only
+    if every file in it is one that demo wrote, unchanged (its gift_demo.json lists them)."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not force:
         raise GiftError(f"{out}: output folder exists and is not empty (use --force to replace an earlier demo, "
                         "or choose another --out)")
-    other = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
-    other = [name for name in other if name not in OUTPUTS]
-    if other:
-        raise GiftError(f"{out}: not a gift demo folder (holds {', '.join(other[:3])}); --force replaces only "
-                        "an earlier demo's output")
-    for name in OUTPUTS:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
+    record = out / DEMO_RECORD
+    try:
+        written = json.loads(record.read_text())["files"] if out.is_dir() and not record.is_symlink() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        written = None
+    if not isinstance(written, dict):
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
+        raise GiftError(f"{out}: not a gift demo folder (holds {', '.join(held[:3])}) and has no readable "
+                        f"{DEMO_RECORD}; --force replaces only an earlier demo's output")
+    foreign = sorted(k for k, v in demo_files(out).items() if written.get(k) != v)
+    if foreign:
+        raise GiftError(f"{out}: not a gift demo folder: {foreign[0]} was not written by the demo, or changed "
+                        "since; --force replaces only an earlier demo's own files (move the others away)")
+    for entry in out.iterdir():
+        if entry.name != LOCK:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def world_paths(world=None):
@@ -74,13 +97,13 @@ def float32_copy(model_dir, out):
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for f in Path(model_dir).iterdir():
+    for f in Path(model_dir).iterdir():  # atomic writes: a full disk is one error line, never half a file
         if f.suffix == ".safetensors":
             weights = {k: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v
                        for k, v in mx.load(str(f)).items()}
-            mx.save_safetensors(str(out / f.name), weights, metadata={"format": "mlx"})
+            save_tensors(out / f.name, weights, metadata={"format": "mlx"})
         elif f.is_file():
-            shutil.copyfile(f, out / f.name)
+            write_bytes(out / f.name, f.read_bytes())
     return out
 
 
@@ -182,7 +205,16 @@ def demo(out="runs/demo", iters=None, samples=4, seed=0, methods=METHODS, gift_b
     base, instruct, task, retention = world_paths(world)
     out = Path(out)
     clear_output(out, force)
-    out.mkdir(parents=True, exist_ok=True)
+    # Locked for the run; a demo that fails or is interrupted (Ctrl-C, SIGTERM) removes what it wrote (it has
+    # no --resume).
+    with sigterm_as_interrupt(), new_folder(out, owned=True), folder_lock(out, "demo"):
+        summary = run_demo(out, base, instruct, task, retention, iters, samples, seed, methods, limit, log)
+        write_json(out / DEMO_RECORD, {"files": demo_files(out)})  # last: what a later --force may delete
+    return summary
+
+
+def run_demo(out, base, instruct, task, retention, iters, samples, seed, methods, limit, log):
+    """The demo's stages, into an existing, locked --out."""
     settings = {**SETTINGS, "iters": iters, "seed": seed}
     world_dir = base.parent
     base, instruct = (float32_copy(m, out / "world" / m.name) for m in (base, instruct))

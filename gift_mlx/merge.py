@@ -1,7 +1,8 @@
 """Merge an adapter trained on the base model into the instruct model (gift-method.md, step 4).
 
 W' = W_instruct + λ·ΔW for every adapted linear layer, added in float32.
-- LoRA: ΔW = scale · (B A) comes from the adapter alone.
+- LoRA: ΔW = scale · (B A) comes from the adapter alone; for a mixture of experts' per-expert layers (mlx-lm's
+  SwitchLinear, weights (experts, out, in)) one B A per expert, as mlx-lm's LoRASwitchLinear.fuse forms it.
 - DoRA: its update rescales the rows of (W_base + scale·B A) to the learned magnitudes m, so it is not a
   low-rank delta and means something only against the weights it was trained on. It is transferred as the
   dense task vector ΔW = fused(W_base) − W_base, which needs the base model (`--base`); without it the merge
@@ -17,10 +18,12 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 
 from . import export
 from .adapters import CONFIG, check_blocks, read_adapter
 from .errors import GiftError
+from .families import translate_config
 from .models import check_compatible, check_model_arg, load_model, local_path, model_ref, read_config
 from .outputs import output_folder, write_json
 from .pair_check import distance_over, known_result
@@ -28,37 +31,42 @@ from .pair_check import distance_over, known_result
 FORMATS = ("mlx", "hf", "gguf")
 GGUF_FILE = "model.gguf"
 GGUF_OF_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
-LINEARS = (nn.Linear, nn.QuantizedLinear)
-QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
+# Linear layers, and the per-expert layers of a mixture of experts (weights (experts, out, in)).
+LINEARS = (nn.Linear, nn.QuantizedLinear, SwitchLinear, QuantizedSwitchLinear)
+QUANTIZED_LINEARS = (nn.QuantizedLinear, QuantizedSwitchLinear)
+QUANTIZED = (*QUANTIZED_LINEARS, nn.QuantizedEmbedding)
 MAX_UPDATE = 10.0  # ‖λ·ΔW‖ / ‖W_instruct‖: a trained adapter's is ~0.001-0.05 (1.3 for a toy model at lr 0.05)
 
 
 # ---- the arithmetic ----
 
 def dims(module):
-    """(out, in) of a linear layer, quantized or not."""
-    if isinstance(module, nn.QuantizedLinear):
-        return module.weight.shape[0], module.scales.shape[-1] * module.group_size
+    """(out, in) of a linear layer, (experts, out, in) of a per-expert one, quantized or not."""
+    if isinstance(module, QUANTIZED_LINEARS):
+        return (*module.weight.shape[:-1], module.scales.shape[-1] * module.group_size)
     return tuple(module.weight.shape)
 
 
 def float_weight(module):
     """The weight in float32, dequantized when the layer is quantized."""
-    if isinstance(module, nn.QuantizedLinear):
+    if isinstance(module, QUANTIZED_LINEARS):
         w = mx.dequantize(module.weight, module.scales, getattr(module, "biases", None),
-                          group_size=module.group_size, bits=module.bits, mode=module.mode)
+                          group_size=module.group_size, bits=module.bits, mode=module.mode,
+                          global_scale=getattr(module, "global_scale", None))
         return w.astype(mx.float32)
     return module.weight.astype(mx.float32)
 
 
 def float_dtype(module):
     """The float dtype a layer computes in (its scales' dtype when quantized)."""
-    return module.scales.dtype if isinstance(module, nn.QuantizedLinear) else module.weight.dtype
+    return module.scales.dtype if isinstance(module, QUANTIZED_LINEARS) else module.weight.dtype
 
 
 def lowrank(adapter, path):
-    t = adapter.layers[path]
-    return adapter.scale * (t["lora_b"].astype(mx.float32).T @ t["lora_a"].astype(mx.float32).T)
+    """scale·B A: (out, in) from lora_a (in, r), lora_b (r, out); per expert (experts, out, in) from
+    lora_a (experts, r, in), lora_b (experts, out, r), as mlx-lm's LoRASwitchLinear.fuse forms it."""
+    a, b = (adapter.layers[path][k].astype(mx.float32) for k in ("lora_a", "lora_b"))
+    return adapter.scale * (b @ a if a.ndim == 3 else b.T @ a.T)
 
 
 def delta(adapter, path, base_module=None):
@@ -82,32 +90,38 @@ def fit_errors(modules, adapter, label):
         if not isinstance(module, LINEARS):
             errors.append(f"{path}: {type(module).__name__} layers cannot be merged (only linear layers)")
             continue
-        out_dims, in_dims = dims(module)
-        wanted = {"lora_a": (in_dims, t["lora_a"].shape[1]), "lora_b": (t["lora_b"].shape[0], out_dims),
-                  "m": (out_dims,)}
+        *experts, out_dims, in_dims = dims(module)
+        if experts:  # one LoRA per expert
+            rank = t["lora_a"].shape[-2]
+            wanted = {"lora_a": (*experts, rank, in_dims), "lora_b": (*experts, out_dims, rank)}
+        else:
+            wanted = {"lora_a": (in_dims, t["lora_a"].shape[-1]), "lora_b": (t["lora_b"].shape[0], out_dims),
+                      "m": (out_dims,)}
         errors += [f"{path}.{leaf}: adapter {tuple(w.shape)} vs {label} {wanted[leaf]}"
                    for leaf, w in t.items() if tuple(w.shape) != wanted[leaf]]
     return errors
 
 
 def fuse_layer(module, w, dtype=None, requantize=False):
-    """A linear layer like `module` holding the merged float32 weight w, in `dtype` or re-quantized."""
+    """A layer like `module` (linear or per-expert) holding the merged float32 weight w, in `dtype` or
+    re-quantized."""
     out_dtype = dtype or float_dtype(module)
     has_bias = "bias" in module
-    layer = nn.Linear(w.shape[1], w.shape[0], bias=has_bias)
+    if w.ndim == 3:
+        layer = SwitchLinear(w.shape[2], w.shape[1], w.shape[0], bias=has_bias)
+    else:
+        layer = nn.Linear(w.shape[1], w.shape[0], bias=has_bias)
     layer.weight = w.astype(out_dtype)
     if has_bias:
         layer.bias = module.bias.astype(out_dtype)
-    if requantize and isinstance(module, nn.QuantizedLinear):
-        layer = nn.QuantizedLinear.from_linear(layer, module.group_size, module.bits, mode=module.mode)
+    if requantize and isinstance(module, QUANTIZED_LINEARS):
+        layer = layer.to_quantized(group_size=module.group_size, bits=module.bits, mode=module.mode)
     return layer
 
 
 def requantization_error(layer, merged, update):
     """‖Q(W') − W'‖ / ‖λΔW‖: near or above 1 means rounding has swallowed the update."""
-    w = mx.dequantize(layer.weight, layer.scales, getattr(layer, "biases", None),
-                      group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
-    return (mx.linalg.norm(w.astype(mx.float32) - merged) / mx.linalg.norm(update)).item()
+    return (mx.linalg.norm(float_weight(layer) - merged) / mx.linalg.norm(update)).item()
 
 
 # ---- checks ----
@@ -163,7 +177,7 @@ def fuse_model(model, adapter, scale=1.0, base_model=None, dtype=None, requantiz
         # ‖λΔW‖² and ‖W_instruct‖², evaluated with the merged weight when it is written (no second read)
         sizes[f"{path}.weight"] = [mx.square(update).sum(), mx.square(weight).sum()]
         layer = fuse_layer(modules[path], merged, dtype, requantize)
-        if isinstance(layer, nn.QuantizedLinear):  # measured now, so the warning can give numbers
+        if isinstance(layer, QUANTIZED_LINEARS):  # measured now, so the warning can give numbers
             mx.eval(layer.parameters(), sizes[f"{path}.weight"])
             errors.append(requantization_error(layer, merged, update))
             q = layer
@@ -189,8 +203,10 @@ def _has_quantized(model):
 
 
 def _mlx_config(raw, loaded, model, fused, requantized):
-    """The instruct config; quantization kept for the layers still quantized (mlx-lm reads both keys)."""
-    config = {k: v for k, v in raw.items() if k not in export.QUANT_KEYS}
+    """The instruct config with the fields gift translated for mlx-lm (families.translate_config), so that a
+    plain mlx_lm.load builds the same model; quantization kept for the layers still quantized (mlx-lm reads
+    both keys)."""
+    config = {k: v for k, v in {**raw, **translate_config(raw)[0]}.items() if k not in export.QUANT_KEYS}
     quant = loaded.get("quantization")
     if quant and _has_quantized(model):
         if not requantized:  # merged layers are float now: drop any per-layer entry that says otherwise
@@ -331,13 +347,16 @@ def update_line(update_size, scale, sizes, adapter, instruct, log=print):
             f"(λ = {scale:g})")
     try:
         pair = known_result(adapter.path, adapter.config.get("base_model"), instruct, log)
-    except (GiftError, ValueError) as e:  # a measure beside the merge, not part of it: say why it is missing
+    except (GiftError, ValueError) as e:  # a measure beside the merge (e.g. a base in transformers' layout, an
+        # MoE instruct in mlx-lm's, a quantization config its tensors contradict): say why it is missing
         return line + f"; base -> instruct distance: not measured ({str(e).splitlines()[0]})"
     if pair is None:
         return line + "; base -> instruct distance: not measured (the base model is not on this machine)"
     same = distance_over(pair, set(sizes))
-    line += (f"; base -> instruct distance over the same matrices {same:.4f} (all matrices "
-             f"{pair['overall']['relative_distance']:.4f})")
+    overall = pair["overall"]["relative_distance"]
+    if same is None:  # the files name the tensors otherwise than mlx-lm's modules (a wrapped model's sanitize)
+        return line + f"; base -> instruct distance over all matrices {overall:.4f}"
+    line += f"; base -> instruct distance over the same matrices {same:.4f} (all matrices {overall:.4f})"
     return line + (f": the update is {update_size / same:.2f}x the pair's distance" if same else "")
 
 

@@ -10,6 +10,7 @@ import weakref
 from pathlib import Path
 
 from .errors import GiftError
+from .families import check_rope, translate_config
 
 # Config keys that must agree for an adapter trained on one model to fit another.
 SHAPE_KEYS = (
@@ -38,23 +39,37 @@ def model_ref(path_or_id):
 
 
 def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=False):
-    """mlx_lm.utils.load with clear errors; returns (model, tokenizer, config)."""
+    """mlx_lm.utils.load with clear errors and the config as transformers wrote it translated for mlx-lm
+    (families.translate_config); returns (model, tokenizer, config)."""
     from mlx_lm.utils import load
 
     check_model_arg(str(path_or_id))
     if (Path(str(path_or_id)) / "config.json").is_file():
         read_config(path_or_id)  # the fields mlx-lm reads, named in one line before its code trips over them
+    where, translated = mlx_config_fields(path_or_id)
     try:
-        loaded = load(
-            str(path_or_id), adapter_path=adapter_path, lazy=lazy, return_config=True,
+        model, tokenizer, config = load(
+            str(path_or_id), model_config=translated, adapter_path=adapter_path, lazy=lazy, return_config=True,
             trust_remote_code=trust_remote_code,
         )
-        check_config_fields(loaded[2], Path(str(path_or_id)) / "config.json")  # a Hub model's, once fetched
-        return remember(loaded, path_or_id)
+        check_config_fields(config, Path(str(path_or_id)) / "config.json")  # a Hub model's, once fetched
     except GiftError:
         raise
     except Exception as e:  # mlx-lm raises many types; turn them into one line naming the model
         raise GiftError(f"{path_or_id}: cannot load model: {_first_line(e)}")
+    check_rope(model, config, where)
+    return remember((model, tokenizer, config), path_or_id)
+
+
+def mlx_config_fields(path_or_id):
+    """(config.json path, the fields mlx-lm must be given beyond it to build the user's model); no fields when
+    the config cannot be read: mlx-lm's load then says why."""
+    try:
+        where = local_path(path_or_id) / "config.json"
+        config = json.loads(where.read_text())
+    except (GiftError, OSError, ValueError, RecursionError):
+        return path_or_id, {}
+    return where, translate_config(config, where)[0]
 
 
 def load_tokenizer(path_or_id, chat=False):

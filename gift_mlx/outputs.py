@@ -5,15 +5,19 @@ An output folder is built in a hidden sibling folder and renamed into place at t
 run leaves no half-written output; temporary folders left by a killed run are removed by the next one.
 Single files (JSON, safetensors, raw bytes) are written to a hidden sibling and renamed into place; the
 temporary is removed on any failure. `check_output` refuses an output that is, contains or lies inside an
-input, and replaces (with --force) only a folder that gift wrote. `folder_lock` keeps two runs out of one
-folder. Hidden names stay within the 255-byte limit of a file name however long the output's name is.
+input, and replaces (with --force) only a folder that gift wrote. `folder_lock` and `path_lock` keep two runs
+out of one folder (an OS lock, released by the kernel when its process dies, so no lock is ever stale).
+`new_folder` removes, after any failure, what a command created. Nothing is written through a symbolic link.
+Hidden names stay within the 255-byte limit of a file name however long the output's name is.
 """
 
-import glob
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 from contextlib import contextmanager
@@ -98,53 +102,122 @@ def output_folder(out, inputs=(), force=False):
         yield tmp
 
 
+def _identity(path):
+    """(device, inode) of what is at `path` now (not following a link), or None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 @contextmanager
 def staged_folder(out):
     """Yield a temporary sibling folder that replaces `out` in one rename on success and is removed on any
     failure (an OSError becomes one error line naming the path). The caller decides beforehand whether an
-    existing `out` may be replaced."""
+    existing `out` may be replaced; the output is locked for the block (a second run into it stops at once),
+    and a folder that appears at `out` meanwhile (another program) is never replaced. Parent folders
+    created for it are removed on failure (new_folder)."""
     out = Path(out)
     tmp = _tmp_path(out)
     try:
-        remove_orphans(out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    except OSError as e:  # named by the output asked for, not its hidden stand-in
-        raise GiftError(str(write_error(out, e)).replace(str(tmp), str(out))) from None
+        with new_folder(out.parent, label=out), path_lock(out.parent / hidden_name(out.name, "lock"), out):
+            before = _identity(out)
+            try:
+                remove_orphans(out.parent, out.name)
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+            except OSError as e:  # named by the output asked for, not its hidden stand-in
+                raise GiftError(str(write_error(out, e)).replace(str(tmp), str(out))) from None
+            try:
+                yield tmp
+                if _identity(out) != before:
+                    raise GiftError(f"{out}: appeared or changed while this command ran; not replacing it "
+                                    "(run again, or choose another output)")
+                if before is not None:  # --force: move the old output aside first, so some complete output exists
+                    old = _tmp_path(out, "old")
+                    out.rename(old)
+                    tmp.rename(out)
+                    _remove(old)
+                else:
+                    tmp.rename(out)
+            except BaseException as e:
+                _remove(tmp)
+                if isinstance(e, OSError):
+                    e = write_error(out, e)
+                if isinstance(e, GiftError):  # name the output the user asked for, not its hidden stand-in
+                    raise GiftError(str(e).replace(str(tmp), str(out))) from None
+                raise
+    except OSError as e:
+        raise write_error(out, e) from None
+
+
+def _remove(path):
+    """Delete a file or a folder tree (never following a link out of it)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+ORPHAN = re.compile(r"\..*\.(tmp|old)-(\d+)(\.safetensors)?")  # _tmp_path's names
+
+
+def remove_orphans(folder, name=None):
+    """Delete the temporary files and folders in `folder` (only those of the output `name`, if given) left by
+    a killed run (SIGKILL skips clean-up): those whose process is gone."""
+    stem = name and hidden_name(name, "tmp-0")[: -len("tmp-0")]
+    for path in _list(folder):
+        m = ORPHAN.fullmatch(path.name)
+        if m and (not stem or path.name.startswith(stem)) and not process_alive(int(m.group(2))):
+            _remove(path)
+
+
+def _created(path):
+    """The folders `mkdir -p path` would create, the topmost last."""
+    path, missing = Path(os.path.abspath(path)), []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+@contextmanager
+def new_folder(path, owned=False, keep=lambda: False, label=None):
+    """Create `path` (and its parents) if missing, and after any failure in the block remove the topmost
+    folder it created. owned=True (a folder the command holds locked): when `path` existed, remove instead
+    the entries that appeared in it during the block. keep(), checked at failure time, true keeps all (a
+    training run's checkpoints, to resume from). A failure to create it is an error naming `label` (or path)."""
+    path = Path(path)
+    missing = _created(path)
+    before = {p.name for p in _list(path)}
     try:
-        yield tmp
-        if out.exists():  # --force: move the old output aside first, so some complete output exists at every moment
-            old = _tmp_path(out, "old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            e = write_error(out, e)
-        if isinstance(e, GiftError):  # name the output the user asked for, not its hidden stand-in
-            raise GiftError(str(e).replace(str(tmp), str(out))) from None
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where `label`'s parent folder should be: not a directory, for `label`
+        code = errno.ENOTDIR if label and isinstance(e, FileExistsError) else e.errno
+        raise write_error(label or path, OSError(code, os.strerror(code))) from None
+    try:
+        yield path
+    except BaseException:
+        if not keep():
+            if missing:
+                _remove(missing[-1])
+            elif owned:
+                for p in _list(path):
+                    if p.name not in before and p.name != ".gift.lock":  # the lock goes with its holder
+                        _remove(p)
         raise
 
 
-def remove_orphans(out):
-    """Delete temporary folders beside `out` left by a killed run (SIGKILL skips clean-up): those whose
-    process is gone."""
-    stem = hidden_name(Path(out).name, "tmp-0")[: -len("tmp-0")]
-    for tmp in Path(out).parent.glob(glob.escape(stem) + "tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def remove_if_empty(folder):
-    """Remove a folder this command created if it stayed empty (a run stopped before writing anything)."""
+def _list(folder):
     try:
-        Path(folder).rmdir()
-    except OSError:  # not empty, or gone
-        pass
+        return list(Path(folder).iterdir())
+    except OSError:
+        return []
 
 
 def process_alive(pid):
@@ -159,37 +232,46 @@ def process_alive(pid):
 
 @contextmanager
 def folder_lock(folder, what="run"):
-    """Hold `<folder>/.gift.lock` (this process's id and host) for the block. A second process gets one
-    error line; a lock whose process is gone (a killed run) is taken over."""
-    path = Path(folder) / ".gift.lock"
-    me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(3):
+    """Hold `<folder>/.gift.lock` for the block (path_lock)."""
+    with path_lock(Path(folder) / ".gift.lock", folder, what):
+        yield
+
+
+@contextmanager
+def path_lock(path, owner, what="run"):
+    """Hold an exclusive OS lock (flock) on the file `path` for the block, the file naming this process and
+    host. A second process gets one error line naming `owner`. The kernel releases the lock of a killed
+    process, so a stale lock file is simply taken; taking it is one atomic flock, then a check that the file
+    locked is still the one at `path` (a holder unlinks it on release), so two processes never both hold it."""
+    path = Path(path)
+    while True:
+        try:  # never through a link: a planted link would have the lock truncate its target
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:  # named by what is locked, not the hidden lock file
+            raise write_error(owner, OSError(e.errno, e.strerror)) from None
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            pass
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            raise write_error(path, e) from None
-        try:
-            pid, _, host = path.read_text().strip().partition(" ")
-        except OSError:
-            continue  # released meanwhile
-        if pid.isdigit() and (host != socket.gethostname() or process_alive(int(pid))):
-            raise GiftError(f"{folder}: in use by another gift {what} (process {pid} on {host or 'this host'}); "
-                            f"wait for it to finish or use another folder (if no such run exists, delete {path})")
-        path.unlink(missing_ok=True)  # stale: its process is gone
-    else:
-        raise GiftError(f"{path}: cannot take the lock")
+            holder = os.read(fd, 200).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise write_error(path, e) from None
+            pid, _, host = holder.partition(" ")
+            raise GiftError(f"{owner}: in use by another gift {what} (process {pid or '?'} on {host or 'this host'}); "
+                            "wait for it to finish or use another folder") from None
+        if _identity(path) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            break
+        os.close(fd)  # released and unlinked by its holder between our open and flock: take the new file
     try:
         with writing(path):
-            try:
-                os.write(fd, me.encode())
-            finally:
-                os.close(fd)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}".encode())
         yield
     finally:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)  # while still held: a waiter then sees another file at `path`
+        finally:
+            os.close(fd)
 
 
 # ---- files ----
@@ -209,6 +291,14 @@ def atomic_write(path, write):
         if isinstance(e, (OSError, RuntimeError)):  # named by the file asked for, not its temporary
             raise write_error(path, e if getattr(e, "filename", None) != str(tmp) else OSError(e.errno, e.strerror)) from None
         raise
+    return path
+
+
+def no_link(path):
+    """`path`, refused when it is a symbolic link: an output is never written through one (a planted link
+    would have gift overwrite the file it points to)."""
+    if Path(path).is_symlink():
+        raise GiftError(f"{path}: is a symbolic link; gift does not write through links (remove it)")
     return path
 
 
@@ -280,8 +370,9 @@ class LineWriter:
 
     def __init__(self, path, mode="w"):
         self.path = Path(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if mode == "a" else os.O_TRUNC)
         with writing(self.path):
-            self.file = open(self.path, mode)
+            self.file = open(os.open(no_link(self.path), flags, 0o644), "w")
 
     def write(self, row):
         line = json.dumps(row, allow_nan=False) if nonfinite_at(row) is None else None

@@ -28,6 +28,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import GiftError
+from .families import translate_config
 from .models import SHAPE_KEYS, cached_path, check_compatible, load_tokenizer, local_path, read_config
 
 CHUNK = 1 << 20  # elements per float32 temporary (small chunks stay in cache: faster than large ones on a CPU)
@@ -307,6 +308,8 @@ def pair_check(base, instruct, check_tokenizer=True, log=None):
         notes.append("quantized tensors were dequantized: their rounding error counts as distance (4-bit "
                      "rounding alone is of the order of 0.1 relative), so these figures overstate it; compare "
                      "the float models for a verdict")
+    if translated := translate_config(inst_config, inst_folder / "config.json")[1]:
+        notes.append(f"config fields translated for mlx-lm: {', '.join(translated)}")
     if tokenizer and tokenizer["vocabulary"] == "prefix":
         notes.append(f"the instruct tokenizer adds {tokenizer['instruct_adds']} tokens after the base's vocabulary")
     if tokenizer and tokenizer["renamed_special_tokens"]:

@@ -2,6 +2,7 @@
 q_t = p(y_t | x, y_<t) for every target token, stored per split as safetensors (flat values + offsets)
 with the identity of the model, tokenizer output and data they belong to."""
 
+import contextlib
 import functools
 import hashlib
 import time
@@ -17,7 +18,7 @@ from . import __version__, blas
 from .data import collate
 from .errors import GiftError
 from .models import check_vocab, cpu_float32, load_model, local_path, read_config, wire_memory
-from .outputs import check_not_inside, write_bytes, writing
+from .outputs import check_not_inside, new_folder, write_bytes
 from .objective import confidence, target_positions
 
 
@@ -137,8 +138,6 @@ def save_scores(path, scores, meta):
     values = np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
     if not np.isfinite(values).all():
         raise GiftError(f"{path}: the model's confidences are not finite (NaN/Inf); nothing written")
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, save({"values": values, "offsets": offsets}, metadata={**meta, "gift_mlx": __version__}))
 
 
@@ -194,20 +193,19 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
             log(f"scores: {'recomputing stale' if path.exists() else 'computing'} {path}")
             todo[split] = meta
     if todo:
-        if world.rank() == 0:
-            with writing(scores_dir):  # fail on an unusable path before the work
-                Path(scores_dir).mkdir(parents=True, exist_ok=True)
-        model = load_model_fn()
-        wire_memory()
-        for split, meta in todo.items():
-            tic = time.perf_counter()
-            out[split] = compute_scores(model, datasets[split], desc=f"scoring {split}", world=world)
-            n = sum(len(s) for s in out[split])
-            log(f"scores: {split}: {n} target tokens in {time.perf_counter() - tic:.1f}s, "
-                f"mean q = {np.concatenate(out[split]).mean():.4f}")
-            if world.rank() == 0:
-                save_scores(scores_file(scores_dir, split, role), out[split], meta)
-        del model
+        # Made before the work (an unusable path fails at once), and removed again if the work fails.
+        with new_folder(scores_dir) if world.rank() == 0 else contextlib.nullcontext():
+            model = load_model_fn()
+            wire_memory()
+            for split, meta in todo.items():
+                tic = time.perf_counter()
+                out[split] = compute_scores(model, datasets[split], desc=f"scoring {split}", world=world)
+                n = sum(len(s) for s in out[split])
+                log(f"scores: {split}: {n} target tokens in {time.perf_counter() - tic:.1f}s, "
+                    f"mean q = {np.concatenate(out[split]).mean():.4f}")
+                if world.rank() == 0:
+                    save_scores(scores_file(scores_dir, split, role), out[split], meta)
+            del model
         mx.clear_cache()
     return out
 

@@ -157,17 +157,22 @@ def write_task_data(folder, n_train=64, n_valid=16, n_test=16, seed=0):
 
 # ---- tiny pairs of real Hugging Face families, saved by transformers (its config layout) ----
 
+FAMILY_DIMS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
 # Per family: what the tiny model needs beyond FAMILY_DIMS, and the RoPE theta the real family uses, so that a
 # model loaded with a wrong (default) theta computes visibly different logits.
 FAMILY_CONFIGS = {
     "llama": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                   "original_max_position_embeddings": 8192}),
+                                   "original_max_position_embeddings": 8192}, max_position_embeddings=131072),
     "mistral": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen2": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen3": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "gemma2": dict(),
-    "gemma3_text": dict(num_hidden_layers=6),  # one full sliding-window pattern (5 local + 1 global)
+    # one full sliding-window pattern (5 local + 1 global); linear scaling on the global layers as Gemma 3 4B+
+    "gemma3_text": dict(num_hidden_layers=6, rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
     "phi3": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
     "olmo2": dict(rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
     "smollm3": dict(rope_parameters={"rope_type": "default", "rope_theta": 2000000.0}),
@@ -177,8 +182,29 @@ FAMILY_CONFIGS = {
     "olmoe": dict(num_experts=4, num_experts_per_tok=2,
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
 }
-FAMILY_DIMS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
+# More families for scripts/family_matrix.py (lfm2, qwen3_5_text, gemma3 and olmo3 are in tests/test_families.py
+# too; README's families section says which fail and why).
+MORE_FAMILY_CONFIGS = {
+    "lfm2": dict(layer_types=["conv", "full_attention"],  # hybrid: a short-convolution block and an attention one
+                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "qwen3_5_text": dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
+                         linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16),
+    "gemma3": dict(  # Gemma 3 4B+: the text model inside a multimodal wrapper (mlx-lm: language_model.model.layers)
+        text_config={**FAMILY_DIMS, "num_hidden_layers": 6, "vocab_size": 384,
+                     "rope_parameters": FAMILY_CONFIGS["gemma3_text"]["rope_parameters"]},
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=3, eoi_token_index=4, image_token_index=5),
+    "olmo3": dict(num_hidden_layers=4, max_position_embeddings=65536, rope_parameters={  # 3 sliding + 1 full
+        "full_attention": {"rope_type": "yarn", "factor": 8.0, "rope_theta": 500000.0, "attention_factor": 1.2,
+                           "original_max_position_embeddings": 8192, "beta_fast": 32, "beta_slow": 1},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0}}),
+    "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}),
+    "gemma4_text": dict(vocab_size_per_layer_input=384, hidden_size_per_layer_input=16),
+    "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
+                        rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+}
 
 
 def build_hf_pair(root, model_type, seed=0, noise=0.05, **overrides):
@@ -191,7 +217,8 @@ def build_hf_pair(root, model_type, seed=0, noise=0.05, **overrides):
     root = Path(root)
     vocab = build_tokenizer(root / "tokenizer", seed=seed)
     ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
-    fields = {**FAMILY_DIMS, **ids, **FAMILY_CONFIGS.get(model_type, {}), **overrides, "vocab_size": vocab}
+    family = {**FAMILY_CONFIGS, **MORE_FAMILY_CONFIGS}.get(model_type, {})
+    fields = {**FAMILY_DIMS, **ids, **family, **overrides, "vocab_size": vocab}
     config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).float()

@@ -12,6 +12,8 @@ import itertools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -27,15 +29,15 @@ from tqdm import tqdm
 
 from . import __version__, adapters, blas, plot
 from .config import TrainConfig
-from .data import batch_order, collate, fit_pad_lengths, load_data
+from .data import batch_order, collate, file_sha256, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
 from .models import (check_compatible, check_vocab, cpu_float32, load_model, load_tokenizer, model_ref, nonfinite_weight,
                      read_config, wire_memory)
-from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, remove_if_empty, save_tensors,
-                      write_json, write_text, writing)
+from .outputs import (LineWriter, check_finite, check_not_inside, folder_lock, new_folder, no_link,
+                      remove_orphans, save_tensors, write_json, write_text, writing)
 from .objective import chunked, confidence, target_positions, token_weights, weighted_sums
 from .pair_check import RESULT_FILE as PAIR_FILE, check_for_training
-from .scoring import ensure_scores, load_guide
+from .scoring import ensure_scores, load_guide, weights_fingerprint
 
 
 def add_lora(model, cfg):
@@ -49,10 +51,11 @@ def add_lora(model, cfg):
         linear_to_lora_layers(model, num_layers, params, use_dora=cfg.fine_tune_type == "dora")
     except ValueError as e:
         raise GiftError(f"lora_keys: {e}")
-    # Record the adapted keys explicitly so merge and PEFT export need not guess mlx-lm's defaults.
-    keys = sorted({k.rsplit(".", 1)[0][len(f"model.layers.{len(model.layers) - 1}."):]
-                   for k, _ in tree_flatten(model.trainable_parameters())
-                   if k.startswith(f"model.layers.{len(model.layers) - 1}.")})
+    # Record the adapted keys explicitly so merge and PEFT export need not guess mlx-lm's defaults: relative to
+    # a block, as mlx-lm reads them, wherever model.layers puts the blocks (wrapped models: language_model.model),
+    # and over every adapted block (a hybrid model's attention and convolution blocks hold different layers).
+    keys = sorted({k.rsplit(".", 1)[0] for block in model.layers[len(model.layers) - num_layers:]
+                   for k, _ in tree_flatten(block.trainable_parameters())})
     if not keys:
         raise GiftError(f"lora_keys: {cfg.lora_keys} matched no layer of the model")
     return {"fine_tune_type": cfg.fine_tune_type, "num_layers": num_layers,
@@ -205,6 +208,13 @@ def data_hash(data):
     return hashlib.sha256(json.dumps({s: ds.sha256 for s, ds in sorted(data.items())}).encode()).hexdigest()[:16]
 
 
+def models_hash(cfg):
+    """A cheap fingerprint of the weights of the models the run reads (scoring.weights_fingerprint: sizes,
+    headers and samples, not a full read): a resumed run must train on the same base and instruct."""
+    ids = [cfg.instruct] if cfg.method == "direct" else [cfg.base, cfg.instruct]
+    return hashlib.sha256(json.dumps([weights_fingerprint(m) for m in ids]).encode()).hexdigest()[:16]
+
+
 def tensors_hash(tensors):
     """Checksum of a checkpoint's tensors, stored in its metadata and verified when it is read."""
     h = hashlib.sha256()
@@ -309,6 +319,9 @@ def read_checkpoint(out, identity, processes, expected_keys, log=print):
         if meta.get("data", identity["data"]) != identity["data"]:
             raise GiftError(f"{path}: written for other data (the data files' content changed since); "
                             "resume with the data it was trained on, or start afresh with --overwrite")
+        if meta.get("models", identity["models"]) != identity["models"]:
+            raise GiftError(f"{path}: written for other model weights (the base or instruct model changed since); "
+                            "resume with the models it was trained on, or start afresh with --overwrite")
         if tensors["rng"].shape[0] != processes:
             raise GiftError(f"{path}: written by {tensors['rng'].shape[0]} processes; resume with as many")
         return step, tensors
@@ -375,6 +388,29 @@ def truncate_metrics(path, step):
     return final
 
 
+def mark(out, record, status, rank):
+    """Best effort: the run record says how the run stopped (an error is already on its way to the user)."""
+    if rank == 0 and (out / adapters.RUN_RECORD).is_file():
+        try:
+            adapters.write_run_record(out, {**record, "status": status})
+        except (GiftError, OSError):
+            pass
+
+
+def verify_adapter(out, model):
+    """Read adapters.safetensors back and compare it with the trained parameters; return its sha256."""
+    path = out / adapters.WEIGHTS
+    try:
+        written = mx.load(str(path))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise GiftError(f"{path}: the adapter just written cannot be read back ({str(e).splitlines()[0]})")
+    params = dict(tree_flatten(model.trainable_parameters()))
+    if written.keys() != params.keys() or not all(mx.array_equal(written[k], params[k]).item() for k in params):
+        raise GiftError(f"{path}: the adapter just written differs from the trained one (a disk fault?); "
+                        "run the same command with --resume to write it again")
+    return file_sha256(path)
+
+
 def reporting(cfg, out):
     """mlx-lm's Weights & Biases / SwanLab callback for --report-to (the run is named after the adapter folder)."""
     if not cfg.report_to:
@@ -391,8 +427,25 @@ def train(cfg: TrainConfig, log=print):
     Under mlx.launch, every process takes its share of each micro-batch and rank 0 alone writes and logs.
     The adapter folder is locked for the run (outputs.folder_lock).
     """
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, sigterm_as_interrupt():
         return _train(cfg, log, stack)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a `kill`, a scheduler's stop) handled as Ctrl-C is: the completed steps are saved."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _train(cfg, log, stack):
@@ -441,14 +494,18 @@ def _train(cfg, log, stack):
     mx.random.seed(cfg.seed)  # the same LoRA initialisation in every process
     adapter_config = add_lora(model, cfg)
 
-    if not out.exists():
-        stack.callback(remove_if_empty, out)  # a run stopped before writing leaves no empty folder behind
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
+        # A run that fails leaves nothing it created, unless it saved a checkpoint to --resume from.
+        stack.enter_context(new_folder(out, owned=True, keep=lambda: bool(checkpoints(out))))
         stack.enter_context(folder_lock(out, "training run"))
+        remove_orphans(out)  # temporaries of a killed run
+        for name in (*RUN_FILES, PAIR_FILE, "loss.png"):  # a planted link would have the run write elsewhere
+            no_link(out / name)
         claim_folder(out, cfg)
-    identity = {"settings": settings_hash(cfg), "data": data_hash(data)}
+    else:
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+    identity = {"settings": settings_hash(cfg), "data": data_hash(data), "models": models_hash(cfg)}
     if guide_id and not cfg.online_scores:
         scores = ensure_scores(data, cfg.scores_path or out / "scores", guide_id, role,
                                lambda: load_guide(guide_id, cfg.trust_remote_code, log), log)
@@ -471,7 +528,7 @@ def _train(cfg, log, stack):
     step, state = build_step(model, optimizer, guide, cfg.floor, cfg.gamma, world, guide_stream, cfg.method == "dft")
 
     start = load_checkpoint(out, model, optimizer, identity, world, log) if cfg.resume else 0
-    if cfg.resume and start >= steps and (out / adapters.RUN_RECORD).is_file():
+    if cfg.resume and start >= steps and adapters.run_status(out) == "complete":
         log(f"resume: the run in {out} is already complete (step {start} of {steps}); nothing to do")
         return adapters.read_run_record(out)
     if cfg.resume:
@@ -485,12 +542,21 @@ def _train(cfg, log, stack):
     if val_set is not None and len(val_set) < cfg.batch_size:
         log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
         val_set = None
+    final = truncate_metrics(out / "metrics.jsonl", start) if rank == 0 and start else {}
+    record = {
+        "gift_mlx": __version__, "mlx": mx.__version__, "status": "running", "method": cfg.method,
+        "base_model": cfg.base, "instruct_model": cfg.instruct, "trained_model": trained_id,
+        "data": {s: {"file": str(ds.path), "sha256": ds.sha256, "rows": len(ds), "truncated": ds.truncated}
+                 for s, ds in data.items()},
+        "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "identity": identity, "final": final,
+        "pair_check": pair and {"overall": pair["overall"], "verdict": pair["verdict"], "file": PAIR_FILE},
+    }
     if rank == 0:
         if pair is not None:
             write_json(out / PAIR_FILE, pair)
         adapters.write_config(out, {**adapter_config, "model": trained_id, "base_model": cfg.base,
                                     "instruct_model": cfg.instruct, "method": cfg.method})
-    final = truncate_metrics(out / "metrics.jsonl", start) if rank == 0 and start else {}
+        adapters.write_run_record(out, record)  # "running" until the final adapter is written and verified
     metrics_file = LineWriter(out / "metrics.jsonl" if rank == 0 else os.devnull, "a" if start else "w")
     reporter = reporting(cfg, out) if rank == 0 else None
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
@@ -508,7 +574,7 @@ def _train(cfg, log, stack):
     model.train()
     window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
     bar = tqdm(range(start + 1, steps + 1), desc="train", unit="step", initial=start, total=steps, disable=rank > 0)
-    last_good, it = snapshot(model, optimizer), start + 1
+    last_good, done = snapshot(model, optimizer), start  # done: the last step whose state is last_good
     try:
         for it in bar:
             tic = time.perf_counter()
@@ -533,8 +599,9 @@ def _train(cfg, log, stack):
                                     "(pass --skip-nonfinite to skip such batches)")
                 skipped += 1
                 bar.write(f"step {it}: {what}: batch skipped ({skipped} so far)")
+                done = it
                 continue
-            last_good = snapshot(model, optimizer)
+            last_good, done = snapshot(model, optimizer), it
             window["sums"] += s
             window["time"] += time.perf_counter() - tic
 
@@ -558,11 +625,17 @@ def _train(cfg, log, stack):
                 save_checkpoint(out, it, model, optimizer, identity, cfg.keep_checkpoints, world)
     except KeyboardInterrupt:
         bar.close()
-        restore(model, optimizer, last_good)  # the step in flight is dropped whole
-        done = it - 1
+        # The state after step `done` (validation or a checkpoint of step `done` may have been in flight):
+        # the step in flight, if any, is dropped whole.
+        restore(model, optimizer, last_good)
         if done > start and size == 1:  # saving is collective: under mlx.launch the last checkpoint stands
             path = save_checkpoint(out, done, model, optimizer, identity, cfg.keep_checkpoints, world)
+            mark(out, record, "interrupted", rank)
             raise Interrupted(f"saved {path}; run the same command with --resume to continue from step {done}") from None
+        mark(out, record, "interrupted", rank)
+        raise
+    except BaseException:
+        mark(out, record, "interrupted", rank)
         raise
     finally:
         bar.close()
@@ -572,18 +645,19 @@ def _train(cfg, log, stack):
 
             wandb.finish()
 
-    if start < steps:
-        save_checkpoint(out, steps, model, optimizer, identity, cfg.keep_checkpoints, world)
-    record = {
-        "gift_mlx": __version__, "mlx": mx.__version__, "method": cfg.method, "base_model": cfg.base,
-        "instruct_model": cfg.instruct, "trained_model": trained_id,
-        "data": {s: {"file": str(ds.path), "sha256": ds.sha256, "rows": len(ds), "truncated": ds.truncated}
-                 for s, ds in data.items()},
-        "config": dataclasses.asdict(cfg), "adapter_config": adapter_config, "identity": identity, "final": final,
-        "pair_check": pair and {"overall": pair["overall"], "verdict": pair["verdict"], "file": PAIR_FILE},
-    }
-    if rank == 0:
-        plot.training(out / "loss.png", plot.read_metrics(out / "metrics.jsonl"))
-        adapters.write_run_record(out, record)  # last: its presence marks the run complete
+    try:
+        if start < steps:
+            save_checkpoint(out, steps, model, optimizer, identity, cfg.keep_checkpoints, world)
+        elif rank == 0:  # resumed at the last step: a kill may have come between its checkpoint and the adapter's copy
+            adapters.write_weights(model, out)
+        if rank == 0:
+            plot.training(out / "loss.png", plot.read_metrics(out / "metrics.jsonl"))
+            record["adapter_sha256"] = verify_adapter(out, model)
+            # last: "complete" only once the adapter is written and verified
+            adapters.write_run_record(out, {**record, "status": "complete"})
+    except BaseException:
+        mark(out, record, "interrupted", rank)
+        raise
+    record["status"] = "complete"
     log(f"adapter: {out / adapters.WEIGHTS}" + (f" (final loss {final['loss']:.4f})" if final else ""))
     return record

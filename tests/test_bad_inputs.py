@@ -326,9 +326,9 @@ CASES = [
      "are not (in, 8) and (8, out) matrices of rank 8"),
     ("export-adapter-mis-shaped", lambda w, t: export(w, t, adapter=adapter_copy(
         w, t, weights=leaves(lambda v: v.T, "lora_b"))), "are not (in, 4) and (4, out) matrices of rank 4"),
-    ("export-adapter-3d-tensors", lambda w, t: export(w, t, adapter=adapter_copy(
+    ("export-adapter-3d-tensors-mis-shaped", lambda w, t: export(w, t, adapter=adapter_copy(
         w, t, weights=lambda ws: {k: v[None] for k, v in ws.items()})),
-     "per-expert (3-D, mixture-of-experts) tensors lora_a (1, "),
+     "per-expert lora_a (1, 64, 4) and lora_b (1, 4, 32) do not have rank 4"),
     ("export-adapter-keys-disagree", lambda w, t: export(w, t, adapter=adapter_copy(
         w, t, config=params(keys=["self_attn.q_proj"]))), "lora_parameters.keys ['self_attn.q_proj'] does not list ["),
     ("merge-adapter-num-layers-disagrees", lambda w, t: merge(w, t, adapter=adapter_copy(

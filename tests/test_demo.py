@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from test_plot import read_rgb
 
+from gift_mlx.cli import main
 from gift_mlx.demo import SETTINGS, demo
 from gift_mlx.errors import GiftError
 
@@ -59,9 +61,32 @@ def test_a_second_demo_refuses_then_repeats_exactly_with_force(tmp_path):
     assert all(np.array_equal(adapter[k], again[k]) for k in adapter)
     strip = lambda s: {k: v for k, v in s.items() if k != "seconds"}
     assert strip(first) == strip(second)
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(GiftError, match="not a gift demo folder"):
-        demo(tmp_path, force=True, **tiny)
+    # --force deletes only files the demo wrote, unchanged: a user's file anywhere, or an adapter retrained
+    # into a folder of the same name, stops it before anything is deleted.
+    for planted in ("notes.txt", "eval/notes.txt", "gift/adapters.safetensors"):
+        (tmp_path / planted).write_bytes(b"mine")
+        with pytest.raises(GiftError, match=f"not a gift demo folder: {planted} was not written by the demo"):
+            demo(tmp_path, force=True, **tiny)
+        assert (tmp_path / planted).read_bytes() == b"mine" and (tmp_path / "eval" / "summary.json").exists()
+        if planted.endswith(".txt"):
+            (tmp_path / planted).unlink()
+
+
+def test_a_demo_on_a_full_disk_is_one_error_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import mlx.core as mx
+
+    real = mx.save_safetensors
+
+    def full(path, tensors, metadata=None):  # half a file on disk, then MLX's error, as a full disk does
+        real(path, tensors, metadata=metadata or {})
+        Path(path).write_bytes(Path(path).read_bytes()[:100])
+        raise RuntimeError("[write] Unable to write 8 bytes to file.")
+
+    monkeypatch.setattr(mx, "save_safetensors", full)
+    r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), "--iters", "1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.stderr.startswith(f"error: {tmp_path / 'd'}") and "cannot write" in r.stderr, r.stderr
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_checks_its_budget_and_world_before_any_work(tmp_path):

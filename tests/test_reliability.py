@@ -97,23 +97,55 @@ def test_a_damaged_score_file_is_recomputed(tmp_path, llama_pair, task_data, dam
 
 # ---- run-folder integrity ----
 
+HOLD = """import sys, time
+from gift_mlx.outputs import folder_lock
+with folder_lock(sys.argv[1], "training run"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_a_second_run_on_a_locked_folder_gets_one_error_line_and_a_stale_lock_is_taken_over(
         tmp_path, llama_pair, task_data):
     out = tmp_path / "a"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".gift.lock").write_text(f"{other.pid} {os.uname().nodename}")
+        assert other.stdout.readline().strip() == "held"
         args = ["train", "--base", llama_pair[0], "--instruct", llama_pair[1], "--data", task_data,
                 "--adapter-path", out, "--iters", 1, "--lora-rank", 4, "--lora-alpha", 8]
         one_error_line(run(*args), f"in use by another gift training run (process {other.pid}")
         assert sorted(p.name for p in out.iterdir()) == [".gift.lock"]
     finally:
-        other.kill()
+        other.kill()  # SIGKILL: its lock file stays, stale
         other.wait()
-    r = run(*args)  # its process is gone: the lock is stale
+    assert (out / ".gift.lock").exists()
+    r = run(*args)
     assert r.exit_code == 0, r.output
     assert not (out / ".gift.lock").exists()
+
+
+def test_a_symbolic_link_in_the_run_folder_is_never_written_through(tmp_path, llama_pair, task_data):
+    data = shutil.copytree(task_data, tmp_path / "data")
+    out = tmp_path / "a"
+    train_mod.train(config(llama_pair, data, out, iters=2, save_every=1), log=quiet)
+    original = (data / "train.jsonl").read_bytes()
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").symlink_to(data / "train.jsonl")
+    with pytest.raises(GiftError, match="metrics.jsonl: is a symbolic link"):
+        train_mod.train(config(llama_pair, data, out, iters=4, save_every=1, resume=True), log=quiet)
+    assert (data / "train.jsonl").read_bytes() == original
+
+
+def test_the_next_run_removes_a_killed_runs_temporary_checkpoint(tmp_path, llama_pair, task_data):
+    out = tmp_path / "a"
+    train_mod.train(config(llama_pair, task_data, out, iters=2, save_every=1), log=quiet)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = out / f".checkpoint-0000003.safetensors.tmp-{dead.pid}.safetensors"  # SIGKILL inside the write
+    orphan.write_bytes(b"half a checkpoint")
+    train_mod.train(config(llama_pair, task_data, out, iters=2, save_every=1, resume=True), log=quiet)
+    assert not orphan.exists()
 
 
 def test_resume_after_the_data_changed_is_refused(tmp_path, llama_pair, task_data):
@@ -218,3 +250,19 @@ def test_two_concurrent_runs_on_one_folder_the_second_stops_with_one_line(tmp_pa
     finally:
         first.kill()
         first.wait()
+
+
+def test_two_evals_into_one_out_at_once_one_wins_and_the_other_says_so(tmp_path, llama_pair):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"question": "What is 1+2?", "answer": "3"}) + "\n")
+    args = [sys.executable, "-m", "gift_mlx", "eval", "--model", str(llama_pair[1]), "--data", str(problems),
+            "--out", str(tmp_path / "out"), "--samples", "2", "--max-tokens", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    err = next(e for code, e in results if code == 2).strip()
+    assert err.startswith("error: ") and ("in use by another gift run" in err or "already" in err
+                                          or "not empty" in err), err
+    assert (tmp_path / "out" / "summary.json").is_file()

@@ -1,5 +1,7 @@
 """Exact resume after a real SIGKILL, Ctrl-C-free; non-finite losses stop or skip cleanly."""
 
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from gift_mlx import adapters
 from gift_mlx import train as train_mod
 from gift_mlx.config import TrainConfig
 from gift_mlx.errors import GiftError
@@ -88,7 +91,8 @@ def test_non_finite_loss_stops_or_skips(tmp_path, llama_pair, task_data, monkeyp
     assert all(bool(mx.isfinite(v).all()) for v in kept.values())
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, llama_pair, task_data):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, llama_pair, task_data, sig):
     base, instruct = llama_pair
     out = tmp_path / "run"
     proc = subprocess.Popen(gift(*args(base, instruct, task_data, out, 400)),
@@ -96,9 +100,131 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, llama_pair, 
     deadline = time.time() + 240
     while not list(out.glob("checkpoint-[0-9]*[0-9].safetensors")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # some steps past the checkpoint, which the signal must not lose
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "run the same command with --resume" in stderr and "Traceback" not in stderr
     assert stderr.count("interrupted") == 1, stderr  # said once, by the command line
     assert mx.load(str(out / "adapters.safetensors"))
+    saved = int(stderr.split("continue from step ")[1].split()[0])
+    assert saved >= 2 and out.joinpath(f"checkpoint-{saved:07d}.safetensors").exists()
+    assert adapters.run_status(out) == "interrupted"
+
+
+# ---- exact resume after an interrupt anywhere, a failed final write, a kill before the final adapter ----
+
+QUIET = lambda m: None  # noqa: E731
+
+
+def small(llama_pair, data, out, **kw):
+    base, instruct = llama_pair
+    settings = dict(lora_rank=4, lora_alpha=8, batch_size=4, iters=6, steps_per_eval=2, steps_per_report=1,
+                    save_every=2)
+    return TrainConfig(base=str(base), instruct=str(instruct), data=str(data), adapter_path=str(out),
+                       **{**settings, **kw})
+
+
+def same_adapter(a, b):
+    a, b = mx.load(str(a / "adapters.safetensors")), mx.load(str(b / "adapters.safetensors"))
+    return a.keys() == b.keys() and all(mx.array_equal(a[k], b[k]).item() for k in a)
+
+
+def fail_on_call(monkeypatch, owner, name, n, error=KeyboardInterrupt):
+    """owner.name raises `error` on its n-th call (only)."""
+    real, calls = getattr(owner, name), {"n": 0}
+
+    def wrapped(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise error("injected") if error is not KeyboardInterrupt else error()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def compiled_step_interrupted(n):
+    real = train_mod.build_step
+
+    def build(*a, **kw):
+        step, state = real(*a, **kw)
+        calls = {"n": 0}
+
+        def interrupted(*sa):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return step(*sa)
+        return interrupted, state
+    return build
+
+
+@pytest.mark.parametrize("where", ["validation", "step", "metrics row", "checkpoint"])
+def test_an_interrupt_anywhere_then_resume_gives_the_straight_adapter(tmp_path, llama_pair, task_data, monkeypatch,
+                                                                      where):
+    straight = tmp_path / "straight"
+    train_mod.train(small(llama_pair, task_data, straight), log=QUIET)
+    out = tmp_path / "a"
+    with monkeypatch.context() as m:
+        if where == "validation":  # after step 2, while validating it
+            fail_on_call(m, train_mod, "validation_loss", 1)
+        elif where == "step":  # inside step 4
+            m.setattr(train_mod, "build_step", compiled_step_interrupted(4))
+        elif where == "metrics row":  # writing step 3's row
+            fail_on_call(m, train_mod.LineWriter, "write", 4)
+        else:  # writing the checkpoint of step 4
+            fail_on_call(m, train_mod, "save_checkpoint", 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_mod.train(small(llama_pair, task_data, out), log=QUIET)
+    assert adapters.run_status(out) == "interrupted"
+    train_mod.train(small(llama_pair, task_data, out, resume=True), log=QUIET)
+    assert adapters.run_status(out) == "complete"
+    assert same_adapter(straight, out), where
+
+
+def test_a_failed_final_adapter_write_is_redone_by_resume(tmp_path, llama_pair, task_data, monkeypatch):
+    straight, out = tmp_path / "straight", tmp_path / "a"
+    train_mod.train(small(llama_pair, task_data, straight), log=QUIET)
+    with monkeypatch.context() as m:  # the disk fills while the final adapters.safetensors is written
+        fail_on_call(m, train_mod.adapters, "write_weights", 3,
+                     lambda msg: GiftError(f"{out}/adapters.safetensors: cannot write (No space left on device)"))
+        with pytest.raises(GiftError, match="No space left"):
+            train_mod.train(small(llama_pair, task_data, out), log=QUIET)
+    assert adapters.run_status(out) == "interrupted"
+    (out / "adapters.safetensors").unlink()  # as if no earlier copy existed
+    logs = []
+    train_mod.train(small(llama_pair, task_data, out, resume=True), log=logs.append)
+    assert not any("already complete" in m for m in logs)
+    assert adapters.run_status(out) == "complete" and same_adapter(straight, out)
+
+
+def test_a_kill_between_the_last_checkpoint_and_the_final_adapter_is_not_complete(tmp_path, llama_pair, task_data):
+    straight, out = tmp_path / "straight", tmp_path / "a"
+    train_mod.train(small(llama_pair, task_data, straight, save_every=2, keep_checkpoints=5), log=QUIET)
+    shutil.copytree(straight, out)
+    # What a SIGKILL after checkpoint 6 but before its adapter copy and the record leaves: step 4's adapter.
+    step4 = mx.load(str(out / "checkpoint-0000004.safetensors"))
+    mx.save_safetensors(str(out / "adapters.safetensors"),
+                        {k[len("adapter."):]: v for k, v in step4.items() if k.startswith("adapter.")})
+    record = json.loads((out / "gift_run.json").read_text())
+    (out / "gift_run.json").write_text(json.dumps({**record, "status": "running"}))
+    assert adapters.run_status(out) == "running"
+    assert adapters.run_status(tmp_path) is None  # no run record: not an adapter gift trained
+    train_mod.train(small(llama_pair, task_data, out, save_every=2, keep_checkpoints=5, resume=True), log=QUIET)
+    assert adapters.run_status(out) == "complete" and same_adapter(straight, out)
+    # A changed adapter file is no longer the verified one.
+    (out / "adapters.safetensors").write_bytes(b"")
+    assert adapters.run_status(out) == "damaged"
+
+
+def test_resume_after_the_model_weights_changed_is_refused(tmp_path, llama_pair, task_data):
+    base = shutil.copytree(llama_pair[0], tmp_path / "base")
+    pair = (base, llama_pair[1])
+    out = tmp_path / "a"
+    train_mod.train(small(pair, task_data, out, iters=2, save_every=1), log=QUIET)
+    (weights,) = base.glob("*.safetensors")
+    tensors = mx.load(str(weights))
+    name = sorted(tensors)[0]
+    mx.save_safetensors(str(weights), {**tensors, name: tensors[name] + 1}, metadata={"format": "mlx"})
+    with pytest.raises(GiftError, match="other model weights"):
+        train_mod.train(small(pair, task_data, out, iters=2, save_every=1, resume=True), log=QUIET)
