@@ -12,15 +12,20 @@ summed per module type, per layer and over all matrices (tensors of two or more 
 layer and the embeddings). "Overall" is sqrt(Σ ΔW²) / sqrt(Σ W_base²) over all matrices, dominated by the
 largest ones; "mean per matrix" averages each matrix's relative distance, as the published figures do.
 
-The weights are read tensor by tensor from the safetensors files (MLX loads them lazily), so the peak memory
-is about the largest tensor of each model plus four float32 temporaries of at most CHUNK elements. Quantized
-(mlx-community) tensors are dequantized per tensor with mx.dequantize; their rounding error then counts as
-distance, which the report says. Sums are float32 per row of a chunk and float64 across rows.
+The weights are read tensor by tensor, in chunks of CHUNK elements, through numpy memory maps of the
+safetensors files (bfloat16 as its 16 bits shifted into float32), each chunk reduced by BLAS dot products
+while it is in cache; pages already read are handed back, so the resident memory stays about a few chunks.
+Summing is memory-bound: scripts/bench_pair_check.py measures GB/s. Quantized (mlx-community) tensors are
+dequantized per block of rows with mx.dequantize; their rounding error then counts as distance, which the
+report says. Sums are float32 within a chunk and float64 across chunks; a tensor holding a NaN or an
+infinity is an error naming it.
 """
 
+import hashlib
 import json
 import math
 import mmap
+import os
 import re
 import time
 from pathlib import Path
@@ -28,9 +33,11 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from . import __version__
 from .errors import GiftError
 from .models import (SHAPE_KEYS, cached_path, check_compatible, inside_model, load_tokenizer, local_path,
                      read_config)
+from .outputs import write_json
 
 CHUNK = 1 << 16  # elements per chunk: it stays in cache through the seven reductions (measured fastest)
 SUMS = ("base_sq", "inst_sq", "diff_sq", "dot", "diff_abs", "base_abs", "inst_abs")
@@ -502,19 +509,61 @@ def fingerprints(base, instruct):
     return {"base": weights_fingerprint(base), "instruct": weights_fingerprint(instruct)}
 
 
+def cache_folder():
+    """Where gift train keeps measured pairs: $GIFT_CACHE_DIR, else the user cache dir's gift-mlx/pair-check."""
+    if os.environ.get("GIFT_CACHE_DIR"):
+        return Path(os.environ["GIFT_CACHE_DIR"]) / "pair-check"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gift-mlx" / "pair-check"
+
+
+def files_identity(*folders):
+    """A key for the files of model folders: each file's path, size and mtime, and each safetensors header
+    (a rewritten model changes one of them), for this version of the measures. Reads only the headers."""
+    h = hashlib.sha256(f"{__version__}:{SUMS}:{CHUNK}".encode())
+    for folder in folders:
+        folder = Path(folder).resolve()
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                if f.suffix == ".safetensors":
+                    with open(f, "rb") as fh:
+                        h.update(fh.read(min(int.from_bytes(fh.read(8), "little"), 1 << 27)))
+    return h.hexdigest()[:24]
+
+
+def cached_check(base, instruct, log):
+    """pair_check() of the two models, reused from the cache while their files are unchanged."""
+    path = cache_folder() / f"{files_identity(local_path(base), local_path(instruct))}.json"
+    try:
+        result = json.loads(path.read_text())
+        log(f"{one_line(result)} [cached]")
+        return result
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    result = pair_check(base, instruct)
+    result["fingerprints"] = fingerprints(base, instruct)
+    log(f"{one_line(result)} [{result['seconds']:.1f} s]")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, result)
+    except (OSError, GiftError):
+        pass  # a read-only cache costs the next run the measurement, nothing else
+    return result
+
+
 def check_for_training(base, instruct, when=None, log=print):
     """gift train's check: the one-line summary, and a warning for a far pair. when=None measures only when
-    both models are already on this machine (it reads every weight once: 0.18-0.26 GB/s measured on 2 CPU
-    cores, so 2-3 min for a 7B pair in bfloat16); True forces
-    it (downloading what is missing); False skips it. Returns the result or None."""
+    both models are already on this machine (it reads every weight once: 2 GB/s of model bytes wanted, see
+    scripts/bench_pair_check.py); True forces it (downloading what is missing); False skips it. The result is
+    cached (cache_folder) by the models' files: a second run with the same models pays a few file headers.
+    Returns the result or None."""
     if when is False:
         return None
     if when is None and not (cached_path(base) and cached_path(instruct)):
         log("pair: not measured (a model is not on this machine yet); `gift pair-check BASE INSTRUCT` measures it")
         return None
-    result = pair_check(base, instruct)
-    result["fingerprints"] = fingerprints(base, instruct)
-    log(f"{one_line(result)} [{result['seconds']:.1f} s]")
+    result = cached_check(base, instruct, log)
     if result["verdict"] in ("far", "unrelated"):
         log(f"warning: base and instruct are {'far apart' if result['verdict'] == 'far' else 'not a transfer pair'}: "
             "an update learned on the base is added to a model it was not measured on; see `gift pair-check`")

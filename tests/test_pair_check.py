@@ -256,3 +256,21 @@ def test_hub_cache_links_into_its_blobs_are_inside(llama_pair, tmp_path):
     shutil.copy(llama_pair[1] / "model.safetensors", repo / "blobs" / "1234")
     (snap / "model.safetensors").symlink_to("../../blobs/1234")
     assert pair_check(llama_pair[0], snap)["overall"] == pytest.approx(pair_check(*llama_pair)["overall"])
+
+
+def test_training_check_is_cached_by_the_files(llama_pair, tmp_path, monkeypatch):
+    """gift train's pair line: measured once, then read from the cache until a model's files change."""
+    from gift_mlx.pair_check import check_for_training
+
+    monkeypatch.setenv("GIFT_CACHE_DIR", str(tmp_path / "cache"))
+    base, inst = llama_pair[0], shard(llama_pair[1], tmp_path / "inst", 2)
+    lines = []
+    first = check_for_training(str(base), str(inst), log=lines.append)
+    assert re.search(r"\[\d+\.\d s\]$", lines[0]) and len(list((tmp_path / "cache" / "pair-check").iterdir())) == 1
+    again = check_for_training(str(base), str(inst), log=lines.append)
+    assert lines[2].endswith("[cached]") and again == json.loads(json.dumps(first))
+    shard_file = next(inst.glob("model-00001-*.safetensors"))
+    t = load_file(str(shard_file))
+    save_file({k: v * 2 for k, v in t.items()}, str(shard_file))  # the instruct model changed
+    changed = check_for_training(str(base), str(inst), log=lines.append)
+    assert not lines[4].endswith("[cached]") and changed["overall"] != first["overall"]
