@@ -62,7 +62,11 @@ def weight_files(folder):
             items = list(weight_map.items())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise GiftError(f"{index}: cannot read the shard index ({e})")
-        return {name: inside_model(folder, f, f"{index}: weight_map[{name!r}]") for name, f in items}
+        files = {name: inside_model(folder, f, f"{index}: weight_map[{name!r}]") for name, f in items}
+        for f in sorted(set(files.values())):
+            if not f.is_file():
+                raise GiftError(f"{f}: listed in the shard index but missing")
+        return files
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise GiftError(f"{folder}: no *.safetensors weight files")
