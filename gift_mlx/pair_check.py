@@ -28,12 +28,14 @@ import mmap
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
 from . import __version__
+from .blas import cores
 from .errors import GiftError
 from .models import (SHAPE_KEYS, cached_path, check_compatible, inside_model, load_tokenizer, local_path,
                      read_config)
@@ -389,12 +391,24 @@ def verdict(overall, mean):
 
 # ---- the check ----
 
-def pair_check(base, instruct, check_tokenizer=True, log=None):
+def all_sums(bw, iw, order, workers):
+    """{name: SUMS} of every tensor: float tensors on `workers` threads (numpy and BLAS release the GIL),
+    quantized ones (MLX) on this thread; an error is the first tensor's in `order`."""
+    plain = [n for n in order if n not in bw.quantized and n not in iw.quantized]
+    for n in plain:  # map the files before the threads share them
+        bw.reader(n), iw.reader(n)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        sums = dict(zip(plain, pool.map(lambda n: tensor_sums(bw, iw, n), plain)))
+    return {n: sums[n] if n in sums else tensor_sums(bw, iw, n) for n in order}
+
+
+def pair_check(base, instruct, check_tokenizer=True, log=None, workers=None):
     """Compare two models (Hub ids or folders); return a plain dict (see summary_text for its reading).
 
     Raises GiftError for a pair that cannot be a transfer pair: another architecture, other tensors or shapes,
-    other token ids, or an instruct model without a chat template.
+    other token ids, or an instruct model without a chat template. workers: threads summing (default: the cores).
     """
+    workers = workers or cores()
     tic = time.perf_counter()
     base_folder, inst_folder = local_path(base), local_path(instruct)
     base_config, inst_config = read_config(base_folder), read_config(inst_folder)
@@ -405,17 +419,18 @@ def pair_check(base, instruct, check_tokenizer=True, log=None):
     info = {"base": _model_info(base, base_folder, base_config, bw),
             "instruct": _model_info(instruct, inst_folder, inst_config, iw)}
 
-    records = []
+    order = sorted(names, key=bw.order)  # each base file front to back
     try:
-        for name in sorted(names, key=bw.order):  # each base file front to back
-            shape = bw.shape(name)
-            sums = tensor_sums(bw, iw, name)
-            layer, kind = module_type(name)
-            records.append({"name": name, "layer": layer, "type": kind, "shape": list(shape),
-                            "parameters": math.prod(shape), "matrix": len(shape) >= 2,
-                            "quantized": [name in bw.quantized, name in iw.quantized], **sums, **measures(sums)})
+        sums = all_sums(bw, iw, order, workers)
     finally:
         bw.close(), iw.close()
+    records = []
+    for name in order:
+        shape, (layer, kind) = bw.shape(name), module_type(name)
+        records.append({"name": name, "layer": layer, "type": kind, "shape": list(shape),
+                        "parameters": math.prod(shape), "matrix": len(shape) >= 2,
+                        "quantized": [name in bw.quantized, name in iw.quantized], **sums[name],
+                        **measures(sums[name])})
     matrices = [r for r in records if r["matrix"]]
     if not matrices:
         raise GiftError(f"{base}: holds no weight matrices to compare")

@@ -13,8 +13,8 @@ chunk, not a tensor or a model.
 import argparse
 import json
 import os
-import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,21 +47,32 @@ def rss_gb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
-def bench(dtype, layers, hidden, repeat):
+def sampled_peak(stop, out):
+    """The largest resident memory seen every 5 ms until stop is set (max RSS would count the writing too)."""
+    while not stop.is_set():
+        out[0] = max(out[0], rss_gb())
+        time.sleep(0.005)
+
+
+def bench(dtype, layers, hidden, repeat, workers):
     with tempfile.TemporaryDirectory() as tmp:
         size = sum(write_model(Path(tmp) / r, layers, hidden, seed, dtype) for r, seed in (("b", 0), ("i", 1)))
         mx.clear_cache()
-        before, seconds = rss_gb(), []
+        before, seconds, peak, stop = rss_gb(), [], [0.0], threading.Event()
+        sampler = threading.Thread(target=sampled_peak, args=(stop, peak))
+        sampler.start()
         for _ in range(repeat):
             tic = time.perf_counter()
-            pair_check(Path(tmp) / "b", Path(tmp) / "i", check_tokenizer=False)
+            pair_check(Path(tmp) / "b", Path(tmp) / "i", check_tokenizer=False, workers=workers)
             seconds.append(time.perf_counter() - tic)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        stop.set()
+        sampler.join()
+        peak = peak[0]
     largest = 2 * hidden * hidden * dtype.size / 1e9
     best = min(seconds)
-    print(f"{str(dtype).replace('mlx.core.', ''):9} {size / 1e9:.2f} GB of weights (two models) in {best:.2f} s "
+    print(f"{str(dtype).replace('mlx.core.', ''):9} {workers} thread(s): {size / 1e9:.2f} GB of weights (two models) in {best:.2f} s "
           f"(best of {repeat}; all: {', '.join(f'{s:.2f}' for s in seconds)}): {size / 1e9 / best:.2f} GB/s; "
-          f"resident memory {before:.2f} GB before, max {peak:.2f} GB (largest tensor {largest:.3f} GB, one "
+          f"resident memory {before:.2f} GB before, at most {peak:.2f} GB during (largest tensor {largest:.3f} GB, one "
           f"model {size / 2e9:.2f} GB); load average {os.getloadavg()[0]:.1f}")
 
 
@@ -71,9 +82,11 @@ def main():
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", default="1,2", help="summing threads to compare (pair_check's default: the cores)")
     args = ap.parse_args()
     for name in args.dtypes.split(","):
-        bench(getattr(mx, name), args.layers, args.hidden, args.repeat)
+        for workers in map(int, args.workers.split(",")):
+            bench(getattr(mx, name), args.layers, args.hidden, args.repeat, workers)
 
 
 if __name__ == "__main__":
