@@ -49,6 +49,7 @@ REFERENCE = {"Qwen2.5-0.5B": 0.0715, "Qwen2.5-1.5B": 0.0087, "Qwen2.5-3B": 0.008
              "Qwen2.5-32B": 0.0072, "Llama-3.1-8B": 0.035}
 NOT_A_PAIR = ("Qwen2.5-7B vs Qwen2.5-Math-7B", 0.95)
 CLOSE, FAR, UNRELATED = 0.07, 0.1, 0.5  # verdict bands on the relative distance
+KINDS = ("identical", "close", "far", "unrelated")  # the verdicts
 
 
 # ---- reading ----
@@ -556,10 +557,12 @@ def cached_check(base, instruct, log):
     path = cache_folder() / f"{files_identity(local_path(base), local_path(instruct))}.json"
     try:
         result = json.loads(path.read_text())
-        log(f"{one_line(result)} [cached]")
+        line = f"{one_line(result)} [cached]" if result["verdict"] in KINDS else None
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: measured again
+        line = None
+    if line:
+        log(line)
         return result
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
     result = pair_check(base, instruct)
     result["fingerprints"] = fingerprints(base, instruct)
     log(f"{one_line(result)} [{result['seconds']:.1f} s]")

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from gift_mlx.cli import main
 from gift_mlx.errors import GiftError
-from gift_mlx.pair_check import module_type, pair_check, summary_text
+from gift_mlx.pair_check import check_for_training, module_type, pair_check, summary_text
 
 
 def numpy_weights(folder):
@@ -211,6 +211,8 @@ def test_a_non_finite_tensor_is_named(llama_pair, tmp_path, role, bad):
         pair_check(*pair)
     r = CliRunner().invoke(main, ["pair-check", *map(str, pair), "--json"])
     assert r.exit_code == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and k in r.stderr
+    with pytest.raises(GiftError, match=f"tensor {re.escape(k)} holds NaN"):  # gift train's check: the same
+        check_for_training(*map(str, pair), log=lambda m: None)
 
 
 def test_float32_overflow_is_summed_again_in_float64(llama_pair, tmp_path):
@@ -260,8 +262,6 @@ def test_hub_cache_links_into_its_blobs_are_inside(llama_pair, tmp_path):
 
 def test_training_check_is_cached_by_the_files(llama_pair, tmp_path, monkeypatch):
     """gift train's pair line: measured once, then read from the cache until a model's files change."""
-    from gift_mlx.pair_check import check_for_training
-
     monkeypatch.setenv("GIFT_CACHE_DIR", str(tmp_path / "cache"))
     base, inst = llama_pair[0], shard(llama_pair[1], tmp_path / "inst", 2)
     lines = []
