@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--iters", type=int, default=4)
+    ap.add_argument("--runs", default="gift,shadow-ft,online", help="which runs, in order")
     ap.add_argument("--work", help="scratch folder (default: a fresh one under /tmp)")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-plan-"))
@@ -77,8 +78,9 @@ def main():
     print(f"plan rates measured now: float32 matmul {rates[2]:.0f} GFLOP/s, exp {rates[3] / 1e6:.0f} M/s; "
           f"load average {os.getloadavg()[0]:.1f}")
     rows = []
-    for name, method, online in (("gift", "gift", False), ("shadow-ft", "shadow-ft", False),
-                                 ("online", "gift", True)):
+    kinds = {"gift": ("gift", False), "shadow-ft": ("shadow-ft", False), "online": ("gift", True)}
+    for name in args.runs.split(","):
+        method, online = kinds[name]
         extra = ["--method", method, "--no-pair-check"] + (["--online-scores"] if online else [])
         s, steps = run_gift_train(name, work, base, instruct, data, p, args.iters, replay, extra,
                                   scores=f"scores-{name}")
