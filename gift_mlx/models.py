@@ -120,10 +120,26 @@ def cached_path(path_or_id):
     index = p / "model.safetensors.index.json"
     try:
         files = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else ()
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    complete = all((p / f).is_file() for f in files) and any(p.glob("*.safetensors"))
+    complete = all(inside_model(p, f, index).is_file() for f in files) and any(p.glob("*.safetensors"))
     return p if complete and (p / "config.json").is_file() else None
+
+
+def inside_model(folder, entry, where):
+    """folder / entry, a file a model folder names (a shard index entry, a weight file); it must stay inside
+    the folder once symlinks are resolved, else another model's weights would be read. A Hugging Face cache
+    snapshot's files link into the repo's own blobs/ folder: that folder counts as inside."""
+    if not isinstance(entry, str) or not entry:
+        raise GiftError(f"{where}: {entry!r} is not a file name")
+    folder = Path(folder)
+    root = folder.resolve()
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        root = root.parent.parent
+    path = folder / entry
+    if Path(entry).is_absolute() or ".." in Path(entry).parts or not path.resolve().is_relative_to(root):
+        raise GiftError(f"{where}: {entry!r} lies outside the model folder {folder}")
+    return path
 
 
 def read_config(path_or_id):
