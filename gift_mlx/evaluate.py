@@ -208,10 +208,12 @@ def staged_output(out, overwrite=False, inputs=()):
 
 
 LEGEND = (
-    "Average@k: the accuracy over the first k samples of each problem (Average@{n}, over all {n} samples, is the "
-    "paper's metric; Average@1 counts only each problem's first sample). pass@k: the chance that at least one of "
-    "k samples is right, estimated from all {n} samples (Chen et al., 2021), so pass@1 is the accuracy over all "
-    "{n} samples and equals Average@{n}. maj@k: the accuracy of the majority answer of k samples. "
+    "Every column is estimated from all {n} samples of each problem. Average@{n}: the accuracy over all {n} "
+    "samples (the paper's metric; its expectation is the same for every k, so it is one row). pass@k: the chance "
+    "that at least one of k samples is right, by the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. "
+    "(2021) from c right samples, so pass@1 = Average@{n}. maj@k: the accuracy of the majority answer of k "
+    "samples, the exact mean over all C(n, k) subsets of k samples (samples without an answer do not vote, a "
+    "subset without any answer is wrong, a tie goes to the answer seen first among the {n} samples). "
     "All values in %."
 )
 
@@ -226,9 +228,11 @@ def markdown_table(summary):
     completions were cut off by --max-tokens."""
     models, settings = summary["models"], summary["settings"]
     rows = [("greedy accuracy", lambda m: m.get("greedy_accuracy"))] if settings["greedy"] else []
-    for metric in ("average@k", "pass@k", "maj@k"):
-        rows += [(metric.replace("average", "Average").replace("@k", f"@{k}"),
-                  lambda m, metric=metric, k=k: m[metric][k]) for k in summary["ks"]]
+    if summary["ks"]:  # Average@k is one number for every k (metrics.average)
+        n = settings["samples"]
+        rows.append((f"Average@{n}", lambda m: m["average@k"][n]))
+    for metric in ("pass@k", "maj@k"):
+        rows += [(metric.replace("@k", f"@{k}"), lambda m, metric=metric, k=k: m[metric][k]) for k in summary["ks"]]
     if summary["ks"]:
         rows.append((f"cut off at --max-tokens {settings['max_tokens']}", cut_off))
     lines = [
