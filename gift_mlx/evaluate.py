@@ -99,7 +99,7 @@ def sequence_bytes(model, tokens):
     return 3 * step * -(-tokens // 256) + 4 * logits.size * logits.itemsize
 
 
-def fit_batch(model, prompts, settings, log, share=SEQUENCES_SHARE):
+def fit_batch(model, name, prompts, settings, log, share=SEQUENCES_SHARE):
     """--batch-size, lowered so that the sequences in flight take at most `share` of the memory the weights
     leave (their KV caches and logits, sequence_bytes); with a log line when it is lowered."""
     from mlx.utils import tree_flatten
@@ -109,11 +109,11 @@ def fit_batch(model, prompts, settings, log, share=SEQUENCES_SHARE):
     budget = share * max(memory_bytes() - weights, 0)
     fits = int(budget // per_sequence)
     if fits < 1:
-        raise GiftError(f"one sequence of {max(map(len, prompts))} prompt + {settings.max_tokens} generated tokens "
+        raise GiftError(f"{name}: one sequence of {max(map(len, prompts))} prompt + {settings.max_tokens} generated tokens "
                         f"needs {per_sequence / 1e9:.1f} GB of KV cache and logits, more than {budget / 1e9:.1f} GB "
                         "(a quarter of the memory the weights leave): lower --max-tokens")
     if fits < settings.batch_size:
-        log(f"--batch-size {settings.batch_size} lowered to {fits}: that many sequences in flight fill "
+        log(f"{name}: --batch-size {settings.batch_size} lowered to {fits}: that many sequences in flight fill "
             f"{fits * per_sequence / 1e9:.1f} GB of KV cache and logits, a quarter of the memory the weights leave")
     return min(settings.batch_size, fits)
 
@@ -215,7 +215,7 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
     cpu_float32(model, name, log)
     wire_memory()
     prompts = [prompt_tokens(tokenizer, prompt_messages(p, settings.instruction)) for p in problems]
-    batch_size = fit_batch(model, prompts, settings, log)
+    batch_size = fit_batch(model, name, prompts, settings, log)
     entry = {"model": str(model_id), "name": name}
 
     def write_record(r):

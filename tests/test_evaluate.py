@@ -146,14 +146,14 @@ def test_generation_batch_is_bounded_by_memory(llama_pair, task_data, monkeypatc
 
     logs, settings = [], ev.EvalSettings(batch_size=65536, max_tokens=4)
     monkeypatch.setattr(ev, "memory_bytes", lambda: weights + 4 * 10 * per_sequence + 1)
-    assert ev.fit_batch(model, prompts, settings, logs.append) == 10
-    assert logs == [f"--batch-size 65536 lowered to 10: that many sequences in flight fill "
+    assert ev.fit_batch(model, "instruct", prompts, settings, logs.append) == 10
+    assert logs == [f"instruct: --batch-size 65536 lowered to 10: that many sequences in flight fill "
                     f"{10 * per_sequence / 1e9:.1f} GB of KV cache and logits, a quarter of the memory the weights leave"]
     settings.batch_size = 6
-    assert ev.fit_batch(model, prompts, settings, logs.append) == 6 and len(logs) == 1
+    assert ev.fit_batch(model, "instruct", prompts, settings, logs.append) == 6 and len(logs) == 1
     monkeypatch.setattr(ev, "memory_bytes", lambda: weights)
-    with pytest.raises(GiftError, match="lower --max-tokens"):
-        ev.fit_batch(model, prompts, settings, logs.append)
+    with pytest.raises(GiftError, match="^instruct: one sequence of .* lower --max-tokens$"):
+        ev.fit_batch(model, "instruct", prompts, settings, logs.append)
 
 
 @pytest.fixture(scope="module")
