@@ -5,7 +5,7 @@ keys[i][j] is its canonical answer (None when no answer was extracted), for the 
 
 Every estimator uses all n samples of a problem, for every k: Average is the accuracy over all n samples (its
 expectation does not depend on k, so Average@k is the same number for every k), pass@k and maj@k are the exact
-means over all C(n, k) subsets of k samples. So pass@1 = maj@1 = Average@1 = Average@n (maj@1 up to rounding).
+means over all C(n, k) subsets of k samples. So pass@1 = maj@1 = Average@1 = Average@n, as the same float.
 """
 
 import math
@@ -85,6 +85,8 @@ def majority_of_subsets(flags, keys, k):
     for flag, key in zip(flags, keys):
         if key is not None:
             right[key] += bool(flag)
+    if k == 1:  # each sample votes alone: the share of right samples, as the same float as Average and pass@1
+        return sum(right.values()) / n
     order, pmf = list(counts), _binomial_pmfs(n, k / n)
     total = 0.0
     for v in range(1, min(k, max(counts.values(), default=0)) + 1):
