@@ -1,10 +1,11 @@
 """`gift eval`: sample every problem n times per model, grade each sample, write the records and the summary.
 
-Problems come from problems.py (published record shapes), the metrics (Average@k, pass@k, maj@k for
-k = 1, 2, 4, ... n) from metrics.py, answers are graded by grading.py and the scaling plot drawn by plot.py.
-Prompts go through the model's chat template and are sampled with mlx-lm's continuous-batching
-BatchGenerator; each problem's prompt is prefilled once and its KV cache shared by its n samples, so the
-cost of the prompt is paid once, not n times.
+Problems come from problems.py (published record shapes), the metrics (Average@n, pass@k, maj@k for
+k = 1, 2, 4, ... n, each from all n samples) from metrics.py, answers are graded by grading.py and the scaling
+plot drawn by plot.py. Prompts go through the model's chat template and are sampled with mlx-lm's
+continuous-batching BatchGenerator; each problem's prompt is prefilled once and its KV cache shared by its n
+samples, so the cost of the prompt is paid once, not n times. The sequences in flight are bounded by memory
+(fit_batch), and a step with non-finite logits stops the run (models.FiniteSampler).
 """
 
 import os
