@@ -110,9 +110,9 @@ def fit_batch(model, name, prompts, settings, log, share=SEQUENCES_SHARE):
     budget = share * max(memory_bytes() - weights, 0)
     fits = int(budget // per_sequence)
     if fits < 1:
-        raise GiftError(f"{name}: one sequence of {max(map(len, prompts))} prompt + {settings.max_tokens} generated tokens "
-                        f"needs {per_sequence / 1e9:.1f} GB of KV cache and logits, more than {budget / 1e9:.1f} GB "
-                        "(a quarter of the memory the weights leave): lower --max-tokens")
+        raise GiftError(f"{name}: one sequence of {max(map(len, prompts))} prompt + {settings.max_tokens} generated "
+                        f"tokens needs {per_sequence / 1e9:.1f} GB of KV cache and logits, more than "
+                        f"{budget / 1e9:.1f} GB (a quarter of the memory the weights leave): lower --max-tokens")
     if fits < settings.batch_size:
         log(f"{name}: --batch-size {settings.batch_size} lowered to {fits}: that many sequences in flight fill "
             f"{fits * per_sequence / 1e9:.1f} GB of KV cache and logits, a quarter of the memory the weights leave")

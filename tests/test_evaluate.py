@@ -148,7 +148,8 @@ def test_generation_batch_is_bounded_by_memory(llama_pair, task_data, monkeypatc
     monkeypatch.setattr(ev, "memory_bytes", lambda: weights + 4 * 10 * per_sequence + 1)
     assert ev.fit_batch(model, "instruct", prompts, settings, logs.append) == 10
     assert logs == [f"instruct: --batch-size 65536 lowered to 10: that many sequences in flight fill "
-                    f"{10 * per_sequence / 1e9:.1f} GB of KV cache and logits, a quarter of the memory the weights leave"]
+                    f"{10 * per_sequence / 1e9:.1f} GB of KV cache and logits, a quarter of the memory the weights "
+                    "leave"]
     settings.batch_size = 6
     assert ev.fit_batch(model, "instruct", prompts, settings, logs.append) == 6 and len(logs) == 1
     monkeypatch.setattr(ev, "memory_bytes", lambda: weights)
