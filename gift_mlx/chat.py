@@ -9,6 +9,7 @@ import sys
 
 from .config import SEED_RANGE, check_sampling, check_value
 from .errors import GiftError
+from .models import FiniteSampler, NonFiniteLogits
 
 HELP = "commands: /reset (clear history), /system <text> (set the system prompt; empty clears it), /quit"
 
@@ -16,8 +17,6 @@ HELP = "commands: /reset (clear history), /system <text> (set the system prompt;
 class Chat:
     def __init__(self, model, tokenizer, system=None, temperature=0.7, top_p=1.0, max_tokens=512, name="model"):
         from mlx_lm.sample_utils import make_sampler
-
-        from .models import FiniteSampler
 
         self.model, self.tokenizer, self.system, self.max_tokens = model, tokenizer, system, max_tokens
         self.sampler = FiniteSampler(make_sampler(temperature, top_p), name)  # non-finite logits: an error
@@ -46,8 +45,14 @@ class Chat:
         """Answer a user turn, streaming text pieces to write(); the reply joins the history."""
         from mlx_lm.generate import stream_generate
 
+        from .data import render
+
         self.history.append({"role": "user", "content": text})
-        tokens = list(self.tokenizer.apply_chat_template(self.messages(), add_generation_prompt=True))
+        try:  # a system turn the template has no role for is folded into the first user turn (data.render)
+            tokens = render(self.tokenizer, self.messages(), add_generation_prompt=True)
+        except GiftError:  # the template refused the conversation: the turn is not kept
+            self.history.pop()
+            raise
         pieces, generated = [], []
         self.sampler.flags = []  # the last reply's final step made a token never shown
         try:
@@ -115,6 +120,11 @@ def repl(chat, lines, write, note):
                 chat.reply(text, write)
             except KeyboardInterrupt:  # Ctrl-C stops a reply, not the chat
                 note("\n[stopped]")
+                continue
+            except NonFiniteLogits:  # the model itself is broken: no later turn could be answered either
+                raise
+            except GiftError as e:  # the chat template refused this turn: say so, the chat goes on
+                note(f"[error: {e}]")
                 continue
             write("\n")
 

@@ -3,6 +3,7 @@ and cut them into length-bucketed micro-batches."""
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class Dataset:
     examples: list
     truncated: int = 0  # rows cut to max_seq_length
     dropped: int = 0  # rows with no target left after truncation
+    folded: int = 0  # rows whose system turn was folded into the first user turn (the template has no system role)
+    turns: int = 0  # assistant turns
+    missed: int = 0  # assistant turns left without targets (the template writes them differently in the conversation)
 
     def __len__(self):
         return len(self.examples)
@@ -138,30 +142,119 @@ def to_messages(record, where):
     )
 
 
-def tokenize(messages, tokenizer):
-    """Tokens of the whole conversation and the mask of its target tokens.
+# ---- the instruct chat template ----------------------------------------------------------------------------
 
-    Each assistant turn's targets run from where the prompt (rendered with add_generation_prompt) stops
-    matching the full conversation, up to and including the turn's end-of-turn token; what the template
-    adds after it (e.g. a newline) is not a target.
+_PROBE_SYSTEM, _PROBE_USER, _PROBE_REPLY = "Probe system text 71.", "Probe question 72.", "Probe reply 73."
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """What gift needs to know of a tokenizer's chat template, found by rendering probe conversations."""
+
+    model: str  # named in errors
+    system: bool  # a leading system turn is rendered (else it is folded into the first user turn)
+    ends: frozenset  # token ids that end an assistant turn: the eos ids and the token the template closes a reply with
+
+
+_FORMATS = weakref.WeakKeyDictionary()  # probed once per tokenizer: eval renders one prompt per problem
+
+
+def chat_format(tokenizer):
+    if tokenizer not in _FORMATS:
+        _FORMATS[tokenizer] = _probe(tokenizer)
+    return _FORMATS[tokenizer]
+
+
+def _probe(tokenizer):
+    def text(messages):
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:
+            return None
+
+    user = [{"role": "user", "content": _PROBE_USER}]
+    # No system role: the template raises on it (Gemma 2, Mistral v0.1) or drops it; the user turn alone renders.
+    with_system = text([{"role": "system", "content": _PROBE_SYSTEM}] + user)
+    system = (with_system is not None and _PROBE_SYSTEM in with_system) or text(user) is None
+    ends = set(tokenizer.eos_token_ids)
+    reply = text(user + [{"role": "assistant", "content": _PROBE_REPLY}])
+    if reply is not None and _PROBE_REPLY in reply:  # the first token after a reply, if a control token, ends it
+        after = tokenizer.encode(reply[reply.rindex(_PROBE_REPLY) + len(_PROBE_REPLY):], add_special_tokens=False)
+        if after and tokenizer.convert_ids_to_tokens(after[0]) in control_texts(tokenizer):
+            ends.add(after[0])
+    return ChatFormat(str(getattr(tokenizer, "name_or_path", "") or "the model"), system, frozenset(ends))
+
+
+def fit_template(messages, tokenizer):
+    """The messages as the template takes them: with no system role, a leading system turn is folded into the
+    first user turn (system text, a blank line, user text), as Gemma 3's own template does."""
+    leading_system = len(messages) > 1 and [m["role"] for m in messages[:2]] == ["system", "user"]
+    if chat_format(tokenizer).system or not leading_system:
+        return messages
+    first = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+    return [first, *messages[2:]]
+
+
+def apply_template(tokenizer, messages, where="", **kwargs):
+    """tokenizer.apply_chat_template's tokens; whatever the template raises (jinja2's TemplateError from its
+    raise_exception, a missing field, ...) becomes one `WHERE: chat template of MODEL: ...` error."""
+    try:
+        return list(tokenizer.apply_chat_template(messages, **kwargs))
+    except Exception as e:
+        message = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GiftError(f"{where + ': ' if where else ''}chat template of {chat_format(tokenizer).model}: {message}") \
+            from None
+
+
+def render(tokenizer, messages, where="", **kwargs):
+    """The conversation's tokens through the chat template (a system turn folded in where it has no role)."""
+    return apply_template(tokenizer, fit_template(messages, tokenizer), where, **kwargs)
+
+
+def reply_span(prompt, turn, tokens, after, ends):
+    """(start, end) of an assistant reply in the conversation's tokens, or None when it is not there.
+
+    The reply is what the model writes after `prompt` (its context rendered with add_generation_prompt) in
+    `turn` (the conversation up to this reply, rendered last), up to and including its end-of-turn token.
+    Usually the conversation holds it in the same place; a template that moves the system text into the
+    last user turn (Mistral's) holds it later, after the same prompt token. A template that rewrites
+    earlier replies (Qwen3 drops their reasoning and think block) holds it nowhere: no targets there.
     """
-    tokens = list(tokenizer.apply_chat_template(messages, tokenize=True))
+    k = common_prefix_len(prompt, turn)
+    end = next((j + 1 for j in range(k, len(turn)) if turn[j] in ends), len(turn))
+    reply = turn[k:end]
+    if not reply:
+        return None
+    if k >= after and common_prefix_len(turn, tokens) >= end:
+        return k, end
+    for s in range(max(after, 1), len(tokens) - len(reply) + 1):
+        if tokens[s] == reply[0] and (k == 0 or tokens[s - 1] == turn[k - 1]) and tokens[s : s + len(reply)] == reply:
+            return s, s + len(reply)
+    return None
+
+
+def tokenize(messages, tokenizer, where=""):
+    """Tokens of the whole conversation, the mask of its target tokens, and how many assistant turns got none.
+
+    Each assistant turn's targets are its reply as the model writes it (reply_span), up to and including
+    the end-of-turn token; what the template adds after it (e.g. a newline) is not a target.
+    """
+    tokens = apply_template(tokenizer, messages, where)
     target = np.zeros(len(tokens), bool)
-    eos = set(tokenizer.eos_token_ids)
+    after, missed = 0, 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=True, add_generation_prompt=True)
-        turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=True)
-        start = common_prefix_len(prompt, tokens)
-        end = common_prefix_len(turn, tokens)
-        for j in range(start, end):
-            if tokens[j] in eos:
-                end = j + 1
-                break
-        target[start:end] = True
+        span = reply_span(apply_template(tokenizer, messages[:i], where, add_generation_prompt=True),
+                          apply_template(tokenizer, messages[: i + 1], where), tokens, after,
+                          chat_format(tokenizer).ends)
+        if span is None:
+            missed += 1
+            continue
+        target[span[0] : span[1]] = True
+        after = span[1]
     last = int(np.nonzero(target)[0][-1]) + 1 if target.any() else len(tokens)
-    return np.array(tokens[:last], np.int32), target[:last]  # nothing after the last target is needed
+    return np.array(tokens[:last], np.int32), target[:last], missed  # nothing after the last target is needed
 
 
 def control_texts(tokenizer):
@@ -185,16 +278,22 @@ def check_control_text(messages, controls, where):
 
 def load_split(path, tokenizer, max_seq_length):
     """Read, format and tokenize one JSONL file."""
-    examples, truncated, dropped = [], 0, 0
+    examples, truncated, dropped, folded, turns, missed = [], 0, 0, 0, 0, 0
     controls = control_texts(tokenizer)
     for n, record in read_jsonl(path):
         where = f"{path}:{n}"
         messages = to_messages(record, where)
         check_control_text(messages, controls, where)
-        tokens, target = tokenize(messages, tokenizer)
+        fitted = fit_template(messages, tokenizer)
+        folded += fitted is not messages
+        tokens, target, lost = tokenize(fitted, tokenizer, where)
+        turns += sum(m["role"] == "assistant" for m in fitted)
+        missed += lost
         target[0] = False  # the first token has no context to be predicted from
         if not target.any():
-            raise GiftError(f"{where}: record has no target tokens")
+            raise GiftError(f"{where}: record has no target tokens"
+                            + (f" (the chat template of {chat_format(tokenizer).model} writes its assistant turns "
+                               "differently inside the conversation than as the model's reply)" if lost else ""))
         if len(tokens) > max_seq_length:
             tokens, target = tokens[:max_seq_length], target[:max_seq_length]
             truncated += 1
@@ -204,13 +303,24 @@ def load_split(path, tokenizer, max_seq_length):
         examples.append(Example(tokens, target))
     if not examples:
         raise GiftError(f"{path}: no usable rows (all {dropped} prompts are longer than max_seq_length={max_seq_length})")
-    return Dataset(Path(path), file_sha256(path), examples, truncated, dropped)
+    return Dataset(Path(path), file_sha256(path), examples, truncated, dropped, folded, turns, missed)
 
 
-def load_data(data, tokenizer, max_seq_length, splits=("train", "valid")):
-    """{split: Dataset} for the requested splits that exist (train must)."""
+def load_data(data, tokenizer, max_seq_length, splits=("train", "valid"), log=print):
+    """{split: Dataset} for the requested splits that exist (train must); says what the template changed."""
     files = data_files(data)
-    return {s: load_split(files[s], tokenizer, max_seq_length) for s in splits if s in files}
+    out = {s: load_split(files[s], tokenizer, max_seq_length) for s in splits if s in files}
+    folded = sum(ds.folded for ds in out.values())
+    if folded:
+        log(f"data: folded the system turn into the first user turn: the instruct template has no system role "
+            f"({folded} rows)")
+    for ds in out.values():
+        if ds.missed:
+            log(f"warning: {ds.path}: {ds.missed} of {ds.turns} assistant turns get no target tokens: the chat "
+                f"template of {chat_format(tokenizer).model} writes them differently inside the conversation than "
+                "as the model's reply (Qwen3's drops the reasoning of earlier turns); give each its own record "
+                "to train it")
+    return out
 
 
 def fit_pad_lengths(lengths, max_len, k=8):

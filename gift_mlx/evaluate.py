@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from . import grading, plot
+from .data import render
 from .errors import GiftError
 from .metrics import ks_for, sample_metrics
 from .models import local_path
@@ -53,10 +54,10 @@ class EvalSettings:
                 raise GiftError(message)
 
 
-def prompt_tokens(tokenizer, messages):
+def prompt_tokens(tokenizer, messages, where=""):
     """Token ids of the prompt through the chat template (plain text for a tokenizer that has none)."""
     if getattr(tokenizer, "has_chat_template", False):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        return render(tokenizer, messages, where, add_generation_prompt=True)
     return tokenizer.encode("\n\n".join(m["content"] for m in messages) + "\n")
 
 
@@ -215,7 +216,7 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
     model, tokenizer, _ = load_model(model_id, trust_remote_code=trust_remote_code)
     cpu_float32(model, name, log)
     wire_memory()
-    prompts = [prompt_tokens(tokenizer, prompt_messages(p, settings.instruction)) for p in problems]
+    prompts = [prompt_tokens(tokenizer, prompt_messages(p, settings.instruction), p.where) for p in problems]
     batch_size = fit_batch(model, name, prompts, settings, log)
     entry = {"model": str(model_id), "name": name}
 

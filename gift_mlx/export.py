@@ -18,20 +18,13 @@ from . import __version__
 from .adapters import WEIGHTS, read_adapter, read_run_record
 from .data import file_sha256
 from .errors import GiftError
+from .families import family, supported
 from .config import check_value
 from .outputs import RECORD, check_finite, output_folder, save_tensors, write_json, write_text
 from .models import model_ref
 
 QUANT_KEYS = ("quantization", "quantization_config")
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
-# Architectures whose mlx-lm tensor names are transformers' names (mlx-lm only drops rotary inv_freq and
-# a tied lm_head, which transformers does not store either). llama and qwen2 are checked by the tests.
-HF_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-}
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
     "merges.txt", "tokenizer.model", "*.tiktoken", "chat_template.jinja", "chat_template.json",
@@ -79,10 +72,10 @@ def dtype_name(dtype):
 
 
 def check_hf(config):
-    if config.get("model_type") not in HF_ARCHITECTURES:
+    if not family(config.get("model_type")).hf_class:
         raise GiftError(
             f"--format hf: model_type '{config.get('model_type')}' is not supported "
-            f"(supported: {', '.join(HF_ARCHITECTURES)}); use --format mlx"
+            f"(supported: {', '.join(supported('hf_class'))}); use --format mlx"
         )
 
 
@@ -90,7 +83,7 @@ def hf_config(config, dtype):
     """The instruct config for transformers: no MLX quantization keys, an architecture, the weights' dtype."""
     check_hf(config)
     c = {k: v for k, v in config.items() if k not in QUANT_KEYS}
-    c.setdefault("architectures", [HF_ARCHITECTURES[c["model_type"]]])
+    c.setdefault("architectures", [family(c["model_type"]).hf_class])
     c["torch_dtype"] = c["dtype"] = dtype  # transformers 4 reads torch_dtype, 5 reads dtype
     return c
 
@@ -263,7 +256,6 @@ def export_peft(adapter_path, out, instruct=None, scale=1.0, force=False):
 # Written with the `gguf` package, llama.cpp's own writer: its tensor-name map, vocab readers and quantizers.
 
 GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")
-GGUF_ARCHITECTURES = ("llama", "qwen2")  # mlx-lm and llama.cpp both run these; both are checked by the tests
 # llama.cpp names the pre-tokenizer (how text is split before BPE) by the regex the HF tokenizer splits with.
 GGUF_PRE_TOKENIZERS = {
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+"
@@ -294,9 +286,9 @@ def check_gguf(config, tokenizer_dir, gguf_type):
     if gguf_type not in GGUF_TYPES:
         raise GiftError(f"--gguf-type: '{gguf_type}' is not one of {', '.join(GGUF_TYPES)}")
     arch = config.get("model_type")
-    if arch not in GGUF_ARCHITECTURES:
+    if not family(arch).gguf_arch:
         raise GiftError(f"--format gguf: model_type '{arch}' is not supported (supported: "
-                        f"{', '.join(GGUF_ARCHITECTURES)}); use --format hf and llama.cpp's convert_hf_to_gguf.py")
+                        f"{', '.join(supported('gguf_arch'))}); use --format hf and llama.cpp's convert_hf_to_gguf.py")
     if config.get("rope_scaling"):
         raise GiftError(f"--format gguf: rope_scaling {config['rope_scaling']} is not supported; use --format hf "
                         "and llama.cpp's convert_hf_to_gguf.py")
@@ -340,7 +332,7 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
     import gguf
     import numpy as np
 
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[config["model_type"]]
+    arch = getattr(gguf.MODEL_ARCH, family(config["model_type"]).gguf_arch)
     layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or config["hidden_size"] // heads

@@ -196,6 +196,10 @@ def cpu_float32(model, name, log=print, share=0.4):
     return model
 
 
+class NonFiniteLogits(GiftError):
+    """A model's logits are not finite: nothing it generates can be used (a chat cannot go on either)."""
+
+
 class FiniteSampler:
     """An mlx-lm sampler that notes whether any step's log-probabilities hold a NaN: a NaN or +Inf logit, from
     non-finite weights or an overflow. The flag is computed with the sampled tokens (mx.depends), so reading it
@@ -215,6 +219,6 @@ class FiniteSampler:
         """Raise if a finished step had non-finite logits; the last `pending` steps may still be computing."""
         done = self.flags[: max(len(self.flags) - pending, 0)]
         if any(flag.item() for flag in done):
-            raise GiftError(f"{self.name}: the model's logits are not finite (NaN/Inf): its weights hold NaN/Inf "
+            raise NonFiniteLogits(f"{self.name}: the model's logits are not finite (NaN/Inf): its weights hold NaN/Inf "
                             "values or its activations overflow; nothing it generated is used")
         del self.flags[: len(done)]

@@ -7,7 +7,7 @@ answer, multiple choice (question + choices + answer index/letter, ARC's labelle
 A new shape is one more `_x_problem` function and a branch in `to_problem`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import grading
@@ -29,6 +29,7 @@ class Problem:
     messages: list  # the conversation up to the answer, without the instruction
     reference: str  # a math answer, or a choice letter when n_choices is set
     n_choices: int = 0
+    where: str = ""  # FILE:LINE, named when the chat template refuses the problem
 
     @property
     def kind(self):
@@ -111,6 +112,10 @@ def _training_problem(record, where, line, response_key):
 
 def to_problem(record, where, line=0):
     """A Problem from one record in any supported published or training shape."""
+    return replace(_problem(record, where, line), where=where)
+
+
+def _problem(record, where, line):
     if "messages" in record:
         return _chat_problem(record, where, line)
     pair = next(((p, r) for p, r in TRAINING_PAIRS if p in record and r in record), None)

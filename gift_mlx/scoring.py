@@ -237,6 +237,6 @@ def score(cfg, log=print):
     scores_dir = Path(cfg.scores_path or Path(cfg.adapter_path) / "scores")
     check_not_inside(scores_dir, [cfg.base, cfg.instruct, cfg.data], "scores folder")
     check_vocab(tokenizer, read_config(guide_id), guide_id)  # as train does: every token id must have a row
-    data = load_data(cfg.data, tokenizer, cfg.max_seq_length, splits=("train", "valid"))
+    data = load_data(cfg.data, tokenizer, cfg.max_seq_length, splits=("train", "valid"), log=log)
     ensure_scores(data, scores_dir, guide_id, role, lambda: load_guide(guide_id, cfg.trust_remote_code, log), log)
     return {split: scores_file(scores_dir, split, role) for split in data}

@@ -153,3 +153,57 @@ def write_task_data(folder, n_train=64, n_valid=16, n_test=16, seed=0):
     write_jsonl(folder / "valid.jsonl", rows[n_train : n_train + n_valid])
     write_jsonl(folder / "test.jsonl", rows[n_train + n_valid :])
     return folder
+
+
+# ---- tiny pairs of real Hugging Face families, saved by transformers (its config layout) ----
+
+# Per family: what the tiny model needs beyond FAMILY_DIMS, and the RoPE theta the real family uses, so that a
+# model loaded with a wrong (default) theta computes visibly different logits.
+FAMILY_CONFIGS = {
+    "llama": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 8192}),
+    "mistral": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "qwen2": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "qwen3": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "gemma2": dict(),
+    "gemma3_text": dict(num_hidden_layers=6),  # one full sliding-window pattern (5 local + 1 global)
+    "phi3": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    "olmo2": dict(rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+    "smollm3": dict(rope_parameters={"rope_type": "default", "rope_theta": 2000000.0}),
+    "granite": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    "olmoe": dict(num_experts=4, num_experts_per_tok=2,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+}
+FAMILY_DIMS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
+
+
+def build_hf_pair(root, model_type, seed=0, noise=0.05, **overrides):
+    """base/ and instruct/ folders of a tiny `model_type` model written by transformers' save_pretrained (so the
+    config is in the layout the installed transformers writes, e.g. transformers 5's rope_parameters), with the toy
+    ChatML tokenizer; instruct = base + noise·std per tensor. Needs torch + transformers (the test extra)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = Path(root)
+    vocab = build_tokenizer(root / "tokenizer", seed=seed)
+    ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
+    fields = {**FAMILY_DIMS, **ids, **FAMILY_CONFIGS.get(model_type, {}), **overrides, "vocab_size": vocab}
+    config = AutoConfig.for_model(model_type, **fields)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).float()
+    folders = []
+    for name, scale in (("base", 0.0), ("instruct", noise)):
+        if scale:
+            gen = torch.Generator().manual_seed(seed + 1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(scale * p.std() * torch.randn(p.shape, generator=gen) if p.numel() > 1 else 0)
+        model.save_pretrained(root / name)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            (root / name / f).write_bytes((root / "tokenizer" / f).read_bytes())
+        folders.append(root / name)
+    return tuple(folders)

@@ -400,7 +400,7 @@ def _train(cfg, log, stack):
     tokenizer = load_tokenizer(cfg.instruct, chat=True)
     if cfg.method != "direct":
         check_compatible(read_config(cfg.base), read_config(cfg.instruct), cfg.base, cfg.instruct)
-    data = load_data(cfg.data, tokenizer, cfg.max_seq_length)
+    data = load_data(cfg.data, tokenizer, cfg.max_seq_length, log=log)
     for split, ds in data.items():
         log(f"data: {split}: {len(ds)} rows, {sum(e.num_targets for e in ds.examples)} target tokens"
             + (f", {ds.truncated} truncated to {cfg.max_seq_length}" if ds.truncated else "")

@@ -85,8 +85,8 @@ def test_a_model_with_a_nan_weight_stops_chat_before_any_output(nan_instruct):
     with pytest.raises(GiftError, match="logits are not finite"):
         chat.reply("hi", out.append)
     assert out == [] and chat.history == []
-    r = gift_chat(nan_instruct, "--prompt", "hi")
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip().splitlines() == [f"error: {nan_instruct}: the model's logits are not finite (NaN/Inf): "
-                                             "its weights hold NaN/Inf values or its activations overflow; nothing "
-                                             "it generated is used"]
+    for r in (gift_chat(nan_instruct, "--prompt", "hi"), gift_chat(nan_instruct, stdin="hi\nhello\n")):
+        assert r.returncode == 2 and r.stdout == ""  # a piped chat stops too: no later turn could be answered
+        assert r.stderr.strip().splitlines() == [f"error: {nan_instruct}: the model's logits are not finite "
+                                                 "(NaN/Inf): its weights hold NaN/Inf values or its activations "
+                                                 "overflow; nothing it generated is used"]

@@ -20,7 +20,7 @@ def targets_text(tok, tokens, target):
 
 def test_prompt_completion_targets_are_exactly_response_and_end_of_turn(tok):
     msgs = data.to_messages({"prompt": "What is 3+4?", "completion": "3+4=7. #### 7"}, "x")
-    tokens, target = data.tokenize(msgs, tok)
+    tokens, target, _ = data.tokenize(msgs, tok)
     assert targets_text(tok, tokens, target) == "3+4=7. #### 7<|im_end|>"
     prompt = tok.apply_chat_template(msgs[:1], add_generation_prompt=True)
     assert list(tokens[: len(prompt)]) == prompt and not target[: len(prompt)].any()
@@ -35,7 +35,7 @@ def test_multi_turn_targets_every_assistant_turn_and_no_user_turn(tok):
         {"role": "user", "content": "And 2+2?"},
         {"role": "assistant", "content": "4"},
     ]
-    tokens, target = data.tokenize(data.to_messages({"messages": msgs}, "x"), tok)
+    tokens, target, _ = data.tokenize(data.to_messages({"messages": msgs}, "x"), tok)
     assert targets_text(tok, tokens, target) == "2<|im_end|>4<|im_end|>"
     text = tok.decode([int(t) for t in tokens])
     assert text.endswith("4<|im_end|>") and "Be brief." in text
@@ -54,7 +54,7 @@ def test_record_shapes(record, user, system):
 
 
 def test_collate_pads_with_zero_weight_and_shifts_labels(tok):
-    rows = [data.tokenize(data.to_messages(r, "x"), tok) for r in toy.arithmetic_records(3)]
+    rows = [data.tokenize(data.to_messages(r, "x"), tok)[:2] for r in toy.arithmetic_records(3)]
     ex = [data.Example(t, m) for t, m in rows]
     scores = [np.linspace(0.1, 0.9, e.num_targets).astype(np.float32) for e in ex]
     longest = max(len(e.tokens) for e in ex) - 1
