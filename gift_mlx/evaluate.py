@@ -266,7 +266,7 @@ def staged_output(out, overwrite=False, inputs=()):
 
 
 LEGEND = (
-    "Every column is estimated from all {n} samples of each problem. Average@{n}: the accuracy over all {n} "
+    "Every sampled row is estimated from all {n} samples of each problem. Average@{n}: the accuracy over all {n} "
     "samples (the paper's metric; its expectation is the same for every k, so it is one row). pass@k: the chance "
     "that at least one of k samples is right, by the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. "
     "(2021) from c right samples, so pass@1 = Average@{n}. maj@k: the accuracy of the majority answer of k "

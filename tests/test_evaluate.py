@@ -106,7 +106,7 @@ def test_gift_eval_end_to_end(tmp_path, llama_pair, task_data):
     table = (out / "results.md").read_text()
     assert "| metric (%) | base | instruct |" in table and "| pass@4 |" in table and "| greedy accuracy |" in table
     assert "| Average@4 |" in table and "| Average@1 |" not in table and "| maj@2 |" in table
-    assert "Every column is estimated from all 4 samples" in table and "exact mean over all C(n, k)" in table
+    assert "Every sampled row is estimated from all 4 samples" in table and "exact mean over all C(n, k)" in table
     for m in summary["models"]:  # one estimator family: at k = 1 they all are the accuracy over all samples
         assert m["pass@k"]["1"] == m["average@k"]["4"] == m["average@k"]["1"]
         assert m["maj@k"]["1"] == m["average@k"]["4"]
