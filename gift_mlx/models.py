@@ -226,3 +226,31 @@ def cpu_float32(model, name, log=print, share=0.4):
     log(f"{name}: float32 on CPU{' (dequantized)' if quantized else ''} ({need / 1e9:.1f} GB; "
         f"{what} matmuls are 10-500x slower there)")
     return model
+
+
+class NonFiniteLogits(GiftError):
+    """A model's logits are not finite: nothing it generates can be used (a chat cannot go on either)."""
+
+
+class FiniteSampler:
+    """An mlx-lm sampler that notes whether any step's log-probabilities hold a NaN: a NaN or +Inf logit, from
+    non-finite weights or an overflow. The flag is computed with the sampled tokens (mx.depends), so reading it
+    after the tokens costs neither a pass over the weights nor an extra wait; `check` raises one error line."""
+
+    def __init__(self, sampler, name):
+        self.sampler, self.name, self.flags = sampler, name, []
+
+    def __call__(self, logprobs):
+        import mlx.core as mx
+
+        bad = mx.isnan(logprobs).any()
+        self.flags.append(bad)
+        return mx.depends(self.sampler(logprobs), bad)
+
+    def check(self, pending=1):
+        """Raise if a finished step had non-finite logits; the last `pending` steps may still be computing."""
+        done = self.flags[: max(len(self.flags) - pending, 0)]
+        if any(flag.item() for flag in done):
+            raise NonFiniteLogits(f"{self.name}: the model's logits are not finite (NaN/Inf): its weights hold NaN/Inf "
+                            "values or its activations overflow; nothing it generated is used")
+        del self.flags[: len(done)]
