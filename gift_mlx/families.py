@@ -5,6 +5,7 @@ architecture a GGUF export names, and how a config written by transformers is tr
 Merge, export, pair-check and the tests read this table. A new family is a new row.
 """
 
+import re
 from dataclasses import dataclass
 
 
@@ -30,3 +31,29 @@ def family(model_type):
 def supported(what):
     """The model_types whose row has `what` (hf_class, gguf_arch)."""
     return [t for t, f in FAMILIES.items() if getattr(f, what)]
+
+
+# ---- NAME MAP: an mlx-lm module path -> the tensor names of the family's own Hugging Face checkpoint ----
+# Most families keep transformers' names (`<module path>.weight`). Where mlx-lm renames, the rewrites below are
+# tried in order, and the first name the checkpoint holds wins (so one family can be read from several layouts).
+
+HF_RENAMES = {
+    # Qwen3.5 is a vision-language checkpoint (model.language_model.*) or a text-only one (model.*); mlx-lm wraps
+    # both under language_model.
+    "qwen3_5": ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.", "")),
+    "qwen3_5_moe": ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.", "")),
+}
+# mlx-lm stacks an MoE layer's experts into one switch_mlp tensor (experts, out, in); HF checkpoints of the
+# Qwen-MoE / OLMoE layout hold one tensor per expert.
+SWITCH = re.compile(r"\.switch_mlp\.")
+EXPERT = ".experts.{}."
+
+
+def hf_names(model_type, path):
+    """The candidate HF module paths of an mlx-lm module path, most likely first (identity first)."""
+    names = [path]
+    for pattern, replacement in HF_RENAMES.get(model_type, ()):
+        renamed = re.sub(pattern, replacement, path)
+        if renamed not in names:
+            names.append(renamed)
+    return names

@@ -12,7 +12,7 @@ import mlx.core as mx
 import pytest
 from test_merge import TOKENS, logits, make_adapter, max_diff, quantized_pair, qwen_lora, run_cli  # noqa: F401
 
-from gift_mlx import export, outputs
+from gift_mlx import export, export_peft, outputs
 from gift_mlx.merge import merge
 from gift_mlx.models import load_model
 
@@ -98,9 +98,9 @@ def test_peft_adapter_matches_gift_merge(partial, llama_pair, tmp_path):
 
 def test_peft_targets_select_exactly_the_adapted_modules():
     regular = [f"model.layers.{i}.{k}" for i in (2, 3) for k in ("self_attn.q_proj", "mlp.up_proj")]
-    assert export.peft_targets(regular) == (["mlp.up_proj", "self_attn.q_proj"], [2, 3])
+    assert export_peft.peft_targets(regular) == (["mlp.up_proj", "self_attn.q_proj"], [2, 3])
     irregular = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj", "lm_head"]
-    assert export.peft_targets(irregular) == (sorted(irregular), None)
+    assert export_peft.peft_targets(irregular) == (sorted(irregular), None)
 
 
 def test_peft_export_refuses_dora_and_non_adapters(llama_pair, tmp_path):
@@ -125,5 +125,5 @@ def test_hf_format_refusals(llama_pair, tmp_path):
     (other / "config.json").write_text(json.dumps({**config, "model_type": "phi3"}))
     code, _, err = run_cli("merge", "--instruct", other, "--adapter-path", adapter, "--out", tmp_path / "m",
                            "--format", "hf")
-    assert code == 2 and "model_type 'phi3' is not supported" in err and "--format mlx" in err
+    assert code == 2 and "model_type 'phi3'" in err and "own Hugging Face checkpoint" in err
     assert not (tmp_path / "m").exists()

@@ -14,7 +14,7 @@ import pytest
 from mlx.utils import tree_flatten
 from test_merge import make_adapter
 
-from gift_mlx import export
+from gift_mlx import export_gguf
 from gift_mlx.cli import main
 from gift_mlx.merge import merge
 from gift_mlx.models import load_model
@@ -78,7 +78,7 @@ def test_gguf_tensors_and_metadata_match_the_merged_model(pair_and_lora, gguf_ty
         w = np.array(w.astype(mx.float32))
         if arch == "llama" and key.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in key else config["num_key_value_heads"]
-            w = export._rope_permute(w, heads)
+            w = export_gguf._rope_permute(w, heads)
         t = tensors[names.get_name(key, try_suffixes=(".weight", ".bias"))]
         expected_type = "F32" if w.ndim == 1 else gguf_type.upper()
         assert t.tensor_type.name == expected_type, key

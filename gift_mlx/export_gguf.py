@@ -1,0 +1,144 @@
+"""`gift merge --format gguf`: a merged model as one GGUF file for llama.cpp (Ollama, LM Studio).
+
+Written with the `gguf` package, llama.cpp's own writer: its tensor-name map, vocab readers and quantizers.
+What the file cannot say (an unknown RoPE scaling, a tokenizer llama.cpp has no name for) is refused before any
+work, in one line.
+"""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+
+from .errors import GiftError
+from .families import family, supported
+
+GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")
+# llama.cpp names the pre-tokenizer (how text is split before BPE) by the regex the HF tokenizer splits with.
+GGUF_PRE_TOKENIZERS = {
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+"
+    "|\\s+(?!\\S)|\\s+": "qwen2",
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+"
+    "|\\s+(?!\\S)|\\s+": "llama-bpe",
+}
+
+
+def _gguf_pre_tokenizer(tokenizer_json, where):
+    """llama.cpp's name for a byte-level BPE tokenizer's pre-tokenizer; GiftError for one it has no name for."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        return "gpt-2"  # GPT-2's own split
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    splits = [p for p in parts if p.get("type") == "Split"]
+    if len(splits) == 1 and [p["type"] for p in parts] == ["Split", "ByteLevel"]:
+        name = GGUF_PRE_TOKENIZERS.get(splits[0].get("pattern", {}).get("Regex"))
+        if name:
+            return name
+    raise GiftError(f"{where}: --format gguf: this byte-level BPE tokenizer's pre-tokenizer is not one gift can name "
+                    f"for llama.cpp (known: GPT-2, Qwen2, Llama 3); convert the merged --format hf model with "
+                    "llama.cpp's convert_hf_to_gguf.py instead")
+
+
+def check_gguf(config, tokenizer_dir, gguf_type):
+    """Refuse, before any work, what cannot be written as GGUF; return the tokenizer's pre-tokenizer name."""
+    if gguf_type not in GGUF_TYPES:
+        raise GiftError(f"--gguf-type: '{gguf_type}' is not one of {', '.join(GGUF_TYPES)}")
+    arch = config.get("model_type")
+    if not family(arch).gguf_arch:
+        raise GiftError(f"--format gguf: model_type '{arch}' is not supported (supported: "
+                        f"{', '.join(supported('gguf_arch'))}); use --format hf and llama.cpp's convert_hf_to_gguf.py")
+    if config.get("rope_scaling"):
+        raise GiftError(f"--format gguf: rope_scaling {config['rope_scaling']} is not supported; use --format hf "
+                        "and llama.cpp's convert_hf_to_gguf.py")
+    # The tokenizer as transformers builds it (for some model types it replaces tokenizer.json's pre-tokenizer,
+    # e.g. Qwen2's digit-by-digit split), so that llama.cpp splits text as the MLX model was given it.
+    from .models import load_tokenizer
+
+    path = Path(tokenizer_dir) / "tokenizer.json"
+    backend = getattr(getattr(load_tokenizer(tokenizer_dir), "_tokenizer", None), "backend_tokenizer", None)
+    if backend is None or not path.is_file():
+        raise GiftError(f"{tokenizer_dir}: --format gguf needs a fast tokenizer with a tokenizer.json")
+    tok = json.loads(backend.to_str())
+    model, decoder = tok.get("model", {}), tok.get("decoder") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder.get("type") != "ByteLevel":
+        raise GiftError(f"{path}: --format gguf supports byte-level BPE tokenizers (GPT-2 style vocab + merges); "
+                        f"this one is a {model.get('type')} model with a {decoder.get('type')} decoder")
+    return _gguf_pre_tokenizer(tok, path)
+
+
+def _gguf_qtype(name, array, gguf_type):
+    """The GGML type of one tensor: 1-D tensors (norms, biases) stay float32, as llama.cpp's converter keeps them;
+    q8_0 needs rows that are a multiple of its 32-value block (others fall back to f16)."""
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    if array.ndim < 2 or gguf_type == "f32":
+        return T.F32
+    if gguf_type == "q8_0":
+        return T.Q8_0 if array.shape[-1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] == 0 else T.F16
+    return {"f16": T.F16, "bf16": T.BF16}[gguf_type]
+
+
+def _rope_permute(w, heads):
+    """llama.cpp's LLAMA graph rotates interleaved pairs of q/k features, HF llama rotates the two halves of each
+    head: reorder each head's rows from (half, pair) to (pair, half) order."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, name):
+    """Write a merged model (mlx-lm/HF tensor names, float arrays; the dict is emptied) as one GGUF file."""
+    import gguf
+    import numpy as np
+
+    arch = getattr(gguf.MODEL_ARCH, family(config["model_type"]).gguf_arch)
+    layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    w.add_name(name)
+    w.add_context_length(config.get("max_position_embeddings", 4096))
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(layers)
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    w.add_vocab_size(config["vocab_size"])
+    file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}[gguf_type]
+    w.add_file_type(getattr(gguf.LlamaFileType, file_type))
+
+    vocab = gguf.vocab.BpeVocab(Path(tokenizer_dir))
+    tokens, _, types = zip(*vocab.all_tokens())
+    if len(tokens) > config["vocab_size"]:
+        raise GiftError(f"{tokenizer_dir}: the tokenizer has {len(tokens)} tokens, more than the model's "
+                        f"vocab_size {config['vocab_size']}")
+    pad = config["vocab_size"] - len(tokens)  # embedding rows beyond the tokenizer: unused tokens, as converters do
+    w.add_tokenizer_model(vocab.tokenizer_model)
+    w.add_tokenizer_pre(pre_tokenizer)
+    w.add_token_list(list(tokens) + [f"[PAD{i}]".encode() for i in range(pad)])
+    w.add_token_types(list(types) + [gguf.TokenType.UNUSED] * pad)
+    special = gguf.SpecialVocab(Path(tokenizer_dir), load_merges=True, n_vocab=config["vocab_size"])
+    if config.get("eos_token_id") is not None and "eos" not in special.special_token_ids:
+        special.special_token_ids["eos"] = config["eos_token_id"]
+    special.add_to_gguf(w, quiet=True)
+
+    names = gguf.get_tensor_name_map(arch, layers)
+    for key in list(weights):
+        array = np.array(weights.pop(key).astype(mx.float32))
+        if not np.isfinite(array).all():  # as write_weights: a NaN or overflowed weight is never written
+            raise GiftError(f"{path.parent}: tensor {key} holds NaN or infinite values; nothing written")
+        gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise GiftError(f"--format gguf: no GGUF name for tensor {key}")
+        if arch == gguf.MODEL_ARCH.LLAMA and key.endswith(("q_proj.weight", "k_proj.weight")):
+            array = _rope_permute(array, heads if "q_proj" in key else kv_heads)
+        qtype = _gguf_qtype(key, array, gguf_type)
+        w.add_tensor(gguf_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
