@@ -1,0 +1,123 @@
+"""Exports of every model family gift trains: `gift merge --format hf` and `gift export-adapter` give the logits of
+the MLX merged model (float32, ≤ 1e-4), on tiny pairs saved by transformers (toy.build_hf_pair).
+
+Like with like: the MLX merged model is mlx-lm's, merged into the instruct folder with its config in mlx-lm's
+fields (scripts/family_exports.py mlx_readable: transformers 5 writes rope_parameters, which mlx-lm reads only
+through families.translate_config); the HF and PEFT exports are made from the instruct folder as transformers
+saved it, so transformers computes them with the RoPE the config names.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from test_merge import make_adapter
+
+from gift_mlx import export_hf, toy
+from gift_mlx.adapters import Adapter
+from gift_mlx.errors import GiftError
+from gift_mlx.merge import merge
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+spec = importlib.util.spec_from_file_location("family_exports",
+                                              Path(__file__).parents[1] / "scripts" / "family_exports.py")
+columns = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(columns)
+
+DENSE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "smollm3", "granite"]
+MOE = ["qwen3_moe", "olmoe"]
+ATTENTION = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module", params=DENSE + MOE)
+def family_case(request, tmp_path_factory):
+    """(family, (base, instruct), adapter, MLX merged folder, work folder) for one family."""
+    family = request.param
+    root = tmp_path_factory.mktemp(family)
+    pair = toy.build_hf_pair(root / "pair", family)
+    base, instruct = (columns.mlx_readable(f, root / "mlx" / f.name) for f in pair)
+    keys = ATTENTION if family in MOE else None  # adapters on the experts: test_moe_experts_* below
+    adapter = make_adapter(base, root / "adapter", instruct, keys=keys, seed=3)
+    merged = merge(str(instruct), str(adapter), str(root / "merged"), log=quiet)
+    return family, pair, adapter, merged, root
+
+
+def test_hf_export_gives_the_mlx_merged_logits(family_case):
+    family, pair, adapter, merged, work = family_case
+    assert columns.hf_diff(family, pair, adapter, merged, work) <= 1e-4
+    out = work / f"{family}-hf"
+    instruct = pair[1]
+    # the instruct checkpoint itself: same tensors (names, dtypes), same config; only adapted tensors differ
+    assert json.loads((out / "config.json").read_text()) == json.loads((instruct / "config.json").read_text())
+    got, orig = mx.load(str(out / "model.safetensors")), mx.load(str(instruct / "model.safetensors"))
+    assert set(got) == set(orig) and all(got[k].dtype == orig[k].dtype for k in got)
+    changed = {k for k in got if not mx.array_equal(got[k], orig[k]).item()}
+    lora = mx.load(str(adapter / "adapters.safetensors"))
+    assert changed == {k.removesuffix(".lora_a") + ".weight" for k in lora if k.endswith(".lora_a")}
+
+
+def test_peft_export_gives_the_mlx_merged_logits(family_case):
+    family, pair, adapter, merged, work = family_case
+    assert columns.peft_diff(family, pair, adapter, merged, work) <= 1e-4
+
+
+def test_hf_export_splits_stacked_experts(tmp_path):
+    """An update of mlx-lm's stacked switch_mlp (experts, out, in) lands on the checkpoint's per-expert tensors."""
+    shapes = {f"model.layers.0.mlp.experts.{e}.up_proj.weight": (6, 4) for e in range(3)}
+    tensors = {k: mx.random.normal(s).astype(mx.bfloat16) for k, s in shapes.items()}
+    tensors["model.norm.weight"] = mx.ones((4,))
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), tensors, metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
+    checkpoint = export_hf.read_checkpoint(tmp_path)
+    path = "model.layers.0.mlp.switch_mlp.up_proj"
+    assert export_hf.tensor_names("qwen3_moe", path, checkpoint) == [
+        (f"model.layers.0.mlp.experts.{e}.up_proj.weight", e) for e in range(3)]
+    update = mx.random.normal((3, 6, 4))
+    targets = {name: (path, e) for name, e in export_hf.tensor_names("qwen3_moe", path, checkpoint)}
+    out = tmp_path / "out"
+    out.mkdir()
+    sizes = export_hf.write_checkpoint(out, tmp_path, checkpoint, targets, lambda p: update)
+    got = mx.load(str(out / "model.safetensors"))
+    for e in range(3):
+        name = f"model.layers.0.mlp.experts.{e}.up_proj.weight"
+        want = (tensors[name].astype(mx.float32) + update[e]).astype(mx.bfloat16)
+        assert got[name].dtype == mx.bfloat16 and mx.array_equal(got[name], want).item()
+    assert mx.array_equal(got["model.norm.weight"], tensors["model.norm.weight"]).item()
+    assert np.isclose(sizes[f"{path}.weight"][0].item(), mx.square(update).sum().item(), rtol=1e-5)
+
+
+def test_qwen3_5_names_map_to_the_checkpoint():
+    """mlx-lm wraps Qwen3.5 under language_model; the checkpoint is model.language_model.* (or model.* text-only)."""
+    path = "language_model.model.layers.0.self_attn.q_proj"
+    vl = {"model.language_model.layers.0.self_attn.q_proj.weight": ("model.safetensors", (8, 8))}
+    text = {"model.layers.0.self_attn.q_proj.weight": ("model.safetensors", (8, 8))}
+    assert export_hf.tensor_names("qwen3_5", path, vl) == [("model.language_model.layers.0.self_attn.q_proj.weight",
+                                                            None)]
+    assert export_hf.tensor_names("qwen3_5", path, text) == [("model.layers.0.self_attn.q_proj.weight", None)]
+
+
+def test_peft_export_refuses_expert_adapters(tmp_path):
+    from gift_mlx.export_peft import module_paths
+
+    layers = {"model.layers.0.mlp.switch_mlp.up_proj": {"lora_a": mx.zeros((4, 2)), "lora_b": mx.zeros((2, 6))}}
+    adapter = Adapter(tmp_path, {}, "lora", 1.0, layers)
+    with pytest.raises(GiftError, match="MoE experts.*gift merge --format hf"):
+        module_paths(adapter, None)
+
+
+def test_hf_export_refuses_an_adapter_the_checkpoint_does_not_fit(llama_pair, tmp_path):
+    adapter = make_adapter(llama_pair[0], tmp_path / "adapter", llama_pair[1], num_layers=1)
+    other = toy.build_hf_pair(tmp_path / "other", "qwen2", hidden_size=32, num_attention_heads=2, head_dim=16)[1]
+    with pytest.raises(GiftError, match=r"does not fit the checkpoint of .*: model\.layers\.1\..*adapter \(64, 64\) vs"):
+        merge(str(other), str(adapter), str(tmp_path / "o"), fmt="hf", log=quiet)
+    assert not (tmp_path / "o").exists()
