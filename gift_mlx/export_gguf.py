@@ -6,6 +6,7 @@ work, in one line.
 """
 
 import json
+import math
 from pathlib import Path
 
 import mlx.core as mx
@@ -39,6 +40,42 @@ def _gguf_pre_tokenizer(tokenizer_json, where):
                     "llama.cpp's convert_hf_to_gguf.py instead")
 
 
+ROPE_TYPES = ("default", "linear", "llama3")  # what write_gguf says to llama.cpp; any other RoPE is refused
+
+
+def rope_settings(config):
+    """(θ, RoPE type, scaling fields) of a config in transformers 4 (rope_theta, rope_scaling) or 5 (rope_parameters) layout;
+    GiftError for a RoPE the GGUF file could not carry, which llama.cpp would silently run without."""
+    params = config.get("rope_parameters")
+    if params is not None and not (isinstance(params, dict) and "rope_theta" in params):
+        raise GiftError(f"--format gguf: rope_parameters {params} (one RoPE per attention kind) is not supported; "
+                        "use --format hf and llama.cpp's convert_hf_to_gguf.py")
+    theta = params["rope_theta"] if params else config.get("rope_theta", 10000.0)
+    scaling = params if params else config.get("rope_scaling")
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise GiftError(f"--format gguf: RoPE type '{kind}' ({scaling}) is not supported (supported: "
+                        f"{', '.join(ROPE_TYPES)}); use --format hf and llama.cpp's convert_hf_to_gguf.py")
+    if kind == "llama3" and family(config.get("model_type")).gguf_arch != "LLAMA":
+        raise GiftError(f"--format gguf: llama3 RoPE scaling on model_type '{config.get('model_type')}' is not "
+                        "supported (llama.cpp reads its factors for the llama architecture)")
+    return float(theta), kind, scaling
+
+
+def llama3_rope_factors(scaling, theta, head_dim):
+    """Llama 3.x RoPE as llama.cpp's rope_freqs tensor: per frequency, the divisor of its angle. Long wavelengths
+    are stretched by `factor`, short ones kept, the band between blended (as mlx-lm's Llama3RoPE)."""
+    import numpy as np
+
+    factor = scaling["factor"]
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old = scaling.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = (old / wavelen - low) / (high - low)
+    blend = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen > old / low, factor, np.where(wavelen > old / high, blend, 1.0)).astype(np.float32)
+
+
 def check_gguf(config, tokenizer_dir, gguf_type):
     """Refuse, before any work, what cannot be written as GGUF; return the tokenizer's pre-tokenizer name."""
     if gguf_type not in GGUF_TYPES:
@@ -47,9 +84,7 @@ def check_gguf(config, tokenizer_dir, gguf_type):
     if not family(arch).gguf_arch:
         raise GiftError(f"--format gguf: model_type '{arch}' is not supported (supported: "
                         f"{', '.join(supported('gguf_arch'))}); use --format hf and llama.cpp's convert_hf_to_gguf.py")
-    if config.get("rope_scaling"):
-        raise GiftError(f"--format gguf: rope_scaling {config['rope_scaling']} is not supported; use --format hf "
-                        "and llama.cpp's convert_hf_to_gguf.py")
+    rope_settings(config)
     # The tokenizer as transformers builds it (for some model types it replaces tokenizer.json's pre-tokenizer,
     # e.g. Qwen2's digit-by-digit split), so that llama.cpp splits text as the MLX model was given it.
     from .models import load_tokenizer
@@ -79,6 +114,15 @@ def _gguf_qtype(name, array, gguf_type):
     return {"f16": T.F16, "bf16": T.BF16}[gguf_type]
 
 
+def _finite(data, qtype):
+    import gguf
+    import numpy as np
+
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return np.isfinite(data).all()
+    return np.isfinite(gguf.quants.dequantize(data, qtype)).all()
+
+
 def _rope_permute(w, heads):
     """llama.cpp's LLAMA graph rotates interleaved pairs of q/k features, HF llama rotates the two halves of each
     head: reorder each head's rows from (half, pair) to (pair, half) order."""
@@ -96,7 +140,10 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     w.add_name(name)
-    w.add_context_length(config.get("max_position_embeddings", 4096))
+    # Attention within a sliding window (Mistral v0.1) is full attention up to the window's length: llama.cpp's
+    # llama graph has no window, so the file claims no longer a context than the window.
+    window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+    w.add_context_length(min(config.get("max_position_embeddings", 4096), window or math.inf))
     w.add_embedding_length(config["hidden_size"])
     w.add_block_count(layers)
     w.add_feed_forward_length(config["intermediate_size"])
@@ -105,7 +152,11 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    theta, rope_type, scaling = rope_settings(config)
+    w.add_rope_freq_base(theta)
+    if rope_type == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(scaling["factor"])
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
     w.add_vocab_size(config["vocab_size"])
     file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}[gguf_type]
@@ -127,6 +178,9 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
     special.add_to_gguf(w, quiet=True)
 
     names = gguf.get_tensor_name_map(arch, layers)
+    if rope_type == "llama3":
+        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                     llama3_rope_factors(scaling, theta, head_dim))
     for key in list(weights):
         array = np.array(weights.pop(key).astype(mx.float32))
         if not np.isfinite(array).all():  # as write_weights: a NaN or overflowed weight is never written
@@ -137,7 +191,11 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
         if arch == gguf.MODEL_ARCH.LLAMA and key.endswith(("q_proj.weight", "k_proj.weight")):
             array = _rope_permute(array, heads if "q_proj" in key else kv_heads)
         qtype = _gguf_qtype(key, array, gguf_type)
-        w.add_tensor(gguf_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+        data = gguf.quants.quantize(array, qtype)
+        if qtype != gguf.GGMLQuantizationType.F32 and not _finite(data, qtype):  # f16 overflows past 65504
+            raise GiftError(f"{path.parent}: tensor {key} overflows {qtype.name} (|value| up to "
+                            f"{np.abs(array).max():.4g}); nothing written: use --gguf-type f32 or bf16")
+        w.add_tensor(gguf_name, data, raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

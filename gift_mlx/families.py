@@ -17,9 +17,9 @@ class Family:
 
 FAMILIES = {
     "llama": Family(hf_class="LlamaForCausalLM", gguf_arch="LLAMA"),
-    "mistral": Family(hf_class="MistralForCausalLM"),
+    "mistral": Family(hf_class="MistralForCausalLM", gguf_arch="LLAMA"),
     "qwen2": Family(hf_class="Qwen2ForCausalLM", gguf_arch="QWEN2"),
-    "qwen3": Family(hf_class="Qwen3ForCausalLM"),
+    "qwen3": Family(hf_class="Qwen3ForCausalLM", gguf_arch="QWEN3"),
 }
 
 

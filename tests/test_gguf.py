@@ -6,7 +6,9 @@ weights within the precision of its type. Where llama-cpp-python is installed (i
 ~13 min on 2 cores, too long for CI): llama.cpp itself gives the MLX model's next-token logits.
 """
 
+import importlib.util
 import json
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -14,12 +16,17 @@ import pytest
 from mlx.utils import tree_flatten
 from test_merge import make_adapter
 
-from gift_mlx import export_gguf
+from gift_mlx import export_gguf, toy
 from gift_mlx.cli import main
+from gift_mlx.families import family
 from gift_mlx.merge import merge
 from gift_mlx.models import load_model
 
 gguf = pytest.importorskip("gguf")
+spec = importlib.util.spec_from_file_location("family_exports",
+                                              Path(__file__).parents[1] / "scripts" / "family_exports.py")
+columns = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(columns)
 TEXT = "What is 3+4? The answer is 7."
 # max |logit difference| allowed per type (logits here are O(1); llama.cpp keeps its KV cache in f16)
 LOGIT_TOL = {"f32": 5e-3, "f16": 1e-2, "bf16": 6e-2, "q8_0": 1.5e-1}
@@ -30,12 +37,23 @@ def quiet(*_):
     pass
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "hf-llama", "hf-mistral", "hf-qwen3"])
 def pair_and_lora(request, tmp_path_factory):
-    base, instruct = request.getfixturevalue(f"{request.param}_pair")
-    lora = make_adapter(base, tmp_path_factory.mktemp("lora") / "a", instruct)
-    merged = merge(str(instruct), str(lora), str(tmp_path_factory.mktemp("m") / "mlx"), log=quiet)
-    return request.param, instruct, lora, merged
+    """(family, instruct, adapter, MLX merged folder). hf-*: a pair saved by transformers 5 (hf-llama: Llama 3.x
+    RoPE in rope_parameters), merged for MLX into a copy whose config mlx-lm reads (family_exports.mlx_readable)
+    and exported to GGUF from the folder as transformers saved it."""
+    family = request.param.removeprefix("hf-")
+    if request.param.startswith("hf-"):
+        root = tmp_path_factory.mktemp(request.param)
+        pair = toy.build_hf_pair(root / "pair", family)
+        base, readable = (columns.mlx_readable(f, root / "mlx" / f.name) for f in pair)
+        instruct = pair[1]
+    else:
+        base, instruct = request.getfixturevalue(f"{family}_pair")
+        readable = instruct
+    lora = make_adapter(base, tmp_path_factory.mktemp("lora") / "a", readable)
+    merged = merge(str(readable), str(lora), str(tmp_path_factory.mktemp("m") / "mlx"), log=quiet)
+    return family, instruct, lora, merged
 
 
 def field(reader, key):
@@ -50,17 +68,19 @@ def field(reader, key):
 
 @pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "bf16"])
 def test_gguf_tensors_and_metadata_match_the_merged_model(pair_and_lora, gguf_type, tmp_path):
-    arch, instruct, lora, merged = pair_and_lora
+    _, instruct, lora, merged = pair_and_lora
     out = merge(str(instruct), str(lora), str(tmp_path / "g"), fmt="gguf", gguf_type=gguf_type, log=quiet)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "gift_export.json", "model.gguf"]
     assert "llama-cli -m" in (out / "README.md").read_text()
     reader = gguf.GGUFReader(out / "model.gguf")
     config = json.loads((instruct / "config.json").read_text())
+    model_arch = getattr(gguf.MODEL_ARCH, family(config["model_type"]).gguf_arch)
+    arch = gguf.MODEL_ARCH_NAMES[model_arch]
     assert field(reader, "general.architecture") == arch
     assert field(reader, f"{arch}.block_count") == config["num_hidden_layers"]
     assert field(reader, f"{arch}.attention.head_count_kv") == config["num_key_value_heads"]
     assert field(reader, "tokenizer.ggml.model") == "gpt2"
-    assert field(reader, "tokenizer.ggml.pre") == ("qwen2" if arch == "qwen2" else "gpt-2")
+    assert field(reader, "tokenizer.ggml.pre") == ("qwen2" if config["model_type"] == "qwen2" else "gpt-2")
     tokenizer = json.loads((instruct / "tokenizer.json").read_text())
     tokens = field(reader, "tokenizer.ggml.tokens")
     assert len(tokens) == config["vocab_size"]
@@ -70,13 +90,20 @@ def test_gguf_tensors_and_metadata_match_the_merged_model(pair_and_lora, gguf_ty
     assert "<|im_start|>" in field(reader, "tokenizer.chat_template")
 
     weights = dict(tree_flatten(load_model(str(merged))[0].parameters()))
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2,
-                                     config["num_hidden_layers"])
+    names = gguf.get_tensor_name_map(model_arch, config["num_hidden_layers"])
     tensors = {t.name: t for t in reader.tensors}
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type") == "llama3":  # llama.cpp's divisors of each frequency, as mlx-lm's Llama3RoPE scales it
+        from mlx_lm.models.rope_utils import Llama3RoPE
+
+        dim, theta = config["head_dim"], rope["rope_theta"]
+        want = np.array(Llama3RoPE(dim, base=theta, scaling_config=rope)._freqs) / theta ** (np.arange(0, dim, 2) / dim)
+        assert not np.allclose(want, 1) and np.allclose(tensors.pop("rope_freqs.weight").data, want, rtol=1e-5)
+        assert field(reader, "llama.rope.freq_base") == theta
     assert len(tensors) == len(weights)
     for key, w in weights.items():
         w = np.array(w.astype(mx.float32))
-        if arch == "llama" and key.endswith(("q_proj.weight", "k_proj.weight")):
+        if arch == "llama" and key.endswith(("q_proj.weight", "k_proj.weight")):  # llama and mistral
             heads = config["num_attention_heads"] if "q_proj" in key else config["num_key_value_heads"]
             w = export_gguf._rope_permute(w, heads)
         t = tensors[names.get_name(key, try_suffixes=(".weight", ".bias"))]
@@ -88,7 +115,7 @@ def test_gguf_tensors_and_metadata_match_the_merged_model(pair_and_lora, gguf_ty
 
 def test_llama_cpp_gives_the_mlx_logits(pair_and_lora, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")  # built from source; see the module docstring
-    arch, instruct, lora, merged = pair_and_lora
+    _, instruct, lora, merged = pair_and_lora
     model, tokenizer, _ = load_model(str(merged))
     ids = tokenizer.encode(TEXT)
     reference = np.array(model(mx.array([ids]))[0].astype(mx.float32))
