@@ -98,7 +98,10 @@ def copy_file(src, dst):
 
     def copy(tmp):
         with open(tmp, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 24)
+            try:
+                shutil.copyfileobj(source, out, 1 << 24)
+            except OSError as e:  # without the source's name, so that the error names dst
+                raise OSError(e.errno, e.strerror) from None
 
     with source:
         atomic_write(dst, copy)

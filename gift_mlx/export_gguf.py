@@ -191,7 +191,8 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
         if arch == gguf.MODEL_ARCH.LLAMA and key.endswith(("q_proj.weight", "k_proj.weight")):
             array = _rope_permute(array, heads if "q_proj" in key else kv_heads)
         qtype = _gguf_qtype(key, array, gguf_type)
-        data = gguf.quants.quantize(array, qtype)
+        with np.errstate(over="ignore"):  # an overflow is reported below, in one line
+            data = gguf.quants.quantize(array, qtype)
         if qtype != gguf.GGMLQuantizationType.F32 and not _finite(data, qtype):  # f16 overflows past 65504
             raise GiftError(f"{path.parent}: tensor {key} overflows {qtype.name} (|value| up to "
                             f"{np.abs(array).max():.4g}); nothing written: use --gguf-type f32 or bf16")

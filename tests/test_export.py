@@ -127,3 +127,40 @@ def test_hf_format_refusals(llama_pair, tmp_path):
                            "--format", "hf")
     assert code == 2 and "model_type 'phi3'" in err and "own Hugging Face checkpoint" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_tokenizer_files_linking_outside_the_instruct_folder_are_refused(llama_pair, tmp_path):
+    base, instruct = llama_pair
+    adapter = make_adapter(base, tmp_path / "adapter", instruct, num_layers=1)
+    model = tmp_path / "instruct"
+    shutil.copytree(instruct, model)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the model's")
+    (model / "vocab.json").symlink_to(secret)
+    code, _, err = run_cli("merge", "--instruct", model, "--adapter-path", adapter, "--out", tmp_path / "m",
+                           "--format", "hf")
+    assert code == 2 and f"{model / 'vocab.json'}: links outside the instruct folder (to {secret})" in err
+    assert not (tmp_path / "m").exists()
+    # a Hub snapshot links its files to the repo's blobs: those are the model's
+    snapshot = tmp_path / "models--org--name" / "snapshots" / "abc"
+    (snapshot.parent.parent / "blobs").mkdir(parents=True)
+    (snapshot.parent.parent / "blobs" / "123").write_text("{}")
+    snapshot.mkdir(parents=True)
+    (snapshot / "tokenizer.json").symlink_to("../../blobs/123")
+    assert export._inside(snapshot / "tokenizer.json", snapshot) and not export._inside(model / "vocab.json", model)
+
+
+def test_full_disk_during_the_tokenizer_copy_names_the_output(llama_pair, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    base, instruct = llama_pair
+    adapter = make_adapter(base, tmp_path / "adapter", instruct, num_layers=1)
+
+    def full(src, dst, *args):  # as shutil's sendfile copy reports it: the error carries the source's name
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src.name)
+
+    monkeypatch.setattr(export.shutil, "copyfileobj", full)
+    code, _, err = run_cli("merge", "--adapter-path", adapter, "--out", tmp_path / "m", "--format", "hf")
+    assert code == 2 and f"error: {tmp_path / 'm'}/tokenizer" in err and "No space left" in err, err
+    assert str(instruct) not in err and not (tmp_path / "m").exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from mlx.utils import tree_flatten
 from test_merge import make_adapter
 
@@ -138,8 +139,6 @@ def test_llama_cpp_gives_the_mlx_logits(pair_and_lora, tmp_path):
 
 
 def test_gguf_refusals(llama_pair, tmp_path):
-    from click.testing import CliRunner
-
     from gift_mlx.demo import WORLD
 
     base, instruct = llama_pair
@@ -155,3 +154,19 @@ def test_gguf_refusals(llama_pair, tmp_path):
     r = run(main, ["merge", "--adapter-path", str(world_lora), "--out", str(tmp_path / "o"), "--format", "gguf"])
     assert r.exit_code == 2 and "byte-level BPE" in r.output and "WordLevel" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_gguf_refuses_a_weight_that_overflows_f16(llama_pair, tmp_path):
+    """Finite in float32, infinite once written as f16: refused after the conversion, nothing written."""
+    base, instruct = llama_pair
+    lora = make_adapter(base, tmp_path / "a", instruct, num_layers=1, keys=["self_attn.v_proj"])
+    weights = mx.load(str(lora / "adapters.safetensors"))
+    mx.save_safetensors(str(lora / "adapters.safetensors"),
+                        {k: v * 1e7 if k.endswith("lora_b") else v for k, v in weights.items()})
+    r = CliRunner().invoke(main, ["merge", "--adapter-path", str(lora), "--out", str(tmp_path / "o"), "--format",
+                                  "gguf"])
+    assert r.exit_code == 2 and "v_proj.weight overflows F16" in r.output and "nothing written" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+    r = CliRunner().invoke(main, ["merge", "--adapter-path", str(lora), "--out", str(tmp_path / "o"), "--format",
+                                  "gguf", "--gguf-type", "bf16"])
+    assert r.exit_code == 0, r.output
