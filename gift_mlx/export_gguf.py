@@ -85,6 +85,10 @@ def check_gguf(config, tokenizer_dir, gguf_type):
         raise GiftError(f"--format gguf: model_type '{arch}' is not supported (supported: "
                         f"{', '.join(supported('gguf_arch'))}); use --format hf and llama.cpp's convert_hf_to_gguf.py")
     rope_settings(config)
+    fixed = _hard_coded(family(arch).gguf_arch, config)
+    if fixed:
+        raise GiftError(f"--format gguf: {fixed}: llama.cpp's {family(arch).gguf_arch.lower()} graph assumes "
+                        "otherwise; use --format hf")
     # The tokenizer as transformers builds it (for some model types it replaces tokenizer.json's pre-tokenizer,
     # e.g. Qwen2's digit-by-digit split), so that llama.cpp splits text as the MLX model was given it.
     from .models import load_tokenizer
@@ -129,12 +133,55 @@ def _rope_permute(w, heads):
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# llama.cpp rotates interleaved pairs of q/k features for these architectures, HF the two halves of each head
+ROPE_INTERLEAVED = {"LLAMA", "GRANITE", "SMOLLM3"}
+NORM_PLUS_ONE = {"GEMMA2", "GEMMA3"}
+
+
+def _hard_coded(arch, config):
+    """The first setting that llama.cpp's graph for `arch` hard-codes otherwise (None when all agree): a GGUF
+    file has no key for it, so llama.cpp would run a different model."""
+    layers = config["num_hidden_layers"]
+    if arch == "SMOLLM3":  # RoPE skipped in every 4th layer
+        every_4th = [int((i + 1) % 4 != 0) for i in range(layers)]
+        if config.get("no_rope_layers", every_4th) != every_4th:
+            return f"no_rope_layers {config['no_rope_layers']}"
+    if arch == "QWEN3MOE":  # top-k routing weights renormalized, every layer MoE
+        if not config.get("norm_topk_prob", False):
+            return "norm_topk_prob false"
+        if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+            return f"dense layers (mlp_only_layers {config.get('mlp_only_layers')}, decoder_sparse_step " \
+                   f"{config.get('decoder_sparse_step')})"
+    if arch == "OLMOE":  # routing weights not renormalized; q/k norms over all heads (no grouped-query attention)
+        if config.get("norm_topk_prob"):
+            return "norm_topk_prob true"
+        if config.get("num_key_value_heads", config["num_attention_heads"]) != config["num_attention_heads"]:
+            return f"num_key_value_heads {config['num_key_value_heads']} < num_attention_heads"
+    return None
+
+
+def _arch_metadata(w, arch, config):
+    """What llama.cpp reads beyond the common keys for some architectures."""
+    if arch == "GRANITE":  # μP multipliers; llama.cpp divides the logits by its logit scale, as transformers does
+        w.add_embedding_scale(config["embedding_multiplier"])
+        w.add_residual_scale(config["residual_multiplier"])
+        w.add_attention_scale(config["attention_multiplier"])
+        w.add_logit_scale(config["logits_scaling"])
+    experts = config.get("num_experts") or config.get("num_local_experts")
+    if experts:
+        w.add_expert_count(experts)
+        w.add_expert_used_count(config["num_experts_per_tok"])
+        if config.get("moe_intermediate_size"):
+            w.add_expert_feed_forward_length(config["moe_intermediate_size"])
+
+
 def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, name):
     """Write a merged model (mlx-lm/HF tensor names, float arrays; the dict is emptied) as one GGUF file."""
     import gguf
     import numpy as np
 
-    arch = getattr(gguf.MODEL_ARCH, family(config["model_type"]).gguf_arch)
+    gguf_arch = family(config["model_type"]).gguf_arch
+    arch = getattr(gguf.MODEL_ARCH, gguf_arch)
     layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
@@ -159,6 +206,7 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
         w.add_rope_scaling_factor(scaling["factor"])
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
     w.add_vocab_size(config["vocab_size"])
+    _arch_metadata(w, family(config["model_type"]).gguf_arch, config)
     file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}[gguf_type]
     w.add_file_type(getattr(gguf.LlamaFileType, file_type))
 
@@ -185,11 +233,14 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
         array = np.array(weights.pop(key).astype(mx.float32))
         if not np.isfinite(array).all():  # as write_weights: a NaN or overflowed weight is never written
             raise GiftError(f"{path.parent}: tensor {key} holds NaN or infinite values; nothing written")
-        gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        # mlx-lm's stacked experts (switch_mlp) are llama.cpp's stacked experts (HF name: experts.<proj>)
+        gguf_name = names.get_name(key.replace(".switch_mlp.", ".experts."), try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise GiftError(f"--format gguf: no GGUF name for tensor {key}")
-        if arch == gguf.MODEL_ARCH.LLAMA and key.endswith(("q_proj.weight", "k_proj.weight")):
+        if gguf_arch in ROPE_INTERLEAVED and key.endswith(("q_proj.weight", "k_proj.weight")):
             array = _rope_permute(array, heads if "q_proj" in key else kv_heads)
+        if gguf_arch in NORM_PLUS_ONE and key.endswith("norm.weight"):
+            array = array + 1  # Gemma scales by (1 + w); llama.cpp's graph by w
         qtype = _gguf_qtype(key, array, gguf_type)
         with np.errstate(over="ignore"):  # an overflow is reported below, in one line
             data = gguf.quants.quantize(array, qtype)

@@ -7,6 +7,7 @@ weights within the precision of its type. Where llama-cpp-python is installed (i
 """
 
 import importlib.util
+import re
 import json
 from pathlib import Path
 
@@ -34,31 +35,41 @@ LOGIT_TOL = {"f32": 5e-3, "f16": 1e-2, "bf16": 6e-2, "q8_0": 1.5e-1}
 WEIGHT_TOL = {"f32": 1e-6, "f16": 2e-3, "bf16": 1.6e-2, "q8_0": 1.6e-2}  # relative to the tensor's max |value|
 
 
+HF_FAMILIES = ["llama", "mistral", "qwen3", "granite", "olmo2", "smollm3", "qwen3_moe", "olmoe"]
 # Llama 3.x RoPE that the test's few tokens feel: θ = 100 and scaling from 32 positions on, with weights large
-# enough for sharp attention (measured: the MLX logits with and without the scaling differ by 0.9, vs 1e-2 allowed)
-SHORT_ROPE = {"llama": {"rope_parameters": {**toy.FAMILY_CONFIGS["llama"]["rope_parameters"], "rope_theta": 100.0,
-                                            "original_max_position_embeddings": 32}, "initializer_range": 0.08}}
+# enough for sharp attention (measured: the MLX logits with and without the scaling differ by 0.9, vs 1e-2 allowed).
+# SmolLM3 with a layer without RoPE; the two MoE families in the settings llama.cpp's graphs hard-code.
+OVERRIDES = {
+    "llama": {"rope_parameters": {**toy.FAMILY_CONFIGS["llama"]["rope_parameters"], "rope_theta": 100.0,
+                                  "original_max_position_embeddings": 32}, "initializer_range": 0.08},
+    "smollm3": {"num_hidden_layers": 4},
+    "qwen3_moe": {"norm_topk_prob": True},
+    "olmoe": {"num_key_value_heads": 4},
+}
+MOE_KEYS = ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj"]  # adapters on experts: branch `families`
 
 
 def quiet(*_):
     pass
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "hf-llama", "hf-mistral", "hf-qwen3"])
+@pytest.fixture(scope="module", params=["llama", "qwen2"] + [f"hf-{f}" for f in HF_FAMILIES])
 def pair_and_lora(request, tmp_path_factory):
-    """(family, instruct, adapter, MLX merged folder). hf-*: a pair saved by transformers 5 (hf-llama: Llama 3.x
-    RoPE in rope_parameters), merged for MLX into a copy whose config mlx-lm reads (family_exports.mlx_readable)
-    and exported to GGUF from the folder as transformers saved it."""
+    """(family, instruct, adapter, MLX merged folder). hf-*: a pair saved by transformers 5, merged for MLX into a
+    copy whose config mlx-lm reads (family_exports.mlx_readable); exported to GGUF from the folder as transformers
+    saved it where mlx-lm loads that (hf-llama: Llama 3.x RoPE in rope_parameters), else from the copy."""
     family = request.param.removeprefix("hf-")
+    keys = None
     if request.param.startswith("hf-"):
         root = tmp_path_factory.mktemp(request.param)
-        pair = toy.build_hf_pair(root / "pair", family, **SHORT_ROPE.get(family, {}))
+        pair = toy.build_hf_pair(root / "pair", family, **OVERRIDES.get(family, {}))
         base, readable = (columns.mlx_readable(f, root / "mlx" / f.name) for f in pair)
-        instruct = pair[1]
+        instruct = pair[1] if family in ("llama", "mistral", "qwen3") else readable
+        keys = MOE_KEYS if family.endswith("moe") else None
     else:
         base, instruct = request.getfixturevalue(f"{family}_pair")
         readable = instruct
-    lora = make_adapter(base, tmp_path_factory.mktemp("lora") / "a", readable)
+    lora = make_adapter(base, tmp_path_factory.mktemp("lora") / "a", readable, keys=keys)
     merged = merge(str(readable), str(lora), str(tmp_path_factory.mktemp("m") / "mlx"), log=quiet)
     return family, instruct, lora, merged
 
@@ -110,10 +121,11 @@ def test_gguf_tensors_and_metadata_match_the_merged_model(pair_and_lora, gguf_ty
     assert len(tensors) == len(weights)
     for key, w in weights.items():
         w = np.array(w.astype(mx.float32))
-        if arch == "llama" and key.endswith(("q_proj.weight", "k_proj.weight")):  # llama and mistral
+        if family(config["model_type"]).gguf_arch in export_gguf.ROPE_INTERLEAVED and key.endswith(
+                ("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in key else config["num_key_value_heads"]
             w = export_gguf._rope_permute(w, heads)
-        t = tensors[names.get_name(key, try_suffixes=(".weight", ".bias"))]
+        t = tensors[names.get_name(key.replace(".switch_mlp.", ".experts."), try_suffixes=(".weight", ".bias"))]
         expected_type = "F32" if w.ndim == 1 else gguf_type.upper()
         assert t.tensor_type.name == expected_type, key
         got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
@@ -170,3 +182,22 @@ def test_gguf_refuses_a_weight_that_overflows_f16(llama_pair, tmp_path):
     r = CliRunner().invoke(main, ["merge", "--adapter-path", str(lora), "--out", str(tmp_path / "o"), "--format",
                                   "gguf", "--gguf-type", "bf16"])
     assert r.exit_code == 0, r.output
+
+
+BASE_CONFIG = {"num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "llama", "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+     "RoPE type 'yarn'"),
+    ({"model_type": "mistral", "rope_scaling": {"type": "dynamic", "factor": 2.0}}, "RoPE type 'dynamic'"),
+    ({"model_type": "qwen2", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3 RoPE scaling"),
+    ({"model_type": "qwen3_moe", "norm_topk_prob": False}, "norm_topk_prob false: llama.cpp's qwen3moe graph"),
+    ({"model_type": "qwen3_moe", "norm_topk_prob": True, "mlp_only_layers": [0]}, "dense layers"),
+    ({"model_type": "olmoe"}, "num_key_value_heads 2 < num_attention_heads"),
+    ({"model_type": "smollm3", "no_rope_layers": [1, 0, 1, 1]}, "no_rope_layers [1, 0, 1, 1]"),
+    ({"model_type": "gemma2"}, "model_type 'gemma2' is not supported"),
+], ids=lambda v: v["model_type"] if isinstance(v, dict) else "")
+def test_gguf_refuses_what_llama_cpp_would_run_differently(config, message, tmp_path):
+    with pytest.raises(export_gguf.GiftError, match=re.escape(message)):
+        export_gguf.check_gguf({**BASE_CONFIG, **config}, tmp_path, "f16")
