@@ -47,6 +47,7 @@ HF_RENAMES = {
     # both under language_model.
     "qwen3_5": ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.", "")),
     "qwen3_5_moe": ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.", "")),
+    "qwen3_5_text": ((r"^language_model\.", ""),),
 }
 # mlx-lm stacks an MoE layer's experts into one switch_mlp tensor (experts, out, in); HF checkpoints of the
 # Qwen-MoE / OLMoE layout hold one tensor per expert.

@@ -326,6 +326,8 @@ def update_line(update_size, scale, sizes, adapter, instruct, log=print):
     if pair is None:
         return line + "; base -> instruct distance: not measured (the base model is not on this machine)"
     same = distance_over(pair, set(sizes))
+    if same is None:  # pair-check names the checkpoint's tensors, which mlx-lm renames for some families
+        return line + f"; base -> instruct distance over all matrices {pair['overall']['relative_distance']:.4f}"
     line += (f"; base -> instruct distance over the same matrices {same:.4f} (all matrices "
              f"{pair['overall']['relative_distance']:.4f})")
     return line + (f": the update is {update_size / same:.2f}x the pair's distance" if same else "")

@@ -115,6 +115,8 @@ def mlx_config(config):
     if hasattr(families, "translate_config"):
         return families.translate_config(config)
     c = dict(config)
+    if c["model_type"] == "qwen3_5_text":  # mlx-lm's qwen3_5 reads a text-only config and its rope_parameters
+        return {**c, "model_type": "qwen3_5"}
     rope = c.pop("rope_parameters", None) or {}
     if "full_attention" in rope:  # Gemma 3: one RoPE per attention kind
         c["rope_theta"] = rope["full_attention"]["rope_theta"]

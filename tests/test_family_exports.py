@@ -32,6 +32,10 @@ spec.loader.exec_module(columns)
 
 DENSE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "smollm3", "granite"]
 MOE = ["qwen3_moe", "olmoe"]
+# Qwen3.5 text-only (mlx-lm wraps it under language_model): three linear-attention layers and one full
+OVERRIDES = {"qwen3_5_text": dict(num_hidden_layers=4, layer_types=["linear_attention"] * 3 + ["full_attention"],
+                                  linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                                  linear_value_head_dim=16)}
 ATTENTION = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
 
 
@@ -39,16 +43,18 @@ def quiet(*_):
     pass
 
 
-@pytest.fixture(scope="module", params=DENSE + MOE)
+@pytest.fixture(scope="module", params=DENSE + MOE + list(OVERRIDES))
 def family_case(request, tmp_path_factory):
     """(family, (base, instruct), adapter, MLX merged folder, work folder) for one family."""
     family = request.param
     root = tmp_path_factory.mktemp(family)
-    pair = toy.build_hf_pair(root / "pair", family)
+    pair = toy.build_hf_pair(root / "pair", family, **OVERRIDES.get(family, {}))
     base, instruct = (columns.mlx_readable(f, root / "mlx" / f.name) for f in pair)
-    keys = ATTENTION if family in MOE else None  # adapters on the experts: test_moe_experts_* below
+    keys = ATTENTION if family in MOE else None  # adapters on the experts: test_hf_export_splits_stacked_experts
     adapter = make_adapter(base, root / "adapter", instruct, keys=keys, seed=3)
     merged = merge(str(instruct), str(adapter), str(root / "merged"), log=quiet)
+    config = json.loads((adapter / "adapter_config.json").read_text())  # for the exports: trained on the base as
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model": str(pair[0])}))  # saved
     return family, pair, adapter, merged, root
 
 
@@ -63,7 +69,8 @@ def test_hf_export_gives_the_mlx_merged_logits(family_case):
     assert set(got) == set(orig) and all(got[k].dtype == orig[k].dtype for k in got)
     changed = {k for k in got if not mx.array_equal(got[k], orig[k]).item()}
     lora = mx.load(str(adapter / "adapters.safetensors"))
-    assert changed == {k.removesuffix(".lora_a") + ".weight" for k in lora if k.endswith(".lora_a")}
+    paths = {k.removesuffix(".lora_a").removeprefix("language_model.") for k in lora if k.endswith(".lora_a")}
+    assert changed == {f"{p}.weight" for p in paths}  # (mlx-lm wraps Qwen3.5 under language_model)
 
 
 def test_peft_export_gives_the_mlx_merged_logits(family_case):
