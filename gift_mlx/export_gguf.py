@@ -44,9 +44,16 @@ ROPE_TYPES = ("default", "linear", "llama3")  # what write_gguf says to llama.cp
 
 
 def rope_settings(config):
-    """(θ, RoPE type, scaling fields) of a config in transformers 4 (rope_theta, rope_scaling) or 5 (rope_parameters) layout;
-    GiftError for a RoPE the GGUF file could not carry, which llama.cpp would silently run without."""
+    """(θ, RoPE type, scaling fields) of a config in transformers 4 (rope_theta, rope_scaling) or 5
+    (rope_parameters) layout; GiftError for a RoPE the GGUF file could not carry, which llama.cpp would silently
+    run without."""
     params = config.get("rope_parameters")
+    if family(config.get("model_type")).gguf_arch == "GEMMA3":  # the global layers' RoPE; the local ones' is fixed
+        local = (params or {}).get("sliding_attention") or {"rope_theta": config.get("rope_local_base_freq", 1e4)}
+        if local.get("rope_type", "default") != "default" or local.get("rope_theta") != 10000.0:
+            raise GiftError(f"--format gguf: sliding-window layers' RoPE {local}: llama.cpp's gemma3 graph runs "
+                            "them at θ = 10000 unscaled; use --format hf")
+        params = (params or {}).get("full_attention", params)
     if params is not None and not (isinstance(params, dict) and "rope_theta" in params):
         raise GiftError(f"--format gguf: rope_parameters {params} (one RoPE per attention kind) is not supported; "
                         "use --format hf and llama.cpp's convert_hf_to_gguf.py")
@@ -136,6 +143,9 @@ def _rope_permute(w, heads):
 # llama.cpp rotates interleaved pairs of q/k features for these architectures, HF the two halves of each head
 ROPE_INTERLEAVED = {"LLAMA", "GRANITE", "SMOLLM3"}
 NORM_PLUS_ONE = {"GEMMA2", "GEMMA3"}
+# llama.cpp's Gemma graphs: one global layer in every 2 (Gemma 2) or 6 (Gemma 3), and the layer count of the 27B
+# model, which scales scores by 1/√(hidden / heads) instead
+GEMMA_LAYOUT = {"GEMMA2": (2, 46), "GEMMA3": (6, 62)}
 
 
 def _hard_coded(arch, config):
@@ -157,6 +167,15 @@ def _hard_coded(arch, config):
             return "norm_topk_prob true"
         if config.get("num_key_value_heads", config["num_attention_heads"]) != config["num_attention_heads"]:
             return f"num_key_value_heads {config['num_key_value_heads']} < num_attention_heads"
+    if arch in GEMMA_LAYOUT:  # local (sliding) layers then a global one, repeating; scores scaled by 1/√head_dim
+        every, big = GEMMA_LAYOUT[arch]
+        pattern = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(layers)]
+        if config.get("layer_types", pattern) != pattern:
+            return f"layer_types {config['layer_types']}"
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        scalar = config.get("query_pre_attn_scalar", head_dim)
+        if scalar != head_dim and not (layers == big and scalar == config["hidden_size"] // config["num_attention_heads"]):
+            return f"query_pre_attn_scalar {scalar} (head_dim {head_dim})"
     return None
 
 
@@ -167,6 +186,12 @@ def _arch_metadata(w, arch, config):
         w.add_residual_scale(config["residual_multiplier"])
         w.add_attention_scale(config["attention_multiplier"])
         w.add_logit_scale(config["logits_scaling"])
+    if arch in GEMMA_LAYOUT:
+        w.add_sliding_window(config["sliding_window"])
+        for key, add in (("attn_logit_softcapping", w.add_attn_logit_softcapping),
+                         ("final_logit_softcapping", w.add_final_logit_softcapping)):
+            if config.get(key) is not None:
+                add(config[key])
     experts = config.get("num_experts") or config.get("num_local_experts")
     if experts:
         w.add_expert_count(experts)

@@ -69,8 +69,8 @@ def module_paths(adapter, instruct):
         if checkpoint is not None:
             names = tensor_names(model_type, path, checkpoint)
             if not names:
-                raise GiftError(f"{adapter.path}: no module {path} (nor {', '.join(hf_names(model_type, path)[1:])})"
-                                f" in the checkpoint of {instruct}")
+                raise GiftError(f"{adapter.path}: no module {' or '.join(hf_names(model_type, path))} in the "
+                                f"checkpoint of {instruct}")
             paths[path] = names[0][0].removesuffix(".weight")
         else:  # a Hub id: the family's first renaming, unchecked
             paths[path] = (hf_names(model_type, path)[1:] or [path])[0]

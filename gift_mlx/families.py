@@ -20,6 +20,8 @@ FAMILIES = {
     "mistral": Family(hf_class="MistralForCausalLM", gguf_arch="LLAMA"),
     "qwen2": Family(hf_class="Qwen2ForCausalLM", gguf_arch="QWEN2"),
     "qwen3": Family(hf_class="Qwen3ForCausalLM", gguf_arch="QWEN3"),
+    "gemma2": Family(gguf_arch="GEMMA2"),
+    "gemma3_text": Family(gguf_arch="GEMMA3"),
     "granite": Family(gguf_arch="GRANITE"),
     "olmo2": Family(gguf_arch="OLMO2"),
     "smollm3": Family(gguf_arch="SMOLLM3"),

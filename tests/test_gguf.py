@@ -35,7 +35,8 @@ LOGIT_TOL = {"f32": 5e-3, "f16": 1e-2, "bf16": 6e-2, "q8_0": 1.5e-1}
 WEIGHT_TOL = {"f32": 1e-6, "f16": 2e-3, "bf16": 1.6e-2, "q8_0": 1.6e-2}  # relative to the tensor's max |value|
 
 
-HF_FAMILIES = ["llama", "mistral", "qwen3", "granite", "olmo2", "smollm3", "qwen3_moe", "olmoe"]
+HF_FAMILIES = ["llama", "mistral", "qwen3", "gemma2", "gemma3_text", "granite", "olmo2", "smollm3", "qwen3_moe",
+               "olmoe"]
 # Llama 3.x RoPE that the test's few tokens feel: θ = 100 and scaling from 32 positions on, with weights large
 # enough for sharp attention (measured: the MLX logits with and without the scaling differ by 0.9, vs 1e-2 allowed).
 # SmolLM3 with a layer without RoPE; the two MoE families in the settings llama.cpp's graphs hard-code.
@@ -43,6 +44,8 @@ OVERRIDES = {
     "llama": {"rope_parameters": {**toy.FAMILY_CONFIGS["llama"]["rope_parameters"], "rope_theta": 100.0,
                                   "original_max_position_embeddings": 32}, "initializer_range": 0.08},
     "smollm3": {"num_hidden_layers": 4},
+    "gemma2": {"query_pre_attn_scalar": 16},  # = head_dim, as in Gemma 2 2B/9B
+    "gemma3_text": {"query_pre_attn_scalar": 16},
     "qwen3_moe": {"norm_topk_prob": True},
     "olmoe": {"num_key_value_heads": 4},
 }
@@ -125,6 +128,8 @@ def test_gguf_tensors_and_metadata_match_the_merged_model(pair_and_lora, gguf_ty
                 ("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in key else config["num_key_value_heads"]
             w = export_gguf._rope_permute(w, heads)
+        if family(config["model_type"]).gguf_arch in export_gguf.NORM_PLUS_ONE and key.endswith("norm.weight"):
+            w = w + 1
         t = tensors[names.get_name(key.replace(".switch_mlp.", ".experts."), try_suffixes=(".weight", ".bias"))]
         expected_type = "F32" if w.ndim == 1 else gguf_type.upper()
         assert t.tensor_type.name == expected_type, key
@@ -196,8 +201,22 @@ BASE_CONFIG = {"num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_
     ({"model_type": "qwen3_moe", "norm_topk_prob": True, "mlp_only_layers": [0]}, "dense layers"),
     ({"model_type": "olmoe"}, "num_key_value_heads 2 < num_attention_heads"),
     ({"model_type": "smollm3", "no_rope_layers": [1, 0, 1, 1]}, "no_rope_layers [1, 0, 1, 1]"),
-    ({"model_type": "gemma2"}, "model_type 'gemma2' is not supported"),
+    ({"model_type": "phi3"}, "model_type 'phi3' is not supported"),
+    ({"model_type": "gemma2", "head_dim": 16, "query_pre_attn_scalar": 256}, "query_pre_attn_scalar 256 (head_dim 16)"),
+    ({"model_type": "gemma3_text", "rope_parameters": {"full_attention": {"rope_theta": 1e6},
+                                                       "sliding_attention": {"rope_theta": 5e4}}},
+     "sliding-window layers' RoPE"),
 ], ids=lambda v: v["model_type"] if isinstance(v, dict) else "")
 def test_gguf_refuses_what_llama_cpp_would_run_differently(config, message, tmp_path):
     with pytest.raises(export_gguf.GiftError, match=re.escape(message)):
         export_gguf.check_gguf({**BASE_CONFIG, **config}, tmp_path, "f16")
+
+
+def test_gemma3_rope_is_the_global_layers():
+    """transformers 5 writes one RoPE per attention kind; llama.cpp reads the global layers' (the local ones' is 10⁴)."""
+    config = {"model_type": "gemma3_text", "rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    theta, kind, scaling = export_gguf.rope_settings(config)
+    assert (theta, kind, scaling["factor"]) == (1e6, "linear", 8.0)
+    assert export_gguf.rope_settings({"model_type": "gemma3_text", "rope_theta": 1e6})[:2] == (1e6, "default")
