@@ -24,6 +24,19 @@ GGUF_PRE_TOKENIZERS = {
 }
 
 
+SENTENCEPIECE = "default"  # llama.cpp's pre-tokenizer name for SentencePiece vocabularies (no split before BPE)
+
+
+def _adds_space_prefix(path):
+    """Whether a SentencePiece tokenizer.json puts ▁ before the text (Llama 2, Mistral) or not (Gemma): llama.cpp
+    assumes it does unless told."""
+    tok = json.loads(Path(path).read_text())
+    steps = [tok.get("normalizer") or {}, tok.get("pre_tokenizer") or {}]
+    steps += [s for step in list(steps) for s in step.get("normalizers", []) + step.get("pretokenizers", [])]
+    return any((s.get("type") == "Prepend" and s.get("prepend") == "▁")
+               or (s.get("type") == "Metaspace" and s.get("prepend_scheme", "always") != "never") for s in steps)
+
+
 def _gguf_pre_tokenizer(tokenizer_json, where):
     """llama.cpp's name for a byte-level BPE tokenizer's pre-tokenizer; GiftError for one it has no name for."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
@@ -106,9 +119,12 @@ def check_gguf(config, tokenizer_dir, gguf_type):
         raise GiftError(f"{tokenizer_dir}: --format gguf needs a fast tokenizer with a tokenizer.json")
     tok = json.loads(backend.to_str())
     model, decoder = tok.get("model", {}), tok.get("decoder") or {}
+    if model.get("type") == "BPE" and model.get("byte_fallback") and decoder.get("type") == "Sequence":
+        return SENTENCEPIECE  # SentencePiece BPE with byte fallback (Llama 2, Mistral v0.3, Gemma) as tokenizer.json
     if model.get("type") != "BPE" or model.get("byte_fallback") or decoder.get("type") != "ByteLevel":
-        raise GiftError(f"{path}: --format gguf supports byte-level BPE tokenizers (GPT-2 style vocab + merges); "
-                        f"this one is a {model.get('type')} model with a {decoder.get('type')} decoder")
+        raise GiftError(f"{path}: --format gguf supports byte-level BPE tokenizers (GPT-2 style vocab + merges) "
+                        f"and SentencePiece BPE with byte fallback; this one is a {model.get('type')} model with a "
+                        f"{decoder.get('type')} decoder")
     return _gguf_pre_tokenizer(tok, path)
 
 
@@ -235,8 +251,9 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
     file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}[gguf_type]
     w.add_file_type(getattr(gguf.LlamaFileType, file_type))
 
-    vocab = gguf.vocab.BpeVocab(Path(tokenizer_dir))
-    tokens, _, types = zip(*vocab.all_tokens())
+    spm = pre_tokenizer == SENTENCEPIECE
+    vocab = (gguf.vocab.LlamaHfVocab if spm else gguf.vocab.BpeVocab)(Path(tokenizer_dir))
+    tokens, scores, types = zip(*vocab.all_tokens())
     if len(tokens) > config["vocab_size"]:
         raise GiftError(f"{tokenizer_dir}: the tokenizer has {len(tokens)} tokens, more than the model's "
                         f"vocab_size {config['vocab_size']}")
@@ -245,7 +262,10 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
     w.add_tokenizer_pre(pre_tokenizer)
     w.add_token_list(list(tokens) + [f"[PAD{i}]".encode() for i in range(pad)])
     w.add_token_types(list(types) + [gguf.TokenType.UNUSED] * pad)
-    special = gguf.SpecialVocab(Path(tokenizer_dir), load_merges=True, n_vocab=config["vocab_size"])
+    if spm:  # SentencePiece picks merges by score; BPE by its merges list
+        w.add_token_scores(list(scores) + [-1000.0] * pad)
+        w.add_add_space_prefix(_adds_space_prefix(Path(tokenizer_dir) / "tokenizer.json"))
+    special = gguf.SpecialVocab(Path(tokenizer_dir), load_merges=not spm, n_vocab=config["vocab_size"])
     if config.get("eos_token_id") is not None and "eos" not in special.special_token_ids:
         special.special_token_ids["eos"] = config["eos_token_id"]
     special.add_to_gguf(w, quiet=True)

@@ -220,3 +220,48 @@ def test_gemma3_rope_is_the_global_layers():
     theta, kind, scaling = export_gguf.rope_settings(config)
     assert (theta, kind, scaling["factor"]) == (1e6, "linear", 8.0)
     assert export_gguf.rope_settings({"model_type": "gemma3_text", "rope_theta": 1e6})[:2] == (1e6, "default")
+
+
+def sentencepiece_tokenizer(space_prefix):
+    """A SentencePiece-style BPE (byte fallback, ▁ for spaces, BOS added) as tokenizer.json, as Mistral v0.3
+    (▁ put before the text) and Gemma (not) ship theirs."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * space_prefix + [normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(toy.corpus(), trainers.BpeTrainer(
+        vocab_size=380, special_tokens=specials + [f"<0x{i:02X}>" for i in range(256)], show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok
+
+
+@pytest.mark.parametrize("family_name, space_prefix", [("mistral", True), ("gemma2", False)])
+def test_sentencepiece_tokenizer(family_name, space_prefix, tmp_path):
+    pair = toy.build_hf_pair(tmp_path / "pair", family_name, **OVERRIDES.get(family_name, {}))
+    tok = sentencepiece_tokenizer(space_prefix)
+    for folder in pair:
+        tok.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": toy.CHATML, "bos_token": "<s>",
+            "eos_token": "<|im_end|>", "unk_token": "<unk>"}))
+    base, instruct = (columns.mlx_readable(f, tmp_path / "mlx" / f.name) for f in pair)
+    lora = make_adapter(base, tmp_path / "a", instruct)
+    merged = merge(str(instruct), str(lora), str(tmp_path / "m"), log=quiet)
+    out = merge(str(instruct), str(lora), str(tmp_path / "g"), fmt="gguf", log=quiet)
+    reader = gguf.GGUFReader(out / "model.gguf")
+    assert field(reader, "tokenizer.ggml.model") == "llama" and field(reader, "tokenizer.ggml.pre") == "default"
+    assert bool(field(reader, "tokenizer.ggml.add_space_prefix")) == space_prefix
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    assert all(tokens[i] == t for t, i in tok.get_vocab().items()) and "tokenizer.ggml.scores" in reader.fields
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, tokenizer, _ = load_model(str(merged))
+    ids = tokenizer.encode(TEXT)
+    assert ids[0] == 1  # BOS
+    llm = llama_cpp.Llama(model_path=str(out / "model.gguf"), logits_all=True, n_ctx=64, verbose=False)
+    assert llm.tokenize(TEXT.encode(), add_bos=True, special=True) == ids
+    llm.eval(ids)
+    reference = np.array(model(mx.array([ids]))[0].astype(mx.float32))
+    assert np.abs(np.array(llm.scores[: len(ids)]) - reference).max() < LOGIT_TOL["f16"]
