@@ -72,9 +72,14 @@ def adapted_shape(t):
     return None
 
 
-def plan(adapter, model_type, checkpoint, where):
-    """{HF tensor name: (adapted module path, expert index or None)}; GiftError naming the modules the checkpoint
-    has no tensor for, or whose tensor's shape is not the adapter's."""
+def plan(adapter, config, checkpoint, where):
+    """{HF tensor name: (adapted module path, expert index or None)}; GiftError for a quantized checkpoint, or
+    naming the modules the checkpoint has no tensor for, or whose tensor's shape is not the adapter's."""
+    if config.get("quantization_config"):
+        method = config["quantization_config"].get("quant_method", "?")
+        raise GiftError(f"--format hf: the checkpoint of {where} is quantized ({method}); gift adds the update to "
+                        "float weights: merge into the float model, or use --format mlx")
+    model_type = config.get("model_type")
     targets, errors = {}, []
     for path, t in adapter.layers.items():
         names = tensor_names(model_type, path, checkpoint)

@@ -272,7 +272,7 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
     if fmt == "hf" and checkpoint is None:
         export.check_hf(raw, instruct)
     if checkpoint is not None:
-        targets = export_hf.plan(adapter, raw.get("model_type"), checkpoint, instruct)
+        targets = export_hf.plan(adapter, raw, checkpoint, instruct)
     if fmt == "gguf":
         gguf_type = gguf_type or GGUF_OF_DTYPE.get(dtype, "f16")
         pre_tokenizer = export_gguf.check_gguf(raw, local_path(instruct), gguf_type)

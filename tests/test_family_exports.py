@@ -128,3 +128,16 @@ def test_hf_export_refuses_an_adapter_the_checkpoint_does_not_fit(llama_pair, tm
     with pytest.raises(GiftError, match=r"does not fit the checkpoint of .*: model\.layers\.1\..*adapter \(64, 64\) vs"):
         merge(str(other), str(adapter), str(tmp_path / "o"), fmt="hf", log=quiet)
     assert not (tmp_path / "o").exists()
+
+
+def test_hf_export_refuses_a_quantized_checkpoint(family_case, tmp_path):
+    family, pair, adapter, _, _ = family_case
+    instruct = tmp_path / "fp8"
+    instruct.mkdir()
+    for f in pair[1].iterdir():
+        (instruct / f.name).symlink_to(f)
+    (instruct / "config.json").unlink()
+    config = json.loads((pair[1] / "config.json").read_text())
+    (instruct / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "fp8"}}))
+    with pytest.raises(GiftError, match=r"--format hf: the checkpoint of .*fp8 is quantized \(fp8\)"):
+        merge(str(instruct), str(adapter), str(tmp_path / "o"), fmt="hf", log=quiet)
