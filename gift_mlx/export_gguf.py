@@ -188,9 +188,10 @@ def _hard_coded(arch, config):
         pattern = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(layers)]
         if config.get("layer_types", pattern) != pattern:
             return f"layer_types {config['layer_types']}"
-        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        per_head = config["hidden_size"] // config["num_attention_heads"]
+        head_dim = config.get("head_dim") or per_head
         scalar = config.get("query_pre_attn_scalar", head_dim)
-        if scalar != head_dim and not (layers == big and scalar == config["hidden_size"] // config["num_attention_heads"]):
+        if scalar != head_dim and not (layers == big and scalar == per_head):
             return f"query_pre_attn_scalar {scalar} (head_dim {head_dim})"
     return None
 

@@ -100,7 +100,8 @@ def plan(adapter, config, checkpoint, where):
 def _merged(w, update, name):
     """W + λ·ΔW in float32, cast back to W's dtype."""
     if tuple(update.shape) != tuple(w.shape):
-        raise GiftError(f"--format hf: the update of {name} has shape {tuple(update.shape)}, the tensor {tuple(w.shape)}")
+        raise GiftError(f"--format hf: the update of {name} has shape {tuple(update.shape)}, the tensor "
+                        f"{tuple(w.shape)}")
     return (w.astype(mx.float32) + update).astype(w.dtype)
 
 

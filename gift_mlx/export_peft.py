@@ -72,7 +72,7 @@ def module_paths(adapter, instruct):
                 raise GiftError(f"{adapter.path}: no module {' or '.join(hf_names(model_type, path))} in the "
                                 f"checkpoint of {instruct}")
             paths[path] = names[0][0].removesuffix(".weight")
-        else:  # a Hub id: the family's first renaming, unchecked
+        else:  # no HF checkpoint at hand (a Hub id, an MLX folder): the family's first renaming, unchecked
             paths[path] = (hf_names(model_type, path)[1:] or [path])[0]
     return paths
 
