@@ -189,7 +189,7 @@ def test_gguf_refuses_a_weight_that_overflows_f16(llama_pair, tmp_path):
     assert r.exit_code == 0, r.output
 
 
-BASE_CONFIG = {"num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2}
+BASE_CONFIG = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
 @pytest.mark.parametrize("config, message", [
