@@ -141,3 +141,37 @@ def test_hf_export_refuses_a_quantized_checkpoint(family_case, tmp_path):
     (instruct / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "fp8"}}))
     with pytest.raises(GiftError, match=r"--format hf: the checkpoint of .*fp8 is quantized \(fp8\)"):
         merge(str(instruct), str(adapter), str(tmp_path / "o"), fmt="hf", log=quiet)
+
+
+def test_hf_export_keeps_the_shards(tmp_path):
+    """A sharded checkpoint: the same shards and index; shards without an adapted tensor copied byte for byte;
+    --dtype casts every float tensor and rewrites the index's size and the config's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    pair = toy.build_hf_pair(tmp_path / "pair", "qwen2")
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(str(pair[1])).save_pretrained(sharded, max_shard_size="60KB")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (sharded / f).write_bytes((pair[1] / f).read_bytes())
+    base, instruct = (columns.mlx_readable(f, tmp_path / "mlx" / f.name) for f in (pair[0], sharded))
+    adapter = make_adapter(base, tmp_path / "adapter", instruct, keys=["self_attn.v_proj"], num_layers=1)
+    merged = merge(str(instruct), str(adapter), str(tmp_path / "merged"), log=quiet)
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 2
+
+    out = merge(str(sharded), str(adapter), str(tmp_path / "hf"), fmt="hf", log=quiet)
+    assert sorted(p.name for p in out.glob("model-*.safetensors")) == shards
+    index = export_hf.INDEX
+    assert (out / index).read_bytes() == (sharded / index).read_bytes()
+    weight_map = json.loads((sharded / index).read_text())["weight_map"]
+    untouched = set(shards) - {weight_map["model.layers.1.self_attn.v_proj.weight"]}
+    assert all((out / s).read_bytes() == (sharded / s).read_bytes() for s in untouched)
+    assert columns._diff(columns.torch_logits(columns.hf_model(out)), columns.mlx_logits(merged)) <= 1e-4
+
+    half = merge(str(sharded), str(adapter), str(tmp_path / "bf16"), fmt="hf", dtype="bfloat16", log=quiet)
+    config, index_json = json.loads((half / "config.json").read_text()), json.loads((half / index).read_text())
+    assert config["dtype"] == "bfloat16"
+    tensors = {k: v for s in shards for k, v in mx.load(str(half / s)).items()}
+    assert {v.dtype for v in tensors.values()} == {mx.bfloat16}
+    assert index_json["metadata"]["total_size"] == sum(v.nbytes for v in tensors.values())
+    assert columns._diff(columns.torch_logits(columns.hf_model(half)), columns.mlx_logits(merged)) < 0.05
