@@ -125,7 +125,11 @@ def check_gguf(config, tokenizer_dir, gguf_type):
         raise GiftError(f"{path}: --format gguf supports byte-level BPE tokenizers (GPT-2 style vocab + merges) "
                         f"and SentencePiece BPE with byte fallback; this one is a {model.get('type')} model with a "
                         f"{decoder.get('type')} decoder")
-    return _gguf_pre_tokenizer(tok, path)
+    pre = _gguf_pre_tokenizer(tok, path)
+    if family(arch).gguf_arch == "PHI3":  # llama.cpp did not load a phi3 file with a GPT-2 style vocabulary
+        raise GiftError(f"{path}: --format gguf: phi3 with a byte-level BPE tokenizer (Phi-4) is not supported "
+                        "(only SentencePiece, as Phi-3); use --format hf and llama.cpp's convert_hf_to_gguf.py")
+    return pre
 
 
 def _gguf_qtype(name, array, gguf_type):
@@ -240,8 +244,10 @@ def write_gguf(path, weights, config, tokenizer_dir, gguf_type, pre_tokenizer, n
     w.add_head_count_kv(kv_heads)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
     theta, rope_type, scaling = rope_settings(config)
+    # Partial rotary (Phi-4-mini, StableLM): only the first dimensions of each head are rotated
+    partial = (scaling or {}).get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    w.add_rope_dimension_count(int(head_dim * partial))
     w.add_rope_freq_base(theta)
     if rope_type == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)

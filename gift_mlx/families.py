@@ -24,6 +24,7 @@ FAMILIES = {
     "gemma3_text": Family(gguf_arch="GEMMA3"),
     "granite": Family(gguf_arch="GRANITE"),
     "olmo2": Family(gguf_arch="OLMO2"),
+    "phi3": Family(gguf_arch="PHI3"),
     "smollm3": Family(gguf_arch="SMOLLM3"),
     "qwen3_moe": Family(gguf_arch="QWEN3MOE"),
     "olmoe": Family(gguf_arch="OLMOE"),

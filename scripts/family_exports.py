@@ -123,6 +123,8 @@ def mlx_config(config):
         c["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
     elif rope:
         c["rope_theta"] = rope["rope_theta"]
+        if "partial_rotary_factor" in rope:
+            c["partial_rotary_factor"] = rope["partial_rotary_factor"]
         if rope.get("rope_type", "default") != "default":
             c["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     if "num_local_experts" in c:

@@ -201,7 +201,7 @@ BASE_CONFIG = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads":
     ({"model_type": "qwen3_moe", "norm_topk_prob": True, "mlp_only_layers": [0]}, "dense layers"),
     ({"model_type": "olmoe"}, "num_key_value_heads 2 < num_attention_heads"),
     ({"model_type": "smollm3", "no_rope_layers": [1, 0, 1, 1]}, "no_rope_layers [1, 0, 1, 1]"),
-    ({"model_type": "phi3"}, "model_type 'phi3' is not supported"),
+    ({"model_type": "starcoder2"}, "model_type 'starcoder2' is not supported"),
     ({"model_type": "gemma2", "head_dim": 16, "query_pre_attn_scalar": 256}, "query_pre_attn_scalar 256 (head_dim 16)"),
     ({"model_type": "gemma3_text", "rope_parameters": {"full_attention": {"rope_theta": 1e6},
                                                        "sliding_attention": {"rope_theta": 5e4}}},
@@ -238,7 +238,7 @@ def sentencepiece_tokenizer(space_prefix):
     return tok
 
 
-@pytest.mark.parametrize("family_name, space_prefix", [("mistral", True), ("gemma2", False)])
+@pytest.mark.parametrize("family_name, space_prefix", [("mistral", True), ("gemma2", False), ("phi3", True)])
 def test_sentencepiece_tokenizer(family_name, space_prefix, tmp_path):
     pair = toy.build_hf_pair(tmp_path / "pair", family_name, **OVERRIDES.get(family_name, {}))
     tok = sentencepiece_tokenizer(space_prefix)
@@ -265,3 +265,12 @@ def test_sentencepiece_tokenizer(family_name, space_prefix, tmp_path):
     llm.eval(ids)
     reference = np.array(model(mx.array([ids]))[0].astype(mx.float32))
     assert np.abs(np.array(llm.scores[: len(ids)]) - reference).max() < LOGIT_TOL["f16"]
+
+
+def test_phi3_with_a_gpt2_style_vocabulary_is_refused(tmp_path):
+    base, instruct = toy.build_hf_pair(tmp_path / "pair", "phi3")
+    lora = make_adapter(columns.mlx_readable(base, tmp_path / "base"), tmp_path / "a", instruct)
+    r = CliRunner().invoke(main, ["merge", "--instruct", str(instruct), "--adapter-path", str(lora), "--out",
+                                  str(tmp_path / "o"), "--format", "gguf"])
+    assert r.exit_code == 2 and "phi3 with a byte-level BPE tokenizer (Phi-4) is not supported" in r.output
+    assert not (tmp_path / "o").exists()
