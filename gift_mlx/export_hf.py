@@ -66,10 +66,14 @@ def tensor_names(model_type, path, checkpoint):
 
 
 def adapted_shape(t):
-    """(out, in) of a 2-D LoRA/DoRA layer's update; None for other layouts (checked when ΔW is computed)."""
-    if t["lora_a"].ndim == 2 and t["lora_b"].ndim == 2:
-        return t["lora_b"].shape[1], t["lora_a"].shape[0]
-    return None
+    """(out, in) of each matrix a LoRA/DoRA layer updates, and how many (mlx-lm's LoRA on stacked experts holds
+    A as (experts, r, in) and B as (experts, out, r)); None for another layout (checked when ΔW is computed)."""
+    a, b = t["lora_a"], t["lora_b"]
+    if a.ndim == 2 and b.ndim == 2:
+        return (b.shape[1], a.shape[0]), 1
+    if a.ndim == 3 and b.ndim == 3:
+        return (b.shape[1], a.shape[2]), a.shape[0]
+    return None, None
 
 
 def plan(adapter, config, checkpoint, where):
@@ -83,9 +87,11 @@ def plan(adapter, config, checkpoint, where):
     targets, errors = {}, []
     for path, t in adapter.layers.items():
         names = tensor_names(model_type, path, checkpoint)
-        shape = adapted_shape(t)
+        shape, count = adapted_shape(t)
         if not names:
             errors.append(f"{path}: no tensor {' or '.join(n + '.weight' for n in hf_names(model_type, path))}")
+        elif count is not None and count != len(names):
+            errors.append(f"{path}: adapter for {count} matrices vs {len(names)} experts in the checkpoint")
         for name, expert in names:
             if shape is not None and checkpoint[name][1] != shape:
                 errors.append(f"{path}: adapter {shape} vs {name} {checkpoint[name][1]}")

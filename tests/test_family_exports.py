@@ -90,7 +90,8 @@ def test_hf_export_splits_stacked_experts(tmp_path):
     assert export_hf.tensor_names("qwen3_moe", path, checkpoint) == [
         (f"model.layers.0.mlp.experts.{e}.up_proj.weight", e) for e in range(3)]
     update = mx.random.normal((3, 6, 4))
-    targets = {name: (path, e) for name, e in export_hf.tensor_names("qwen3_moe", path, checkpoint)}
+    experts = Adapter(tmp_path, {}, "lora", 1.0, {path: {"lora_a": mx.zeros((3, 2, 4)), "lora_b": mx.zeros((3, 6, 2))}})
+    targets = export_hf.plan(experts, {"model_type": "qwen3_moe"}, checkpoint, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     sizes = export_hf.write_checkpoint(out, tmp_path, checkpoint, targets, lambda p: update)
@@ -101,6 +102,9 @@ def test_hf_export_splits_stacked_experts(tmp_path):
         assert got[name].dtype == mx.bfloat16 and mx.array_equal(got[name], want).item()
     assert mx.array_equal(got["model.norm.weight"], tensors["model.norm.weight"]).item()
     assert np.isclose(sizes[f"{path}.weight"][0].item(), mx.square(update).sum().item(), rtol=1e-5)
+    two = Adapter(tmp_path, {}, "lora", 1.0, {path: {"lora_a": mx.zeros((2, 2, 4)), "lora_b": mx.zeros((2, 6, 2))}})
+    with pytest.raises(GiftError, match="adapter for 2 matrices vs 3 experts in the checkpoint"):
+        export_hf.plan(two, {"model_type": "qwen3_moe"}, checkpoint, tmp_path)
 
 
 def test_qwen3_5_names_map_to_the_checkpoint():
