@@ -129,7 +129,8 @@ def test_peft_export_refuses_expert_adapters(tmp_path):
 def test_hf_export_refuses_an_adapter_the_checkpoint_does_not_fit(llama_pair, tmp_path):
     adapter = make_adapter(llama_pair[0], tmp_path / "adapter", llama_pair[1], num_layers=1)
     other = toy.build_hf_pair(tmp_path / "other", "qwen2", hidden_size=32, num_attention_heads=2, head_dim=16)[1]
-    with pytest.raises(GiftError, match=r"does not fit the checkpoint of .*: model\.layers\.1\..*adapter \(64, 64\) vs"):
+    fit = r"does not fit the checkpoint of .*: model\.layers\.1\..*adapter \(64, 64\) vs"
+    with pytest.raises(GiftError, match=fit):
         merge(str(other), str(adapter), str(tmp_path / "o"), fmt="hf", log=quiet)
     assert not (tmp_path / "o").exists()
 

@@ -213,7 +213,8 @@ def test_gguf_refuses_what_llama_cpp_would_run_differently(config, message, tmp_
 
 
 def test_gemma3_rope_is_the_global_layers():
-    """transformers 5 writes one RoPE per attention kind; llama.cpp reads the global layers' (the local ones' is 10⁴)."""
+    """transformers 5 writes one RoPE per attention kind; llama.cpp reads the global layers' (the local ones' is
+    10⁴)."""
     config = {"model_type": "gemma3_text", "rope_parameters": {
         "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
@@ -228,7 +229,8 @@ def sentencepiece_tokenizer(space_prefix):
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
 
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * space_prefix + [normalizers.Replace(" ", "▁")])
+    prefix = [normalizers.Prepend("▁")] if space_prefix else []
+    tok.normalizer = normalizers.Sequence(prefix + [normalizers.Replace(" ", "▁")])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
