@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Family:
-    hf_class: str | None = None  # transformers architecture written by --format hf (None: not supported)
+    # transformers architecture of an MLX folder written by --format hf: set where mlx-lm's tensors are transformers'
+    # (None: such a folder is refused; the family's own HF checkpoint goes through export_hf.py whatever this says)
+    hf_class: str | None = None
     gguf_arch: str | None = None  # llama.cpp architecture (gguf.MODEL_ARCH member name) (None: not supported)
 
 
@@ -20,12 +22,12 @@ FAMILIES = {
     "mistral": Family(hf_class="MistralForCausalLM", gguf_arch="LLAMA"),
     "qwen2": Family(hf_class="Qwen2ForCausalLM", gguf_arch="QWEN2"),
     "qwen3": Family(hf_class="Qwen3ForCausalLM", gguf_arch="QWEN3"),
-    "gemma2": Family(gguf_arch="GEMMA2"),
-    "gemma3_text": Family(gguf_arch="GEMMA3"),
-    "granite": Family(gguf_arch="GRANITE"),
-    "olmo2": Family(gguf_arch="OLMO2"),
-    "phi3": Family(gguf_arch="PHI3"),
-    "smollm3": Family(gguf_arch="SMOLLM3"),
+    "gemma2": Family(hf_class="Gemma2ForCausalLM", gguf_arch="GEMMA2"),
+    "gemma3_text": Family(hf_class="Gemma3ForCausalLM", gguf_arch="GEMMA3"),
+    "granite": Family(hf_class="GraniteForCausalLM", gguf_arch="GRANITE"),
+    "olmo2": Family(hf_class="Olmo2ForCausalLM", gguf_arch="OLMO2"),
+    "phi3": Family(hf_class="Phi3ForCausalLM", gguf_arch="PHI3"),
+    "smollm3": Family(hf_class="SmolLM3ForCausalLM", gguf_arch="SMOLLM3"),
     "qwen3_moe": Family(gguf_arch="QWEN3MOE"),
     "olmoe": Family(gguf_arch="OLMOE"),
 }

@@ -119,13 +119,13 @@ def test_hf_format_refusals(llama_pair, tmp_path):
     code, _, err = run_cli("merge", "--adapter-path", adapter, "--out", tmp_path / "m", "--format", "hf",
                            "--requantize")
     assert code == 2 and "always float" in err
-    other = tmp_path / "other"  # an architecture whose MLX names are not checked against transformers
+    other = tmp_path / "other"  # an architecture whose MLX tensors are not transformers' (experts stacked)
     shutil.copytree(instruct, other)
     config = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**config, "model_type": "phi3"}))
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_moe"}))
     code, _, err = run_cli("merge", "--instruct", other, "--adapter-path", adapter, "--out", tmp_path / "m",
                            "--format", "hf")
-    assert code == 2 and "model_type 'phi3'" in err and "own Hugging Face checkpoint" in err
+    assert code == 2 and "model_type 'qwen3_moe'" in err and "own Hugging Face checkpoint" in err
     assert not (tmp_path / "m").exists()
 
 

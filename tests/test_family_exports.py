@@ -73,6 +73,20 @@ def test_hf_export_gives_the_mlx_merged_logits(family_case):
     assert changed == {f"{p}.weight" for p in paths}  # (mlx-lm wraps Qwen3.5 under language_model)
 
 
+def test_hf_export_of_an_mlx_folder(family_case, tmp_path):
+    """An instruct folder written by MLX (here the merged model itself) goes through mlx-lm's names, which are
+    transformers' for the dense families; refused where mlx-lm re-stores tensors (MoE experts stacked, Qwen3.5's
+    norms stored +1)."""
+    family, pair, adapter, merged, _ = family_case
+    if family in MOE + list(OVERRIDES):
+        with pytest.raises(GiftError, match="was written by MLX"):
+            merge(str(merged), str(adapter), str(tmp_path / "hf"), fmt="hf", dtype="float32", log=quiet)
+        return
+    out = merge(str(merged), str(adapter), str(tmp_path / "hf"), fmt="hf", dtype="float32", log=quiet)
+    twice = merge(str(merged), str(adapter), str(tmp_path / "mlx"), log=quiet)
+    assert columns._diff(columns.torch_logits(columns.hf_model(out)), columns.mlx_logits(twice)) <= 1e-4
+
+
 def test_peft_export_gives_the_mlx_merged_logits(family_case):
     family, pair, adapter, merged, work = family_case
     assert columns.peft_diff(family, pair, adapter, merged, work) <= 1e-4
