@@ -269,7 +269,8 @@ def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf
 @option("--upload-repo", help="Then upload the adapter (with its model card) to this Hugging Face Hub repo.")
 def export_adapter(adapter_path, fmt, out, instruct, scale, force, upload_repo):
     """Write the adapter in PEFT's layout, to apply to the instruct model with transformers."""
-    from .export import export_peft, upload
+    from .export import upload
+    from .export_peft import export_peft
 
     click.echo(f"wrote {export_peft(adapter_path, out, instruct=instruct, scale=scale, force=force)} ({fmt})")
     if upload_repo:
