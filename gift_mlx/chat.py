@@ -7,18 +7,19 @@ trimmed back to the longest prefix it shares with the new prompt, and only the r
 
 import sys
 
-from .config import SEED_RANGE, check_value
+from .config import SEED_RANGE, check_sampling, check_value
 from .errors import GiftError
+from .models import FiniteSampler, NonFiniteLogits
 
 HELP = "commands: /reset (clear history), /system <text> (set the system prompt; empty clears it), /quit"
 
 
 class Chat:
-    def __init__(self, model, tokenizer, system=None, temperature=0.7, top_p=1.0, max_tokens=512):
+    def __init__(self, model, tokenizer, system=None, temperature=0.7, top_p=1.0, max_tokens=512, name="model"):
         from mlx_lm.sample_utils import make_sampler
 
         self.model, self.tokenizer, self.system, self.max_tokens = model, tokenizer, system, max_tokens
-        self.sampler = make_sampler(temperature, top_p)
+        self.sampler = FiniteSampler(make_sampler(temperature, top_p), name)  # non-finite logits: an error
         self.reset()
 
     def reset(self):
@@ -53,14 +54,16 @@ class Chat:
             self.history.pop()
             raise
         pieces, generated = [], []
+        self.sampler.flags = []  # the last reply's final step made a token never shown
         try:
             for r in stream_generate(self.model, self.tokenizer, self._new_tokens(tokens), max_tokens=self.max_tokens,
                                      sampler=self.sampler, prompt_cache=self.cache):
+                self.sampler.check()  # before the token is shown
                 generated.append(r.token)
                 pieces.append(r.text)
                 if write and r.text:
                     write(r.text)
-        except KeyboardInterrupt:  # a stopped reply leaves no half turn; the cache is rebuilt next turn
+        except (KeyboardInterrupt, GiftError):  # a stopped reply leaves no half turn; the cache is rebuilt next turn
             self.history.pop()
             self.cache = None
             raise
@@ -118,6 +121,8 @@ def repl(chat, lines, write, note):
             except KeyboardInterrupt:  # Ctrl-C stops a reply, not the chat
                 note("\n[stopped]")
                 continue
+            except NonFiniteLogits:  # the model itself is broken: no later turn could be answered either
+                raise
             except GiftError as e:  # the chat template refused this turn: say so, the chat goes on
                 note(f"[error: {e}]")
                 continue
@@ -131,8 +136,7 @@ def chat(model_path, prompt=None, system=None, temperature=0.7, top_p=1.0, max_t
 
     from .models import cpu_float32, load_model
 
-    check_value("--temperature", temperature, float, 0, 100)
-    check_value("--top-p", top_p, float, 0, 1, open_lo=True)
+    check_sampling(temperature, top_p)
     check_value("--max-tokens", max_tokens, int, 1, 2**24)
     check_value("--seed", seed, int, *SEED_RANGE, optional=True)
     for name, text in (("--prompt", prompt), ("--system", system)):
@@ -144,7 +148,7 @@ def chat(model_path, prompt=None, system=None, temperature=0.7, top_p=1.0, max_t
         raise GiftError(f"{model_path}: tokenizer has no chat template (chat needs an instruct/chat model)")
     if seed is not None:
         mx.random.seed(seed)
-    session = Chat(model, tokenizer, system, temperature, top_p, max_tokens)
+    session = Chat(model, tokenizer, system, temperature, top_p, max_tokens, name=model_path)
 
     def write(s):
         sys.stdout.write(s)

@@ -205,12 +205,11 @@ def demo(out, iters, samples, seed, gift_base, world, limit, force):
 @option("--json", "as_json", is_flag=True, help="Print the whole result as JSON (per tensor, type and layer).")
 def pair_check_command(base, instruct, as_json):
     """Is BASE/INSTRUCT a transfer pair? Architecture, tensors, tokenizers, and how far apart the weights are."""
-    import json
-
+    from .outputs import json_text
     from .pair_check import pair_check, summary_text
 
     result = pair_check(base, instruct)
-    click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
+    click.echo(json_text("pair-check --json", result).rstrip("\n") if as_json else summary_text(result))
 
 
 PLAN_FIELDS = ("config", "base", "instruct", "data", "method", "online_scores", "lora_rank", "batch_size",
@@ -291,7 +290,8 @@ def merge(instruct, adapter_path, out, fmt, dtype, scale, base, requantize, gguf
 @option("--upload-repo", help="Then upload the adapter (with its model card) to this Hugging Face Hub repo.")
 def export_adapter(adapter_path, fmt, out, instruct, scale, force, allow_unfinished, upload_repo):
     """Write the adapter in PEFT's layout, to apply to the instruct model with transformers."""
-    from .export import export_peft, upload
+    from .export import upload
+    from .export_peft import export_peft
 
     path = export_peft(adapter_path, out, instruct=instruct, scale=scale, force=force,
                        allow_unfinished=allow_unfinished, log=click.echo)

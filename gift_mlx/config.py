@@ -24,6 +24,15 @@ COUNT_MAX = 2**31 - 1  # steps, rows, tokens, samples: beyond this a value is a 
 SEED_RANGE = (0, 2**64 - 1)  # what mx.random.seed and numpy's generators accept
 FLOAT32_TINY = 1.1754944e-38  # the smallest normal float32
 EXTRA_DEPTH, EXTRA_ITEMS = 32, 10_000  # `extra` is notes for the run record, not a data store
+# Sampling divides log-probabilities by the temperature; the top token's is at least -log(vocabulary), about -12.5
+# for 262k tokens, and divided by the temperature it must stay finite in float16 (at most 65504), the narrowest
+# type logits come in: 12.5 / 65504 = 1.9e-4. Below, every scaled logit is -inf and mlx-lm samples a random
+# token (in float32 from 3.7e-38 down). 0 is greedy decoding.
+TEMPERATURE_MIN = 2e-4
+# alpha / rank (mlx-lm's scale): the update scale·BA shrinks with it, since Adam's steps on B do not grow to
+# make up for it (toy pair, 8 steps: scale 2 gave ‖ΔW‖/‖W‖ = 0.078, scale 1e-3 gave 4e-5); below, it changes
+# nothing.
+LORA_SCALE_MIN = 1e-3
 
 
 def bounded(default, lo=None, hi=None, *, open_lo=False, open_hi=False, default_factory=None):
@@ -92,6 +101,20 @@ def check_value(name, value, kind, lo=None, hi=None, open_lo=False, open_hi=Fals
         raise GiftError(f"{name}: must be at most {hi}, got {value}" if not open_hi else
                         f"{name}: must be less than {hi}, got {value}")
     return value
+
+
+def check_sampling(temperature, top_p):
+    """(temperature, top_p) of a sampling command: temperature 0 (greedy) or from TEMPERATURE_MIN to 100, top_p
+    in (0, 1] and not so small that top_p times the probability mass is 0 in float32 (no token would be kept)."""
+    temperature = check_value("--temperature", temperature, float, 0, 100)
+    top_p = check_value("--top-p", top_p, float, 0, 1, open_lo=True)
+    if 0 < temperature < TEMPERATURE_MIN:
+        raise GiftError(f"--temperature: must be 0 (greedy) or at least {TEMPERATURE_MIN}, got {temperature} "
+                        "(below, logits / temperature overflow and every token is drawn at random)")
+    if top_p < FLOAT32_TINY:
+        raise GiftError(f"--top-p: must be at least {FLOAT32_TINY}, got {top_p} (below, top-p times the "
+                        "probability mass is 0 in float32 and no token is kept)")
+    return temperature, top_p
 
 
 def check_fields(obj, where=None, flags=False):
@@ -172,6 +195,10 @@ class TrainConfig:
             raise GiftError(f"method: '{self.method}' is not one of {', '.join(METHODS)}")
         if self.fine_tune_type not in ("lora", "dora"):
             raise GiftError(f"fine_tune_type: '{self.fine_tune_type}' is not lora or dora")
+        if self.lora_scale < LORA_SCALE_MIN:
+            raise GiftError(f"lora_alpha: alpha / rank = {self.lora_alpha} / {self.lora_rank} = {self.lora_scale:.3g} "
+                            f"is below {LORA_SCALE_MIN}: the adapter's update scale·BA would not change the model "
+                            "(the paper: alpha 128 at rank 64)")
         if self.num_layers == 0 or self.num_layers < -1:
             raise GiftError(f"num_layers: must be -1 (all) or at least 1, got {self.num_layers}")
         for name in ("base", "instruct", "data", "adapter_path", "scores_path"):

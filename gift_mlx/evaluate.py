@@ -1,12 +1,14 @@
 """`gift eval`: sample every problem n times per model, grade each sample, write the records and the summary.
 
-Problems come from problems.py (published record shapes), the metrics (Average@k, pass@k, maj@k for
-k = 1, 2, 4, ... n) from metrics.py, answers are graded by grading.py and the scaling plot drawn by plot.py.
-Prompts go through the model's chat template and are sampled with mlx-lm's continuous-batching
-BatchGenerator; each problem's prompt is prefilled once and its KV cache shared by its n samples, so the
-cost of the prompt is paid once, not n times.
+Problems come from problems.py (published record shapes), the metrics (Average@n, pass@k, maj@k for
+k = 1, 2, 4, ... n, each from all n samples) from metrics.py, answers are graded by grading.py and the scaling
+plot drawn by plot.py. Prompts go through the model's chat template and are sampled with mlx-lm's
+continuous-batching BatchGenerator; each problem's prompt is prefilled once and its KV cache shared by its n
+samples, so the cost of the prompt is paid once, not n times. The sequences in flight are bounded by memory
+(fit_batch), and a step with non-finite logits stops the run (models.FiniteSampler).
 """
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -20,9 +22,11 @@ from .data import render
 from .errors import GiftError
 from .metrics import ks_for, sample_metrics
 from .models import local_path
-from .config import COUNT_MAX, SEED_RANGE, bounded, check_fields
+from .config import COUNT_MAX, SEED_RANGE, bounded, check_fields, check_sampling
 from .outputs import LineWriter, check_not_inside, staged_folder, write_json, write_text
 from .problems import prompt_messages, read_problems
+
+SEQUENCES_SHARE = 0.25  # of the memory the weights leave: at most this much for the sequences in flight
 
 @dataclass
 class EvalSettings:
@@ -40,6 +44,7 @@ class EvalSettings:
         """One-line errors for option values that cannot give a meaningful run (config.check_fields: types,
         ranges, finiteness; then the rules between options)."""
         check_fields(self, flags=True)
+        check_sampling(self.temperature, self.top_p)
         rules = [
             (self.samples > 0 or self.greedy, "--samples 0 needs --greedy (nothing would be evaluated)"),
             (self.temperature > 0 or self.samples <= 1, "--temperature 0 makes all samples identical: use --greedy"),
@@ -71,14 +76,62 @@ def prefill(model, tokens, step=2048):
     return cache
 
 
-def generate_batched(model, tokenizer, prompts, n, sampler, max_tokens, batch_size, on_finish=None):
+def memory_bytes():
+    """The memory MLX may use on this machine: a GPU's recommended working set or size, else the RAM."""
+    import mlx.core as mx
+
+    info = mx.device_info()
+    return (info.get("max_recommended_working_set_size") or info.get("memory_size")
+            or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def sequence_bytes(model, tokens):
+    """Bytes one decoding sequence of up to `tokens` tokens holds: its KV cache, allocated in steps of 256
+    tokens, three times (the prefill batch, its merge into the decoding batch, a batch cache growing by
+    copying: MLX's peak was 2.5 times the cache on the toy model, 256 to 4096 sequences), and four rows of
+    logits (logits, log-probabilities, the sampler's scaled copy and its noise). Measured on a one-token
+    forward pass, so any architecture's cache counts as it is."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    logits = model(mx.array([[0]]), cache=cache)
+    mx.eval(logits, [c.state for c in cache])
+    step = sum(c.nbytes for c in cache)  # one 256-token allocation step (or a fixed-size state)
+    return 3 * step * -(-tokens // 256) + 4 * logits.size * logits.itemsize
+
+
+def fit_batch(model, name, prompts, settings, log, share=SEQUENCES_SHARE):
+    """--batch-size, lowered so that the sequences in flight take at most `share` of the memory the weights
+    leave (their KV caches and logits, sequence_bytes); with a log line when it is lowered."""
+    from mlx.utils import tree_flatten
+
+    weights = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    per_sequence = sequence_bytes(model, max(map(len, prompts)) + settings.max_tokens)
+    budget = share * max(memory_bytes() - weights, 0)
+    fits = int(budget // per_sequence)
+    if fits < 1:
+        raise GiftError(f"{name}: one sequence of {max(map(len, prompts))} prompt + {settings.max_tokens} generated "
+                        f"tokens needs {per_sequence / 1e9:.1f} GB of KV cache and logits, more than "
+                        f"{budget / 1e9:.1f} GB (a quarter of the memory the weights leave): lower --max-tokens")
+    if fits < settings.batch_size:
+        log(f"{name}: --batch-size {settings.batch_size} lowered to {fits}: that many sequences in flight fill "
+            f"{fits * per_sequence / 1e9:.1f} GB of KV cache and logits, a quarter of the memory the weights leave")
+    return min(settings.batch_size, fits)
+
+
+def generate_batched(model, tokenizer, prompts, n, sampler, max_tokens, batch_size, name="model"):
     """Yield (prompt index, sample index, generated token ids, finish reason) for n samples of every prompt.
 
     Up to batch_size sequences decode together in mlx-lm's BatchGenerator; a prompt joins when there is
-    room, its prefix prefilled once and inserted n times with only the last token left to process.
+    room, its prefix prefilled once and inserted n times with only the last token left to process. A step
+    whose logits are not finite stops it with an error naming the model (models.FiniteSampler).
     """
     from mlx_lm.generate import BatchGenerator
 
+    from .models import FiniteSampler
+
+    sampler = FiniteSampler(sampler, name)
     gen = BatchGenerator(
         model, max_tokens=max_tokens, stop_tokens=[[t] for t in tokenizer.eos_token_ids], sampler=sampler,
         completion_batch_size=batch_size, prefill_batch_size=batch_size,
@@ -93,8 +146,11 @@ def generate_batched(model, tokenizer, prompts, n, sampler, max_tokens, batch_si
                 owner.update({u: (i, j) for j, u in enumerate(uids)})
                 in_flight += n
             if in_flight == 0:
+                sampler.check(pending=0)
                 return
-            for r in gen.next_generated():
+            done = gen.next_generated()
+            sampler.check()  # before any of these tokens is read
+            for r in done:
                 if r.finish_reason != "stop":  # the stop token itself is not part of the completion
                     tokens.setdefault(r.uid, []).append(r.token)
                 if r.finish_reason is not None:
@@ -117,7 +173,7 @@ def display_names(models):
     return names
 
 
-def run_mode(model, tokenizer, problems, prompts, settings, mode, write, progress, label):
+def run_mode(model, tokenizer, problems, prompts, settings, mode, write, progress, label, batch_size):
     """Generate and grade one mode ('sample' or 'greedy'); write records; return per-problem flags, keys, stats."""
     from mlx_lm.sample_utils import make_sampler
     from tqdm import tqdm
@@ -131,7 +187,7 @@ def run_mode(model, tokenizer, problems, prompts, settings, mode, write, progres
     start = time.perf_counter()
     with tqdm(total=len(problems) * n, desc=f"{label} {mode}", unit="seq", disable=not progress) as bar:
         for i, j, ids, finish in generate_batched(model, tokenizer, prompts, n, sampler, settings.max_tokens,
-                                                  settings.batch_size):
+                                                  batch_size, label):
             text = tokenizer.decode(ids)
             graded = time.perf_counter()
             judged = grading.judge(text, problems[i].reference, problems[i].n_choices)
@@ -161,6 +217,7 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
     cpu_float32(model, name, log)
     wire_memory()
     prompts = [prompt_tokens(tokenizer, prompt_messages(p, settings.instruction), p.where) for p in problems]
+    batch_size = fit_batch(model, name, prompts, settings, log)
     entry = {"model": str(model_id), "name": name}
 
     def write_record(r):
@@ -168,13 +225,13 @@ def evaluate_model(model_id, name, problems, settings, write, progress=True, log
 
     if settings.greedy:
         correct, _, entry["greedy"] = run_mode(model, tokenizer, problems, prompts, settings, "greedy",
-                                               write_record, progress, name)
+                                               write_record, progress, name, batch_size)
         entry["greedy_accuracy"] = float(np.mean([c[0] for c in correct]))
         log(f"{name}: greedy accuracy {entry['greedy_accuracy']:.1%}")
     if settings.samples:
         mx.random.seed(settings.seed)  # every model sees the same sampling seed, and a rerun the same samples
         correct, keys, entry["sampling"] = run_mode(model, tokenizer, problems, prompts, settings, "sample",
-                                                    write_record, progress, name)
+                                                    write_record, progress, name, batch_size)
         entry.update(sample_metrics(correct, keys))
         n = settings.samples
         log(f"{name}: Average@{n} {entry['average@k'][n]:.1%}  pass@{n} {entry['pass@k'][n]:.1%}  "
@@ -209,10 +266,12 @@ def staged_output(out, overwrite=False, inputs=()):
 
 
 LEGEND = (
-    "Average@k: the accuracy over the first k samples of each problem (Average@{n}, over all {n} samples, is the "
-    "paper's metric; Average@1 counts only each problem's first sample). pass@k: the chance that at least one of "
-    "k samples is right, estimated from all {n} samples (Chen et al., 2021), so pass@1 is the accuracy over all "
-    "{n} samples and equals Average@{n}. maj@k: the accuracy of the majority answer of k samples. "
+    "Every sampled row is estimated from all {n} samples of each problem. Average@{n}: the accuracy over all {n} "
+    "samples (the paper's metric; its expectation is the same for every k, so it is one row). pass@k: the chance "
+    "that at least one of k samples is right, by the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. "
+    "(2021) from c right samples, so pass@1 = Average@{n}. maj@k: the accuracy of the majority answer of k "
+    "samples, the exact mean over all C(n, k) subsets of k samples (samples without an answer do not vote, a "
+    "subset without any answer is wrong, a tie goes to the answer seen first among the {n} samples). "
     "All values in %."
 )
 
@@ -227,9 +286,11 @@ def markdown_table(summary):
     completions were cut off by --max-tokens."""
     models, settings = summary["models"], summary["settings"]
     rows = [("greedy accuracy", lambda m: m.get("greedy_accuracy"))] if settings["greedy"] else []
-    for metric in ("average@k", "pass@k", "maj@k"):
-        rows += [(metric.replace("average", "Average").replace("@k", f"@{k}"),
-                  lambda m, metric=metric, k=k: m[metric][k]) for k in summary["ks"]]
+    if summary["ks"]:  # Average@k is one number for every k (metrics.average)
+        n = settings["samples"]
+        rows.append((f"Average@{n}", lambda m: m["average@k"][n]))
+    for metric in ("pass@k", "maj@k"):
+        rows += [(metric.replace("@k", f"@{k}"), lambda m, metric=metric, k=k: m[metric][k]) for k in summary["ks"]]
     if summary["ks"]:
         rows.append((f"cut off at --max-tokens {settings['max_tokens']}", cut_off))
     lines = [

@@ -13,6 +13,7 @@ transformers wrote; `check_rope` refuses a RoPE type the loaded mlx-lm model doe
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from .errors import GiftError
@@ -33,7 +34,9 @@ SCALED = {*ROPE_CLASSES, "linear"}
 
 @dataclass(frozen=True)
 class Family:
-    hf_class: str | None = None  # transformers architecture written by --format hf (None: not supported)
+    # transformers architecture of an MLX folder written by --format hf: set where mlx-lm's tensors are transformers'
+    # (None: such a folder is refused; the family's own HF checkpoint goes through export_hf.py whatever this says)
+    hf_class: str | None = None
     gguf_arch: str | None = None  # llama.cpp architecture (gguf.MODEL_ARCH member name) (None: not supported)
     renames: tuple = ()  # (transformers field, mlx-lm field) pairs beyond RENAMES
     # Per-layer-type rope_parameters: {layer type: (theta field, scaling field or None)} in mlx-lm's ModelArgs.
@@ -46,12 +49,20 @@ class Family:
 
 FAMILIES = {
     "llama": Family(hf_class="LlamaForCausalLM", gguf_arch="LLAMA"),
-    "mistral": Family(hf_class="MistralForCausalLM"),
+    "mistral": Family(hf_class="MistralForCausalLM", gguf_arch="LLAMA"),
     "qwen2": Family(hf_class="Qwen2ForCausalLM", gguf_arch="QWEN2"),
-    "qwen3": Family(hf_class="Qwen3ForCausalLM"),
-    "gemma3_text": Family(layer_period=("sliding_window_pattern", "full_attention"),
+    "qwen3": Family(hf_class="Qwen3ForCausalLM", gguf_arch="QWEN3"),
+    "gemma2": Family(hf_class="Gemma2ForCausalLM", gguf_arch="GEMMA2"),
+    "gemma3_text": Family(hf_class="Gemma3ForCausalLM", gguf_arch="GEMMA3",
+                          layer_period=("sliding_window_pattern", "full_attention"),
                           rope_layers={"full_attention": ("rope_theta", "rope_scaling"),
                                        "sliding_attention": ("rope_local_base_freq", None)}),
+    "granite": Family(hf_class="GraniteForCausalLM", gguf_arch="GRANITE"),
+    "olmo2": Family(hf_class="Olmo2ForCausalLM", gguf_arch="OLMO2"),
+    "phi3": Family(hf_class="Phi3ForCausalLM", gguf_arch="PHI3"),
+    "smollm3": Family(hf_class="SmolLM3ForCausalLM", gguf_arch="SMOLLM3"),
+    "qwen3_moe": Family(gguf_arch="QWEN3MOE"),
+    "olmoe": Family(gguf_arch="OLMOE"),
     # mlx-lm's qwen3_5 (a wrapper) reads a bare text config as its text_config
     "qwen3_5_text": Family(mlx_type="qwen3_5", layer_period=("full_attention_interval", "full_attention")),
     "mimo_v2_flash": Family(rope_layers={"full_attention": ("rope_theta", None),
@@ -221,3 +232,30 @@ def check_rope(model, config, where="config.json"):
         if not ok:
             raise GiftError(f"{where}: field '{name}.rope_type': '{kind}' is not implemented by mlx-lm's "
                             f"{config.get('model_type')} model (it would run unscaled RoPE)")
+
+
+# ---- NAME MAP: an mlx-lm module path -> the tensor names of the family's own Hugging Face checkpoint ----
+# Most families keep transformers' names (`<module path>.weight`). Where mlx-lm renames, the rewrites below are
+# tried in order, and the first name the checkpoint holds wins (so one family can be read from several layouts).
+
+HF_RENAMES = {
+    # Qwen3.5 is a vision-language checkpoint (model.language_model.*) or a text-only one (model.*); mlx-lm wraps
+    # both under language_model.
+    "qwen3_5": ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.", "")),
+    "qwen3_5_moe": ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.", "")),
+    "qwen3_5_text": ((r"^language_model\.", ""),),
+}
+# mlx-lm stacks an MoE layer's experts into one switch_mlp tensor (experts, out, in); HF checkpoints of the
+# Qwen-MoE / OLMoE layout hold one tensor per expert.
+SWITCH = re.compile(r"\.switch_mlp\.")
+EXPERT = ".experts.{}."
+
+
+def hf_names(model_type, path):
+    """The candidate HF module paths of an mlx-lm module path, most likely first (identity first)."""
+    names = [path]
+    for pattern, replacement in HF_RENAMES.get(model_type, ()):
+        renamed = re.sub(pattern, replacement, path)
+        if renamed not in names:
+            names.append(renamed)
+    return names

@@ -20,7 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 
-from . import export
+from . import export, export_gguf, export_hf
 from .adapters import CONFIG, check_blocks, read_adapter
 from .errors import GiftError
 from .families import translate_config
@@ -299,35 +299,42 @@ def merge(instruct=None, adapter_path="adapters", out="merged", *, fmt="mlx", dt
     instruct = _check_options(adapter, instruct, fmt, dtype, base, requantize)
     _check_dora_base(adapter, base, log)
     raw = read_config(instruct)
-    if fmt == "hf":
-        export.check_hf(raw)
+    checkpoint = export_hf.read_checkpoint(local_path(instruct)) if fmt == "hf" else None
+    if fmt == "hf" and checkpoint is None:
+        export.check_hf(raw, instruct)
+    if checkpoint is not None:
+        targets = export_hf.plan(adapter, raw, checkpoint, instruct)
     if fmt == "gguf":
         gguf_type = gguf_type or GGUF_OF_DTYPE.get(dtype, "f16")
-        pre_tokenizer = export.check_gguf(raw, local_path(instruct), gguf_type)
+        pre_tokenizer = export_gguf.check_gguf(raw, local_path(instruct), gguf_type)
     with output_folder(out, [instruct, adapter.path, base], force) as tmp:
-        model, loaded, base_model = _load_checked(adapter, instruct, raw, base, requantize)
-        mx_dtype = export.DTYPES[dtype] if dtype else None
-        fused, rq_error, sizes = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
-        if fmt == "gguf":
-            _write_gguf(tmp, model, raw, instruct, gguf_type, pre_tokenizer, out)
-            _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale, dtype=gguf_type)
-            log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out}/{GGUF_FILE} ({gguf_type})")
-            return Path(out)
-        mx_dtype, config = _output_config(model, raw, loaded, fused, fmt, mx_dtype, requantize)
-        if mx_dtype is not None:
-            _cast(model, mx_dtype)
-        export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx",
-                             label=f"{out}: merged weights", extras=sizes)
+        if checkpoint is not None:
+            sizes = _merge_checkpoint(tmp, adapter, instruct, raw, base, checkpoint, targets, scale, dtype)
+            rq_error, out_dtype = None, dtype or "as instruct"
+        else:
+            model, loaded, base_model = _load_checked(adapter, instruct, raw, base, requantize)
+            mx_dtype = export.DTYPES[dtype] if dtype else None
+            fused, rq_error, sizes = fuse_model(model, adapter, scale, base_model, mx_dtype, requantize, log)
+            if fmt == "gguf":
+                _write_gguf(tmp, model, raw, instruct, gguf_type, pre_tokenizer, out)
+                _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale, dtype=gguf_type)
+                log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out}/{GGUF_FILE} ({gguf_type})")
+                return Path(out)
+            mx_dtype, config = _output_config(model, raw, loaded, fused, fmt, mx_dtype, requantize)
+            if mx_dtype is not None:
+                _cast(model, mx_dtype)
+            export.write_weights(tmp, _take_weights(model), "pt" if fmt == "hf" else "mlx",
+                                 label=f"{out}: merged weights", extras=sizes)
+            write_json(tmp / "config.json", config)
+            out_dtype = export.dtype_name(mx_dtype) if mx_dtype is not None else "as instruct"
         update_size = math.sqrt(sum(u.item() for u, _ in sizes.values()) / sum(w.item() for _, w in sizes.values()))
         check_update_size(update_size, adapter, scale)
         line = update_line(update_size, scale, sizes, adapter, instruct, log)  # before the output is in place
-        write_json(tmp / "config.json", config)
         export.copy_tokenizer(local_path(instruct), tmp, raw)
-        _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale,
-                    dtype=export.dtype_name(mx_dtype) if mx_dtype is not None else "as instruct",
+        _write_card(tmp, adapter, instruct, fmt, out, merge_scale=scale, dtype=out_dtype,
                     requantized={"mean_error_over_update": rq_error} if requantize else None,
                     update_relative_size=round(update_size, 6))
-    log(f"merged {len(fused)} layers of {adapter.path} into {instruct} -> {out} ({fmt})")
+    log(f"merged {len(adapter.layers)} layers of {adapter.path} into {instruct} -> {out} ({fmt})")
     log(line)
     return Path(out)
 
@@ -339,6 +346,18 @@ def check_update_size(update_size, adapter, scale):
         raise GiftError(f"{adapter.path}: the update is {update_size:.3g}x the size of the instruct weights it "
                         f"would be added to (‖λ·ΔW‖_F / ‖W_instruct‖_F, λ = {scale:g}), more than {MAX_UPDATE:g}x: "
                         "it would replace the model, not tune it; check the adapter's tensors and lora_parameters.scale, and --scale")
+
+
+def _merge_checkpoint(folder, adapter, instruct, raw, base, checkpoint, targets, scale, dtype):
+    """--format hf from the instruct model's own HF checkpoint: W + λ·ΔW tensor by tensor (export_hf.py)."""
+    _check_architecture(adapter, instruct, raw, base)
+    base_modules = {}
+    if adapter.kind == "dora":  # ΔW = fused(W_base) − W_base needs the base weights
+        base_model = load_model(base, lazy=True)[0]
+        _fit(base_model, adapter, f"base {base}")
+        base_modules = dict(base_model.named_modules())
+    return export_hf.write_checkpoint(folder, local_path(instruct), checkpoint, targets,
+                                      lambda path: scale * delta(adapter, path, base_modules.get(path)), dtype)
 
 
 def update_line(update_size, scale, sizes, adapter, instruct, log=print):
@@ -366,7 +385,7 @@ def _write_gguf(folder, model, raw, instruct, gguf_type, pre_tokenizer, out):
 
     dequantize_model(model)
     config = {k: v for k, v in raw.items() if k not in export.QUANT_KEYS}
-    export.write_gguf(folder / GGUF_FILE, _take_weights(model), config, local_path(instruct), gguf_type,
+    export_gguf.write_gguf(folder / GGUF_FILE, _take_weights(model), config, local_path(instruct), gguf_type,
                       pre_tokenizer, Path(out).name)
 
 

@@ -129,10 +129,26 @@ def cached_path(path_or_id):
     index = p / "model.safetensors.index.json"
     try:
         files = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else ()
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    complete = all((p / f).is_file() for f in files) and any(p.glob("*.safetensors"))
+    complete = all(inside_model(p, f, index).is_file() for f in files) and any(p.glob("*.safetensors"))
     return p if complete and (p / "config.json").is_file() else None
+
+
+def inside_model(folder, entry, where):
+    """folder / entry, a file a model folder names (a shard index entry, a weight file); it must stay inside
+    the folder once symlinks are resolved, else another model's weights would be read. A Hugging Face cache
+    snapshot's files link into the repo's own blobs/ folder: that folder counts as inside."""
+    if not isinstance(entry, str) or not entry:
+        raise GiftError(f"{where}: {entry!r} is not a file name")
+    folder = Path(folder)
+    root = folder.resolve()
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        root = root.parent.parent
+    path = folder / entry
+    if Path(entry).is_absolute() or ".." in Path(entry).parts or not path.resolve().is_relative_to(root):
+        raise GiftError(f"{where}: {entry!r} lies outside the model folder {folder}")
+    return path
 
 
 def read_config(path_or_id):
@@ -266,6 +282,34 @@ def cpu_float32(model, name, log=print, share=0.4):
     log(f"{name}: float32 on CPU{' (dequantized)' if quantized else ''} ({need / 1e9:.1f} GB; "
         f"{what} matmuls are 10-500x slower there)")
     return model
+
+
+class NonFiniteLogits(GiftError):
+    """A model's logits are not finite: nothing it generates can be used (a chat cannot go on either)."""
+
+
+class FiniteSampler:
+    """An mlx-lm sampler that notes whether any step's log-probabilities hold a NaN: a NaN or +Inf logit, from
+    non-finite weights or an overflow. The flag is computed with the sampled tokens (mx.depends), so reading it
+    after the tokens costs neither a pass over the weights nor an extra wait; `check` raises one error line."""
+
+    def __init__(self, sampler, name):
+        self.sampler, self.name, self.flags = sampler, name, []
+
+    def __call__(self, logprobs):
+        import mlx.core as mx
+
+        bad = mx.isnan(logprobs).any()
+        self.flags.append(bad)
+        return mx.depends(self.sampler(logprobs), bad)
+
+    def check(self, pending=1):
+        """Raise if a finished step had non-finite logits; the last `pending` steps may still be computing."""
+        done = self.flags[: max(len(self.flags) - pending, 0)]
+        if any(flag.item() for flag in done):
+            raise NonFiniteLogits(f"{self.name}: the model's logits are not finite (NaN/Inf): its weights hold NaN/Inf "
+                            "values or its activations overflow; nothing it generated is used")
+        del self.flags[: len(done)]
 
 
 # ---- exceptions raised inside model code ----

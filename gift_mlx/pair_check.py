@@ -12,26 +12,37 @@ summed per module type, per layer and over all matrices (tensors of two or more 
 layer and the embeddings). "Overall" is sqrt(Σ ΔW²) / sqrt(Σ W_base²) over all matrices, dominated by the
 largest ones; "mean per matrix" averages each matrix's relative distance, as the published figures do.
 
-The weights are read tensor by tensor from the safetensors files (MLX loads them lazily), so the peak memory
-is about the largest tensor of each model plus four float32 temporaries of at most CHUNK elements. Quantized
-(mlx-community) tensors are dequantized per tensor with mx.dequantize; their rounding error then counts as
-distance, which the report says. Sums are float32 per row of a chunk and float64 across rows.
+The weights are read tensor by tensor, in chunks of CHUNK elements, through numpy memory maps of the
+safetensors files (bfloat16 as its 16 bits shifted into float32), each chunk reduced by BLAS dot products
+while it is in cache; pages already read are handed back, so the resident memory stays about a few chunks.
+Summing is memory-bound: scripts/bench_pair_check.py measures GB/s. Quantized (mlx-community) tensors are
+dequantized per block of rows with mx.dequantize; their rounding error then counts as distance, which the
+report says. Sums are float32 within a chunk and float64 across chunks; a tensor holding a NaN or an
+infinity is an error naming it.
 """
 
+import hashlib
 import json
 import math
+import mmap
+import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
+from . import __version__
+from .blas import cores
 from .errors import GiftError
 from .families import translate_config
-from .models import SHAPE_KEYS, cached_path, check_compatible, load_tokenizer, local_path, read_config
+from .models import (SHAPE_KEYS, cached_path, check_compatible, inside_model, load_tokenizer, local_path,
+                     read_config)
+from .outputs import write_json
 
-CHUNK = 1 << 20  # elements per float32 temporary (small chunks stay in cache: faster than large ones on a CPU)
+CHUNK = 1 << 16  # elements per chunk: it stays in cache through the seven reductions (measured fastest)
 SUMS = ("base_sq", "inst_sq", "diff_sq", "dot", "diff_abs", "base_abs", "inst_abs")
 
 # Published relative distances (mean per module) of real base/instruct pairs, and one non-pair.
@@ -39,60 +50,126 @@ REFERENCE = {"Qwen2.5-0.5B": 0.0715, "Qwen2.5-1.5B": 0.0087, "Qwen2.5-3B": 0.008
              "Qwen2.5-32B": 0.0072, "Llama-3.1-8B": 0.035}
 NOT_A_PAIR = ("Qwen2.5-7B vs Qwen2.5-Math-7B", 0.95)
 CLOSE, FAR, UNRELATED = 0.07, 0.1, 0.5  # verdict bands on the relative distance
+KINDS = ("identical", "close", "far", "unrelated")  # the verdicts
 
 
 # ---- reading ----
 
 def weight_files(folder):
-    """{tensor name: file} from model.safetensors.index.json, else every *.safetensors of the folder."""
+    """{tensor name: file} from model.safetensors.index.json, else every *.safetensors of the folder; every
+    file must lie inside the folder (models.inside_model)."""
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
+            items = list(weight_map.items())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise GiftError(f"{index}: cannot read the shard index ({e})")
-        return {name: folder / f for name, f in weight_map.items()}
+        files = {name: inside_model(folder, f, f"{index}: weight_map[{name!r}]") for name, f in items}
+        for f in sorted(set(files.values())):
+            if not f.is_file():
+                raise GiftError(f"{f}: listed in the shard index but missing")
+        return files
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise GiftError(f"{folder}: no *.safetensors weight files")
     out = {}
     for f in files:
-        out.update(dict.fromkeys(_load(f), f))
+        out.update(dict.fromkeys(read_header(inside_model(folder, f.name, folder))[1], f))
     return out
 
 
-def _load(path):
+NUMPY = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}  # bfloat16: its bits
+DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def read_header(path):
+    """(offset of the data, {name: header entry}) of a safetensors file, its offsets checked against its size."""
     try:
-        return mx.load(str(path))  # lazy: a tensor is read from disk when it is evaluated
-    except (OSError, RuntimeError, ValueError) as e:
-        raise GiftError(f"{path}: cannot read weights ({str(e).splitlines()[0]})")
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= size - 8:
+                raise ValueError("not a safetensors file")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        for name, t in header.items():
+            begin, stop = t["data_offsets"]
+            width = np.dtype(NUMPY[t["dtype"]]).itemsize if t["dtype"] in NUMPY else None
+            if not 0 <= begin <= stop <= size - 8 - n or (width and stop - begin != width * math.prod(t["shape"])):
+                raise ValueError(f"tensor {name}: data offsets {begin}-{stop} do not fit the file")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise GiftError(f"{path}: cannot read weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    return 8 + n, header
+
+
+class Reader:
+    """f(i, j): elements i:j of one float tensor as a flat array of `dtype`, read from the memory-mapped file.
+
+    Pages already read are handed back (MADV_DONTNEED), so the resident memory stays about a chunk, not the
+    tensor; bfloat16 becomes float32 by shifting its 16 bits into the high half.
+    """
+
+    def __init__(self, mapped, offset, entry, dtype):
+        self.mapped, self.dtype, self.bf16 = mapped, dtype, entry["dtype"] == "BF16"
+        self.start = self.done = offset + entry["data_offsets"][0]  # bytes: where the tensor starts, read up to
+        self.raw = np.frombuffer(mapped, NUMPY[entry["dtype"]], math.prod(entry["shape"]), self.start)
+        self.buffers = {}
+
+    def __call__(self, i, j):
+        self.release(self.start + i * self.raw.itemsize)
+        x = self.raw[i:j]
+        if not x.flags.aligned:  # MLX writes headers of any length; numpy's fast paths (BLAS) need aligned data
+            x = self._buffer("staged", x.nbytes, np.uint8)
+            np.copyto(x, self.raw[i:j].view(np.uint8))
+            x = x.view(self.raw.dtype)
+        if x.dtype == self.dtype:
+            return x
+        if self.bf16:
+            out = np.left_shift(x, 16, out=self._buffer("wide", j - i, np.uint32), dtype=np.uint32).view(np.float32)
+            return out if self.dtype == np.float32 else out.astype(self.dtype)
+        out = self._buffer("wide", j - i, self.dtype)
+        np.copyto(out, x)
+        return out
+
+    def _buffer(self, key, n, dtype):
+        """A reused buffer of n elements (a chunk stays in the cache between calls)."""
+        buf = self.buffers.get(key)
+        if buf is None or len(buf) < n:
+            buf = self.buffers[key] = np.empty(n, dtype)
+        return buf[:n]
+
+    def release(self, upto=None):
+        """Hand back the whole pages between what was released and `upto` (None: the tensor's end)."""
+        upto = self.start + self.raw.nbytes if upto is None else upto
+        begin, end = self.done // mmap.PAGESIZE * mmap.PAGESIZE, upto // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > begin and hasattr(self.mapped, "madvise"):
+            self.mapped.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+            self.done = end
 
 
 class Weights:
-    """A model's tensors, lazily loaded shard by shard, dequantized per tensor when quantized."""
+    """A model's tensors from their safetensors headers: float tensors read through memory maps, quantized
+    (packed) ones loaded lazily by MLX and dequantized per block of rows."""
 
-    def __init__(self, folder, config):
-        self.folder = Path(folder)
+    def __init__(self, folder, config, label):
+        self.folder, self.label = Path(folder), label  # label: "base MODEL", named by errors
         self.files = weight_files(folder)
+        self.headers = {f: read_header(f) for f in sorted(set(self.files.values()))}
+        for name, f in self.files.items():
+            if name not in self.headers[f][1]:
+                raise GiftError(f"{f}: has no tensor {name} (the shard index names it)")
         self.quant = config.get("quantization") or config.get("quantization_config")
-        self._shards = {}
+        self._shards, self._maps = {}, {}
         names = set(self.files)
         # packed quantized weights come with .scales (and .biases): one logical tensor each
         self.quantized = {n for n in names if n.endswith(".weight") and n[:-len("weight")] + "scales" in names}
         companions = {n[:-len("weight")] + s for n in self.quantized for s in ("scales", "biases")}
         self.names = sorted(names - companions)
 
-    def _raw(self, name):
-        f = self.files[name]
-        if f not in self._shards:
-            if not f.is_file():
-                raise GiftError(f"{f}: listed in the shard index but missing")
-            self._shards[f] = _load(f)
-        shard = self._shards[f]
-        if name not in shard:
-            raise GiftError(f"{f}: has no tensor {name} (the shard index names it)")
-        return shard[name]
+    def entry(self, name):
+        return self.headers[self.files[name]][1][name]
 
     def _qparams(self, name):
         module = name[:-len(".weight")]
@@ -101,57 +178,108 @@ class Weights:
         return q.get("group_size", 64), q.get("bits", 4), q.get("mode", "affine")
 
     def shape(self, name):
-        t = self._raw(name)
+        shape = tuple(self.entry(name)["shape"])
         if name in self.quantized:
-            return tuple(t.shape[:-1]) + (self._raw(name[:-len("weight")] + "scales").shape[-1] * self._qparams(name)[0],)
-        return tuple(t.shape)
+            return shape[:-1] + (self.entry(name[:-len("weight")] + "scales")["shape"][-1] * self._qparams(name)[0],)
+        return shape
 
     def dtype(self, name):
-        t = self._raw(name[:-len("weight")] + "scales") if name in self.quantized else self._raw(name)
-        return str(t.dtype).replace("mlx.core.", "")
+        t = self.entry(name[:-len("weight")] + "scales" if name in self.quantized else name)["dtype"]
+        return DTYPE_NAMES.get(t, t.lower())
 
     def is_float(self, name):
-        return name in self.quantized or mx.issubdtype(self._raw(name).dtype, mx.floating)
+        return name in self.quantized or self.entry(name)["dtype"] in NUMPY
 
-    def rows(self, name):
-        """A function (i, j) -> float32 rows i:j of the tensor seen as a matrix (rows, last dimension)."""
-        t = self._raw(name)
-        if name not in self.quantized:
-            m = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t.reshape(1, -1)
-            return lambda i, j: m[i:j].astype(mx.float32)
-        prefix = name[:-len("weight")]
-        s = self._raw(prefix + "scales")
-        b = self._raw(prefix + "biases") if prefix + "biases" in self.files else None
-        group, bits, mode = self._qparams(name)
-        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-        t, s, b = flat(t), flat(s), flat(b) if b is not None else None
-        return lambda i, j: mx.dequantize(t[i:j], s[i:j], b[i:j] if b is not None else None, group_size=group,
-                                          bits=bits, mode=mode).astype(mx.float32)
+    def order(self, name):
+        """Where the tensor lies (file, offset): reading in this order reads each file front to back."""
+        return str(self.files[name]), self.entry(name)["data_offsets"][0]
 
-    def release(self, name):
-        """Drop the shard's reference to an evaluated tensor so its memory is freed."""
+    def reader(self, name, dtype=np.float32):
+        """A function (i, j) -> elements i:j of the tensor, flat, as `dtype` (row-aligned i, j if quantized)."""
+        if name in self.quantized:
+            return self._dequantizer(name, dtype)
         f = self.files[name]
-        for n in (name, name[:-len("weight")] + "scales", name[:-len("weight")] + "biases"):
-            if self.files.get(n) in self._shards:
-                self._shards[self.files[n]].pop(n, None)
-        if f in self._shards and not self._shards[f]:
-            del self._shards[f]
+        if f not in self._maps:
+            try:
+                with open(f, "rb") as fh:
+                    self._maps[f] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError) as e:
+                raise GiftError(f"{f}: cannot read weights ({e})")
+        return Reader(self._maps[f], self.headers[f][0], self.entry(name), dtype)
+
+    def _mx(self, name):
+        f = self.files[name]
+        if f not in self._shards:
+            try:
+                self._shards[f] = mx.load(str(f))  # lazy: a tensor is read when it is evaluated
+            except (OSError, RuntimeError, ValueError) as e:
+                raise GiftError(f"{f}: cannot read weights ({str(e).splitlines()[0]})")
+        t = self._shards[f][name]
+        return t.reshape(-1, t.shape[-1])
+
+    def _dequantizer(self, name, dtype):
+        prefix, cols = name[:-len("weight")], self.shape(name)[-1]
+        t, s = self._mx(name), self._mx(prefix + "scales")
+        b = self._mx(prefix + "biases") if prefix + "biases" in self.files else None
+        group, bits, mode = self._qparams(name)
+
+        def read(i, j):
+            r, q = i // cols, j // cols
+            w = mx.dequantize(t[r:q], s[r:q], b[r:q] if b is not None else None, group_size=group, bits=bits,
+                              mode=mode)
+            return np.array(w.astype(mx.float32), dtype=dtype).reshape(-1)
+        return read
+
+    def close(self):
+        self._shards.clear()
+        for m in self._maps.values():
+            try:
+                m.close()
+            except BufferError:  # an array still views it (an error on the way out): freed with that array
+                pass
+        self._maps.clear()
 
 
-def tensor_sums(base_rows, inst_rows, shape):
-    """The SUMS of one tensor pair, float32 within a row of a chunk, float64 across rows."""
-    n_rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
-    step = max(1, CHUNK // max(shape[-1], 1))
+def tensor_sums(base, inst, name, dtype=np.float32):
+    """The SUMS of one tensor pair: dot products (BLAS) within chunks of CHUNK elements, float64 across them.
+
+    Reading is memory-bound: each chunk is read once and reduced while it is in cache. A non-finite sum
+    means a NaN or infinity in a tensor (an error naming it) or a float32 overflow (summed again in float64).
+    """
+    shape = base.shape(name)
+    size = math.prod(shape)
+    unit = shape[-1] if (name in base.quantized or name in inst.quantized) and shape else 1  # whole rows
+    step = max(1, CHUNK // unit) * unit
+    read_a, read_b = base.reader(name, dtype), inst.reader(name, dtype)
+    d, t, ones = np.empty(min(step, size), dtype), np.empty(min(step, size), dtype), np.ones(min(step, size), dtype)
     total = np.zeros(len(SUMS))
-    for i in range(0, n_rows, step):
-        a, b = base_rows(i, i + step), inst_rows(i, i + step)
-        d = b - a
-        mx.eval(a, b, d)
-        # one reduction at a time, so that at most four chunk-sized arrays are alive
-        for k, (x, y) in enumerate(((a, a), (b, b), (d, d), (a, b), (d, None), (a, None), (b, None))):
-            s = (x * y if y is not None else mx.abs(x)).sum(-1)
-            total[k] += np.array(s, dtype=np.float64).sum()
-    return dict(zip(SUMS, total.tolist()))
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below
+        for i in range(0, size, step):
+            a, b = read_a(i, min(i + step, size)), read_b(i, min(i + step, size))
+            k = a.size
+            diff = np.subtract(b, a, out=d[:k])
+            total += (np.dot(a, a), np.dot(b, b), np.dot(diff, diff), np.dot(a, b),
+                      np.dot(np.abs(diff, out=diff), ones[:k]),  # Σ|x| as a dot: faster than abs().sum()
+                      np.dot(np.abs(a, out=t[:k]), ones[:k]), np.dot(np.abs(b, out=t[:k]), ones[:k]))
+    for r in (read_a, read_b):
+        getattr(r, "release", lambda: None)()
+    if np.isfinite(total).all():
+        return dict(zip(SUMS, total.tolist()))
+    for w in (base, inst):
+        check_finite_tensor(w, name, step)
+    if dtype == np.float32:
+        return tensor_sums(base, inst, name, np.float64)
+    raise GiftError(f"{base.label} / {inst.label}: tensor {name}: values too large to measure (their squares "
+                    "overflow float64)")
+
+
+def check_finite_tensor(weights, name, step):
+    """GiftError naming the model, tensor and file if the tensor holds a NaN or an infinity."""
+    read, size = weights.reader(name, np.float64), math.prod(weights.shape(name))
+    for i in range(0, size, step):
+        if not np.isfinite(read(i, min(i + step, size))).all():
+            raise GiftError(f"{weights.label}: tensor {name} holds NaN or infinite values ({weights.files[name]}); "
+                            "these weights are broken: nothing to compare or train on")
 
 
 def measures(s):
@@ -265,32 +393,46 @@ def verdict(overall, mean):
 
 # ---- the check ----
 
-def pair_check(base, instruct, check_tokenizer=True, log=None):
+def all_sums(bw, iw, order, workers):
+    """{name: SUMS} of every tensor: float tensors on `workers` threads (numpy and BLAS release the GIL),
+    quantized ones (MLX) on this thread; an error is the first tensor's in `order`."""
+    plain = [n for n in order if n not in bw.quantized and n not in iw.quantized]
+    for n in plain:  # map the files before the threads share them
+        bw.reader(n), iw.reader(n)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        sums = dict(zip(plain, pool.map(lambda n: tensor_sums(bw, iw, n), plain)))
+    return {n: sums[n] if n in sums else tensor_sums(bw, iw, n) for n in order}
+
+
+def pair_check(base, instruct, check_tokenizer=True, log=None, workers=None):
     """Compare two models (Hub ids or folders); return a plain dict (see summary_text for its reading).
 
     Raises GiftError for a pair that cannot be a transfer pair: another architecture, other tensors or shapes,
-    other token ids, or an instruct model without a chat template.
+    other token ids, or an instruct model without a chat template. workers: threads summing (default: the cores).
     """
+    workers = workers or cores()
     tic = time.perf_counter()
     base_folder, inst_folder = local_path(base), local_path(instruct)
     base_config, inst_config = read_config(base_folder), read_config(inst_folder)
     check_compatible(base_config, inst_config, str(base), str(instruct))
-    bw, iw = Weights(base_folder, base_config), Weights(inst_folder, inst_config)
+    bw, iw = Weights(base_folder, base_config, f"base {base}"), Weights(inst_folder, inst_config, f"instruct {instruct}")
     names = check_tensors(bw, iw, str(base), str(instruct))
     tokenizer = check_tokenizers(base_folder, inst_folder, str(base), str(instruct)) if check_tokenizer else None
     info = {"base": _model_info(base, base_folder, base_config, bw),
             "instruct": _model_info(instruct, inst_folder, inst_config, iw)}
 
+    order = sorted(names, key=bw.order)  # each base file front to back
+    try:
+        sums = all_sums(bw, iw, order, workers)
+    finally:
+        bw.close(), iw.close()
     records = []
-    order = sorted(names, key=lambda n: (str(bw.files[n]), str(iw.files[n]), n))  # shard after shard
     for name in order:
-        shape = bw.shape(name)
-        sums = tensor_sums(bw.rows(name), iw.rows(name), shape)
-        bw.release(name), iw.release(name)
-        layer, kind = module_type(name)
+        shape, (layer, kind) = bw.shape(name), module_type(name)
         records.append({"name": name, "layer": layer, "type": kind, "shape": list(shape),
                         "parameters": math.prod(shape), "matrix": len(shape) >= 2,
-                        "quantized": [name in bw.quantized, name in iw.quantized], **sums, **measures(sums)})
+                        "quantized": [name in bw.quantized, name in iw.quantized], **sums[name],
+                        **measures(sums[name])})
     matrices = [r for r in records if r["matrix"]]
     if not matrices:
         raise GiftError(f"{base}: holds no weight matrices to compare")
@@ -390,19 +532,63 @@ def fingerprints(base, instruct):
     return {"base": weights_fingerprint(base), "instruct": weights_fingerprint(instruct)}
 
 
+def cache_folder():
+    """Where gift train keeps measured pairs: $GIFT_CACHE_DIR, else the user cache dir's gift-mlx/pair-check."""
+    if os.environ.get("GIFT_CACHE_DIR"):
+        return Path(os.environ["GIFT_CACHE_DIR"]) / "pair-check"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gift-mlx" / "pair-check"
+
+
+def files_identity(*folders):
+    """A key for the files of model folders: each file's path, size and mtime, and each safetensors header
+    (a rewritten model changes one of them), for this version of the measures. Reads only the headers."""
+    h = hashlib.sha256(f"{__version__}:{SUMS}:{CHUNK}".encode())
+    for folder in folders:
+        folder = Path(folder).resolve()
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                if f.suffix == ".safetensors":
+                    with open(f, "rb") as fh:
+                        h.update(fh.read(min(int.from_bytes(fh.read(8), "little"), 1 << 27)))
+    return h.hexdigest()[:24]
+
+
+def cached_check(base, instruct, log):
+    """pair_check() of the two models, reused from the cache while their files are unchanged."""
+    path = cache_folder() / f"{files_identity(local_path(base), local_path(instruct))}.json"
+    try:
+        result = json.loads(path.read_text())
+        line = f"{one_line(result)} [cached]" if result["verdict"] in KINDS else None
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: measured again
+        line = None
+    if line:
+        log(line)
+        return result
+    result = pair_check(base, instruct)
+    result["fingerprints"] = fingerprints(base, instruct)
+    log(f"{one_line(result)} [{result['seconds']:.1f} s]")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, result)
+    except (OSError, GiftError):
+        pass  # a read-only cache costs the next run the measurement, nothing else
+    return result
+
+
 def check_for_training(base, instruct, when=None, log=print):
     """gift train's check: the one-line summary, and a warning for a far pair. when=None measures only when
-    both models are already on this machine (it reads every weight once: 0.18-0.26 GB/s measured on 2 CPU
-    cores, so 2-3 min for a 7B pair in bfloat16); True forces
-    it (downloading what is missing); False skips it. Returns the result or None."""
+    both models are already on this machine (it reads every weight once: 2 GB/s of model bytes wanted, see
+    scripts/bench_pair_check.py); True forces it (downloading what is missing); False skips it. The result is
+    cached (cache_folder) by the models' files: a second run with the same models pays a few file headers.
+    Returns the result or None."""
     if when is False:
         return None
     if when is None and not (cached_path(base) and cached_path(instruct)):
         log("pair: not measured (a model is not on this machine yet); `gift pair-check BASE INSTRUCT` measures it")
         return None
-    result = pair_check(base, instruct)
-    result["fingerprints"] = fingerprints(base, instruct)
-    log(f"{one_line(result)} [{result['seconds']:.1f} s]")
+    result = cached_check(base, instruct, log)
     if result["verdict"] in ("far", "unrelated"):
         log(f"warning: base and instruct are {'far apart' if result['verdict'] == 'far' else 'not a transfer pair'}: "
             "an update learned on the base is added to a model it was not measured on; see `gift pair-check`")

@@ -1,7 +1,8 @@
 """Every figure gift-mlx writes, drawn with matplotlib (Agg backend: no display needed).
 
-scaling: accuracy vs k per model (test-time scaling) for `gift eval`; training: loss and learning-rate curves
-from a run's metrics.jsonl for `gift train`; methods: task accuracy vs retention per method for `gift demo`.
+scaling: pass@k and maj@k vs k per model, Average@n as reference (test-time scaling) for `gift eval`; training:
+loss and learning-rate curves from a run's metrics.jsonl for `gift train`; methods: task accuracy vs retention
+per method for `gift demo`.
 """
 
 import json
@@ -10,8 +11,7 @@ from pathlib import Path
 from .outputs import atomic_write
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
-STYLES = {"pass@k": "-", "maj@k": "--", "average@k": ":"}
-LABELS = {"pass@k": "pass@k", "maj@k": "maj@k", "average@k": "Average@k"}
+STYLES = {"pass@k": "-", "maj@k": "--"}
 
 
 def _pyplot():
@@ -29,21 +29,28 @@ def _save(fig, path):
     _pyplot().close(fig)
 
 
+def _at(metric, k):
+    return metric.get(k, metric.get(str(k)))  # int keys, or str keys from a summary read back from JSON
+
+
 def scaling(path, summary):
-    """PNG of accuracy vs k (log2 axis) per model: pass@k solid, maj@k dashed, Average@k dotted; one colour a model."""
+    """PNG of accuracy (%) vs k (log2 axis) per model: pass@k solid, maj@k dashed, and Average@n (the same for
+    every k) as a dotted horizontal reference line; one colour a model."""
     plt = _pyplot()
     ks = summary["ks"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, m in enumerate(summary["models"]):
+        color = COLORS[i % len(COLORS)]
         for metric, style in STYLES.items():
-            ax.plot(ks, [m[metric].get(k, m[metric].get(str(k))) for k in ks], style,  # int keys, or str from JSON
-                    color=COLORS[i % len(COLORS)], marker="o", markersize=4, linewidth=2,
-                    label=f"{m['name']} {LABELS[metric]}")
+            ax.plot(ks, [100 * _at(m[metric], k) for k in ks], style, color=color, marker="o", markersize=4,
+                    linewidth=2, label=f"{m['name']} {metric}")
+        ax.axhline(100 * _at(m["average@k"], ks[-1]), linestyle=":", color=color, linewidth=2,
+                   label=f"{m['name']} Average@{ks[-1]}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
     ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (%)")
     data = Path(summary["data"]) if summary.get("data") else None  # task/test.jsonl vs retention.jsonl differ
     ax.set_title((f"{data.parent.name}/{data.name}: " if data else "") + "accuracy vs k (test-time scaling)")
     ax.grid(True, alpha=0.3)

@@ -133,6 +133,23 @@ def build_step(model, optimizer, guide=None, floor=1e-4, gamma=1.0, world=None, 
     return step, state
 
 
+def optimizer_step(step, state, micro, n, threads=None):
+    """One optimizer step of the compiled `step` over n micro-batches (an iterator of (inputs, labels, w,
+    positions)); returns the step's sums [Σ w·ℓ, Σ w, Σ ℓ, n].
+
+    The accumulated gradient is evaluated after each micro-batch: otherwise the n micro-batches' graphs
+    (activations included) would all be held until the last one, and the peak memory would grow with n.
+    The loss stays Σ w·ℓ / Σ w over the whole step: the division happens in the last call.
+    """
+    acc_grad = acc_sums = None
+    for k, batch in zip(range(n), micro):
+        last = k == n - 1
+        acc_grad, acc_sums = step(*batch, acc_grad, acc_sums, last)
+        with blas.threads(threads):
+            mx.eval(state if last else acc_grad, acc_sums)
+    return acc_sums
+
+
 def head_positions(model, w, bound=None):
     """The flat target positions of a micro-batch (numpy w) when its logits are chunked, else None. bound:
     per padded length, the most targets one row can hold, which fixes the padded count (one compiled shape)."""
@@ -571,23 +588,20 @@ def _train(cfg, log, stack):
             report = reporter.on_train_loss_report if "loss" in row else reporter.on_val_loss_report
             report({**row, "iteration": row["step"]})
 
+    def step_inputs():  # the micro-batches as the step takes them, counting the tokens read
+        for inputs, labels, w in batches:
+            window["tokens"] += int((labels != pad_id).sum())
+            yield mx.array(inputs), mx.array(labels), mx.array(w), head_positions(model, w, bound)
+
     model.train()
     window = {"sums": np.zeros(4), "tokens": 0, "time": 0.0}
+    stream = step_inputs()
     bar = tqdm(range(start + 1, steps + 1), desc="train", unit="step", initial=start, total=steps, disable=rank > 0)
     last_good, done = snapshot(model, optimizer), start  # done: the last step whose state is last_good
     try:
         for it in bar:
             tic = time.perf_counter()
-            acc_grad = acc_sums = None
-            for k in range(cfg.grad_accumulation_steps):
-                inputs, labels, w = next(batches)
-                window["tokens"] += int((labels != pad_id).sum())
-                acc_grad, acc_sums = step(mx.array(inputs), mx.array(labels), mx.array(w),
-                                          head_positions(model, w, bound), acc_grad, acc_sums,
-                                          k == cfg.grad_accumulation_steps - 1)
-            with blas.threads(blas_threads):
-                mx.eval(state, acc_sums)
-            s = np.array(acc_sums)
+            s = np.array(optimizer_step(step, state, stream, cfg.grad_accumulation_steps, blas_threads))
             if not (np.isfinite(s[0]) and np.isfinite(s[2]) and s[1] > 0):
                 restore(model, optimizer, last_good)  # the update divided by a NaN or zero Σw: dropped
                 what = "the loss is not finite" if s[1] > 0 or not np.isfinite(s[1]) else \

@@ -401,25 +401,28 @@ def shape_report(res):
         row("eval decoding (float32): model FLOP/s ÷ matmul rate (batch-8 decoding reads every weight per token: "
             "memory-bound)", eff["decode-f32"]["efficiency"], "–", None)
     w("")
+    plan = __import__('gift_mlx.plan').plan
     w("### `gift plan`'s estimates against these runs")
     w("")
-    w("| run | estimated MLX peak GB | measured | error | estimated s/step | measured | error |")
-    w("|---|---|---|---|---|---|---|")
+    w("| run | estimated MLX peak GB | measured | error | estimated max RSS GB (`gift plan`) | measured | error | "
+      "estimated s/step | measured | error |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("gift-f32", "gift-online-f32", "gift-q4", "gift-bf16"):
         if name in eff and "plan_peak_gb" in eff[name]:
             e, r = eff[name], runs[name]
-            pe = ratio(e["plan_peak_gb"], r["peak_memory_gb"])
+            rss = e["plan_peak_gb"] + plan.OVERHEAD / 1e9
+            pe, re_ = ratio(e["plan_peak_gb"], r["peak_memory_gb"]), ratio(rss, r["maxrss_gb"])
             te = ratio(e["plan_s_per_step"], e["s_per_step"])
             w(f"| {name} | {e['plan_peak_gb']:.2f} | {r['peak_memory_gb']:.2f} | {fmt(pe and 100 * (pe - 1), 0)}% | "
+              f"{rss:.2f} | {r['maxrss_gb']:.2f} | {fmt(re_ and 100 * (re_ - 1), 0)}% | "
               f"{e['plan_s_per_step']:.1f} | {e['s_per_step']:.1f} | {fmt(te and 100 * (te - 1), 0)}% |")
     for name in ("score-f32", "score-q4"):
         if name in eff:
             e = eff[name]
             te = ratio(e["plan_s"], e["seconds"])
-            w(f"| {name} (the whole scoring pass, s) | – | – | – | {e['plan_s']:.1f} | {e['seconds']:.1f} | "
+            w(f"| {name} (the whole scoring pass, s) | – | – | – | – | – | – | {e['plan_s']:.1f} | {e['seconds']:.1f} | "
               f"{fmt(te and 100 * (te - 1), 0)}% |")
     w("")
-    plan = __import__('gift_mlx.plan').plan
     exp_note = ("measured in the same run" if "exp_rate_at_render" not in res["blas"]
                 else "measured on this machine when this section was rendered; the run did not record it")
     w(f"The plan's time (plan.seconds) is the model FLOPs at the measured matmul rate plus plan.elementwise_per_token's "

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import gift_mlx  # noqa: F401  (preloads the optimized BLAS before mlx.core is imported)
 import pytest
@@ -6,6 +7,8 @@ import pytest
 # Tests assert exact stderr lines; the slow-BLAS warning, which a machine without OpenBLAS would add to
 # every command, has its own tests (test_cli.py).
 os.environ.setdefault("GIFT_BLAS_WARN", "0")
+# gift train caches pair-check results in the user's cache dir: the tests keep theirs apart.
+os.environ.setdefault("GIFT_CACHE_DIR", tempfile.mkdtemp(prefix="gift-test-cache-"))
 
 from gift_mlx import toy
 

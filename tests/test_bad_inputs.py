@@ -242,6 +242,7 @@ CASES = [
     ("train-zero-grad-accumulation", lambda w, t: train(w, t, "--grad-accumulation-steps", 0),
      "grad_accumulation_steps: must be at least 1, got 0"),
     ("train-zero-lora-alpha", lambda w, t: train(w, t, "--lora-alpha", 0), "lora_alpha: must be positive, got 0.0"),
+    ("train-tiny-lora-alpha", lambda w, t: train(w, t, "--lora-alpha", 1e-300), "lora_alpha: alpha / rank = 1e-300 / "),
     ("train-negative-learning-rate", lambda w, t: train(w, t, "--learning-rate", -1e-4),
      "learning_rate: must be positive, got -0.0001"),
     ("train-zero-epochs", lambda w, t: train(w, t, "--epochs", 0), "epochs: must be positive, got 0.0"),
@@ -397,6 +398,8 @@ CASES = [
     ("eval-zero-temperature-many-samples", lambda w, t: evaluate(w, t, "--temperature", 0),
      "--temperature 0 makes all samples identical: use --greedy"),
     ("eval-zero-top-p", lambda w, t: evaluate(w, t, "--top-p", 0), "--top-p: must be positive, got 0.0"),
+    ("eval-tiny-temperature", lambda w, t: evaluate(w, t, "--temperature", 1e-300),
+     "--temperature: must be 0 (greedy) or at least 0.0002, got 1e-300"),
     ("eval-zero-max-tokens", lambda w, t: evaluate(w, t, "--max-tokens", 0), "--max-tokens: must be at least 1, got 0"),
     ("eval-zero-batch-size", lambda w, t: evaluate(w, t, "--batch-size", 0), "--batch-size: must be at least 1, got 0"),
     ("eval-zero-limit", lambda w, t: evaluate(w, t, "--limit", 0), "--limit: must be at least 1, got 0"),
@@ -547,6 +550,10 @@ CASES = [
     ("chat-no-chat-template", lambda w, t: chat(w, t, model=w.no_template), "tokenizer has no chat template"),
     ("chat-negative-temperature", lambda w, t: chat(w, t, "--temperature", -1), "--temperature: must be at least 0, got -1.0"),
     ("chat-zero-top-p", lambda w, t: chat(w, t, "--top-p", 0), "--top-p: must be positive, got 0.0"),
+    ("chat-tiny-top-p", lambda w, t: chat(w, t, "--top-p", 1e-300),
+     "--top-p: must be at least 1.1754944e-38, got 1e-300"),
+    ("chat-tiny-temperature", lambda w, t: chat(w, t, "--temperature", 1e-300),
+     "--temperature: must be 0 (greedy) or at least 0.0002, got 1e-300"),
     ("chat-zero-max-tokens", lambda w, t: chat(w, t, "--max-tokens", 0), "--max-tokens: must be at least 1, got 0"),
 ]
 

@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from gift_mlx.chat import Chat, repl
+from gift_mlx.errors import GiftError
 from gift_mlx.models import load_model
+from test_evaluate import nan_instruct  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,16 @@ def test_piped_two_turns_and_reset(llama_pair):
     assert "[history cleared]" in piped.stderr and ">>" not in piped.stdout  # no terminal prompt on a pipe
     assert piped.stdout.startswith(one_shot.stdout) and piped.stdout.endswith(one_shot.stdout)
     assert len(piped.stdout) > 2 * len(one_shot.stdout)  # the second turn answered in between
+
+
+def test_a_model_with_a_nan_weight_stops_chat_before_any_output(nan_instruct):
+    model, tokenizer, _ = load_model(nan_instruct)
+    chat, out = Chat(model, tokenizer, temperature=0.7, max_tokens=6, name=str(nan_instruct)), []
+    with pytest.raises(GiftError, match="logits are not finite"):
+        chat.reply("hi", out.append)
+    assert out == [] and chat.history == []
+    for r in (gift_chat(nan_instruct, "--prompt", "hi"), gift_chat(nan_instruct, stdin="hi\nhello\n")):
+        assert r.returncode == 2 and r.stdout == ""  # a piped chat stops too: no later turn could be answered
+        assert r.stderr.strip().splitlines() == [f"error: {nan_instruct}: the model's logits are not finite "
+                                                 "(NaN/Inf): its weights hold NaN/Inf values or its activations "
+                                                 "overflow; nothing it generated is used"]

@@ -22,11 +22,28 @@ def gift(*args):
 
 def test_option_checks():
     for bad in (dict(samples=-1), dict(samples=0), dict(temperature=0.0, samples=4), dict(top_p=0.0),
-                dict(max_tokens=0), dict(batch_size=0), dict(limit=0)):
+                dict(max_tokens=0), dict(batch_size=0), dict(limit=0), dict(temperature=1e-300),
+                dict(temperature=1.9e-4), dict(top_p=1e-300), dict(top_p=1e-39)):
         with pytest.raises(GiftError):
             ev.EvalSettings(**bad).check()
     ev.EvalSettings(samples=0, greedy=True).check()
     ev.EvalSettings(temperature=0.0, samples=1).check()
+    ev.EvalSettings(temperature=2e-4, top_p=1.2e-38).check()
+
+
+def test_smallest_temperature_and_top_p_still_sample_the_top_token():
+    """At the bounds, float16 log-probabilities of a flat 262k vocabulary stay finite after / temperature, and
+    top-p keeps the top token (below them mlx-lm draws any token)."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import make_sampler
+
+    from gift_mlx.config import FLOAT32_TINY, TEMPERATURE_MIN
+
+    logprobs = mx.full((1, 2**18), -12.47, dtype=mx.float16)
+    logprobs[0, 7] = -12.4
+    assert {make_sampler(TEMPERATURE_MIN)(logprobs).item() for _ in range(5)} == {7}
+    probs = mx.log(mx.softmax(mx.array([[1.0, 3.0, 2.0, 0.5]]), axis=-1))
+    assert {make_sampler(1.0, FLOAT32_TINY)(probs).item() for _ in range(5)} == {1}
 
 
 # ---- generation ----
@@ -88,7 +105,11 @@ def test_gift_eval_end_to_end(tmp_path, llama_pair, task_data):
 
     table = (out / "results.md").read_text()
     assert "| metric (%) | base | instruct |" in table and "| pass@4 |" in table and "| greedy accuracy |" in table
-    assert "| Average@1 |" in table and "Average@1 counts only each problem's first sample" in table
+    assert "| Average@4 |" in table and "| Average@1 |" not in table and "| maj@2 |" in table
+    assert "Every sampled row is estimated from all 4 samples" in table and "exact mean over all C(n, k)" in table
+    for m in summary["models"]:  # one estimator family: at k = 1 they all are the accuracy over all samples
+        assert m["pass@k"]["1"] == m["average@k"]["4"] == m["average@k"]["1"]
+        assert m["maj@k"]["1"] == m["average@k"]["4"]
     assert "| pass@4 | " + " | ".join(f"{100 * m['pass@k']['4']:.1f}" for m in summary["models"]) + " |" in table
     cut = [m["name"] for m in summary["models"] if max(m["sampling"]["truncated"], m["greedy"]["truncated"]) > 0.5]
     assert ("hit --max-tokens 12" in table) == bool(cut) and all(n in table.split("**Warning:**")[-1] for n in cut)
@@ -104,6 +125,61 @@ def test_gift_eval_end_to_end(tmp_path, llama_pair, task_data):
     first = [rec["completion"] for rec in records]
     assert gift(*args, "--overwrite").returncode == 0
     assert [rec["completion"] for rec in _records(out)] == first
+
+
+def test_generation_batch_is_bounded_by_memory(llama_pair, task_data, monkeypatch):
+    """sequence_bytes bounds what decoding takes (MLX's peak), and fit_batch lowers --batch-size to the budget."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.sample_utils import make_sampler
+
+    from gift_mlx.models import load_model
+
+    model, tokenizer, _ = load_model(llama_pair[1])
+    prompts = [ev.prompt_tokens(tokenizer, problems.prompt_messages(p, None))
+               for p in problems.read_problems(task_data, limit=2)]
+    per_sequence = ev.sequence_bytes(model, max(map(len, prompts)) + 4)
+    weights = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    mx.reset_peak_memory()
+    list(ev.generate_batched(model, tokenizer, prompts, 128, make_sampler(1.0), 4, 256))
+    assert mx.get_peak_memory() < weights + 256 * per_sequence
+
+    logs, settings = [], ev.EvalSettings(batch_size=65536, max_tokens=4)
+    monkeypatch.setattr(ev, "memory_bytes", lambda: weights + 4 * 10 * per_sequence + 1)
+    assert ev.fit_batch(model, "instruct", prompts, settings, logs.append) == 10
+    assert logs == [f"instruct: --batch-size 65536 lowered to 10: that many sequences in flight fill "
+                    f"{10 * per_sequence / 1e9:.1f} GB of KV cache and logits, a quarter of the memory the weights "
+                    "leave"]
+    settings.batch_size = 6
+    assert ev.fit_batch(model, "instruct", prompts, settings, logs.append) == 6 and len(logs) == 1
+    monkeypatch.setattr(ev, "memory_bytes", lambda: weights)
+    with pytest.raises(GiftError, match="^instruct: one sequence of .* lower --max-tokens$"):
+        ev.fit_batch(model, "instruct", prompts, settings, logs.append)
+
+
+@pytest.fixture(scope="module")
+def nan_instruct(llama_pair, tmp_path_factory):
+    """The instruct model of the toy pair with one weight set to NaN."""
+    import shutil
+
+    import mlx.core as mx
+
+    folder = tmp_path_factory.mktemp("nan") / "nan_instruct"
+    shutil.copytree(llama_pair[1], folder)
+    path = next(folder.glob("*.safetensors"))
+    weights = mx.load(str(path))
+    weights["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+    mx.save_safetensors(str(path), weights)
+    return folder
+
+
+def test_a_model_with_a_nan_weight_stops_eval_with_one_error(nan_instruct, llama_pair, task_data, tmp_path):
+    """No accuracy is reported for a model whose logits are not finite, and nothing is written."""
+    for greedy, samples in ((False, 2), (True, 0)):
+        with pytest.raises(GiftError, match="^nan_instruct: the model's logits are not finite"):
+            ev.evaluate([llama_pair[1], nan_instruct], task_data, tmp_path / "out", samples=samples, greedy=greedy,
+                        limit=2, max_tokens=4, progress=False, log=lambda s: None)
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_malformed_eval_file_exits_2(tmp_path):

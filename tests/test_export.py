@@ -12,7 +12,7 @@ import mlx.core as mx
 import pytest
 from test_merge import TOKENS, logits, make_adapter, max_diff, quantized_pair, qwen_lora, run_cli  # noqa: F401
 
-from gift_mlx import export, outputs
+from gift_mlx import export, export_peft, outputs
 from gift_mlx.merge import merge
 from gift_mlx.models import load_model
 
@@ -98,9 +98,9 @@ def test_peft_adapter_matches_gift_merge(partial, llama_pair, tmp_path):
 
 def test_peft_targets_select_exactly_the_adapted_modules():
     regular = [f"model.layers.{i}.{k}" for i in (2, 3) for k in ("self_attn.q_proj", "mlp.up_proj")]
-    assert export.peft_targets(regular) == (["mlp.up_proj", "self_attn.q_proj"], [2, 3])
+    assert export_peft.peft_targets(regular) == (["mlp.up_proj", "self_attn.q_proj"], [2, 3])
     irregular = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj", "lm_head"]
-    assert export.peft_targets(irregular) == (sorted(irregular), None)
+    assert export_peft.peft_targets(irregular) == (sorted(irregular), None)
 
 
 def test_peft_export_refuses_dora_and_non_adapters(llama_pair, tmp_path):
@@ -119,11 +119,48 @@ def test_hf_format_refusals(llama_pair, tmp_path):
     code, _, err = run_cli("merge", "--adapter-path", adapter, "--out", tmp_path / "m", "--format", "hf",
                            "--requantize")
     assert code == 2 and "always float" in err
-    other = tmp_path / "other"  # an architecture whose MLX names are not checked against transformers
+    other = tmp_path / "other"  # an architecture whose MLX tensors are not transformers' (experts stacked)
     shutil.copytree(instruct, other)
     config = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**config, "model_type": "phi3"}))
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_moe"}))
     code, _, err = run_cli("merge", "--instruct", other, "--adapter-path", adapter, "--out", tmp_path / "m",
                            "--format", "hf")
-    assert code == 2 and "model_type 'phi3' is not supported" in err and "--format mlx" in err
+    assert code == 2 and "model_type 'qwen3_moe'" in err and "own Hugging Face checkpoint" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_tokenizer_files_linking_outside_the_instruct_folder_are_refused(llama_pair, tmp_path):
+    base, instruct = llama_pair
+    adapter = make_adapter(base, tmp_path / "adapter", instruct, num_layers=1)
+    model = tmp_path / "instruct"
+    shutil.copytree(instruct, model)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the model's")
+    (model / "vocab.json").symlink_to(secret)
+    code, _, err = run_cli("merge", "--instruct", model, "--adapter-path", adapter, "--out", tmp_path / "m",
+                           "--format", "hf")
+    assert code == 2 and f"{model / 'vocab.json'}: links outside the instruct folder (to {secret})" in err
+    assert not (tmp_path / "m").exists()
+    # a Hub snapshot links its files to the repo's blobs: those are the model's
+    snapshot = tmp_path / "models--org--name" / "snapshots" / "abc"
+    (snapshot.parent.parent / "blobs").mkdir(parents=True)
+    (snapshot.parent.parent / "blobs" / "123").write_text("{}")
+    snapshot.mkdir(parents=True)
+    (snapshot / "tokenizer.json").symlink_to("../../blobs/123")
+    assert export._inside(snapshot / "tokenizer.json", snapshot) and not export._inside(model / "vocab.json", model)
+
+
+def test_full_disk_during_the_tokenizer_copy_names_the_output(llama_pair, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    base, instruct = llama_pair
+    adapter = make_adapter(base, tmp_path / "adapter", instruct, num_layers=1)
+
+    def full(src, dst, *args):  # as shutil's sendfile copy reports it: the error carries the source's name
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src.name)
+
+    monkeypatch.setattr(export.shutil, "copyfileobj", full)
+    code, _, err = run_cli("merge", "--adapter-path", adapter, "--out", tmp_path / "m", "--format", "hf")
+    assert code == 2 and f"error: {tmp_path / 'm'}/tokenizer" in err and "No space left" in err, err
+    assert str(instruct) not in err and not (tmp_path / "m").exists()

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
 from gift_mlx.cli import main
-from gift_mlx.pair_check import module_type, pair_check, summary_text
+from gift_mlx.errors import GiftError
+from gift_mlx.pair_check import check_for_training, module_type, pair_check, summary_text
 
 
 def numpy_weights(folder):
@@ -170,3 +171,106 @@ def test_train_prints_the_pair_and_merge_the_update_size(llama_pair, task_data, 
     assert int(found.group(2)) == len(layers)
     assert float(found.group(1)) == pytest.approx(math.sqrt(up / ref), abs=1e-4)
     assert float(found.group(4)) == pytest.approx(record["pair_check"]["overall"]["relative_distance"], abs=1e-4)
+
+
+def copy_model(src, dst, change=None, dtype=None):
+    """A copy of a model folder written by MLX (its headers leave the data unaligned), with tensors changed
+    by change(name, array) and cast to dtype."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors*"))
+    tensors = dict(mx.load(str(src / "model.safetensors")))
+    for k, v in tensors.items():
+        v = change(k, v) if change else v
+        tensors[k] = v.astype(dtype) if dtype is not None else v
+    mx.save_safetensors(str(dst / "model.safetensors"), tensors)
+    return dst
+
+
+def test_bfloat16_and_float16_models_match_numpy(llama_pair, tmp_path):
+    """bfloat16 is read as its 16 bits shifted into float32: the figures are those of the cast values."""
+    for dtype in (mx.bfloat16, mx.float16):
+        name = str(dtype).split(".")[-1]
+        base = copy_model(llama_pair[0], tmp_path / f"b{name}", dtype=dtype)
+        inst = copy_model(llama_pair[1], tmp_path / f"i{name}", dtype=dtype)
+        result = pair_check(base, inst, check_tokenizer=False)
+        assert result["base"]["dtype"] == name
+        # the reference: the same cast values, written as float32 and measured by numpy alone
+        for src, dst in ((base, tmp_path / f"b{name}32"), (inst, tmp_path / f"i{name}32")):
+            copy_model(src, dst, dtype=mx.float32)
+        check_against_numpy(result, tmp_path / f"b{name}32", tmp_path / f"i{name}32")
+
+
+@pytest.mark.parametrize("role", ["base", "instruct"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_tensor_is_named(llama_pair, tmp_path, role, bad):
+    k = "model.layers.1.self_attn.v_proj.weight"
+    broken = copy_model(llama_pair[role == "instruct"], tmp_path / "broken",
+                        change=lambda n, v: v.at[3, 2].add(bad) if n == k else v)
+    pair = (broken, llama_pair[1]) if role == "base" else (llama_pair[0], broken)
+    with pytest.raises(GiftError, match=rf"^{role} {re.escape(str(broken))}: tensor {re.escape(k)} holds NaN or "
+                                        "infinite values"):
+        pair_check(*pair)
+    r = CliRunner().invoke(main, ["pair-check", *map(str, pair), "--json"])
+    assert r.exit_code == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and k in r.stderr
+    with pytest.raises(GiftError, match=f"tensor {re.escape(k)} holds NaN"):  # gift train's check: the same
+        check_for_training(*map(str, pair), log=lambda m: None)
+
+
+def test_float32_overflow_is_summed_again_in_float64(llama_pair, tmp_path):
+    """Finite values whose squares overflow float32 are not an error: that tensor is summed in float64."""
+    k = "model.layers.0.mlp.up_proj.weight"
+    big = lambda n, v: v * 1e30 if n == k else v  # noqa: E731
+    base, inst = copy_model(llama_pair[0], tmp_path / "b", big), copy_model(llama_pair[1], tmp_path / "i", big)
+    result = pair_check(base, inst, check_tokenizer=False)
+    check_against_numpy(result, base, inst)
+    json.loads(CliRunner().invoke(main, ["pair-check", str(base), str(inst), "--json"]).stdout)
+
+
+@pytest.mark.parametrize("entry", ["../other/model.safetensors", "/abs", "linked/model.safetensors"])
+def test_shard_index_cannot_leave_the_model_folder(llama_pair, tmp_path, entry):
+    """An index naming a file outside the folder (.., absolute, through a symlinked folder) is an error
+    naming the index and the entry, in pair-check, train and models.cached_path; never another model read."""
+    from gift_mlx.models import cached_path
+
+    other = tmp_path / "other"
+    shutil.copytree(llama_pair[1], other)
+    entry = str(other / "model.safetensors") if entry == "/abs" else entry
+    empty = tmp_path / "model"  # a model folder with no weights of its own
+    shutil.copytree(llama_pair[1], empty, ignore=shutil.ignore_patterns("*.safetensors*"))
+    (empty / "linked").symlink_to(other)
+    names = list(load_file(str(llama_pair[1] / "model.safetensors")))
+    index = empty / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": dict.fromkeys(names, entry)}))
+    expected = rf"^{re.escape(str(index))}: .*{re.escape(repr(entry))} lies outside the model folder"
+    with pytest.raises(GiftError, match=expected):
+        pair_check(llama_pair[0], empty)
+    with pytest.raises(GiftError, match=expected):
+        cached_path(str(empty))
+    r = CliRunner().invoke(main, ["pair-check", str(llama_pair[0]), str(empty)])
+    assert r.exit_code == 2 and "lies outside the model folder" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_hub_cache_links_into_its_blobs_are_inside(llama_pair, tmp_path):
+    """A Hugging Face cache snapshot holds links into the repo's blobs/ folder: those are the model's own."""
+    repo = tmp_path / "models--org--m"
+    snap = repo / "snapshots" / "abc"
+    shutil.copytree(llama_pair[1], snap, ignore=shutil.ignore_patterns("*.safetensors*"))
+    (repo / "blobs").mkdir()
+    shutil.copy(llama_pair[1] / "model.safetensors", repo / "blobs" / "1234")
+    (snap / "model.safetensors").symlink_to("../../blobs/1234")
+    assert pair_check(llama_pair[0], snap)["overall"] == pytest.approx(pair_check(*llama_pair)["overall"])
+
+
+def test_training_check_is_cached_by_the_files(llama_pair, tmp_path, monkeypatch):
+    """gift train's pair line: measured once, then read from the cache until a model's files change."""
+    monkeypatch.setenv("GIFT_CACHE_DIR", str(tmp_path / "cache"))
+    base, inst = llama_pair[0], shard(llama_pair[1], tmp_path / "inst", 2)
+    lines = []
+    first = check_for_training(str(base), str(inst), log=lines.append)
+    assert re.search(r"\[\d+\.\d s\]$", lines[0]) and len(list((tmp_path / "cache" / "pair-check").iterdir())) == 1
+    again = check_for_training(str(base), str(inst), log=lines.append)
+    assert lines[2].endswith("[cached]") and again == json.loads(json.dumps(first))
+    shard_file = next(inst.glob("model-00001-*.safetensors"))
+    t = load_file(str(shard_file))
+    save_file({k: v * 2 for k, v in t.items()}, str(shard_file))  # the instruct model changed
+    changed = check_for_training(str(base), str(inst), log=lines.append)
+    assert not lines[4].endswith("[cached]") and changed["overall"] != first["overall"]
