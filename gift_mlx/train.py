@@ -588,9 +588,12 @@ def _train(cfg, log, stack):
             report = reporter.on_train_loss_report if "loss" in row else reporter.on_val_loss_report
             report({**row, "iteration": row["step"]})
 
+    last = {}  # the latest micro-batch (inputs, w): where a non-finite loss is looked for
+
     def step_inputs():  # the micro-batches as the step takes them, counting the tokens read
         for inputs, labels, w in batches:
             window["tokens"] += int((labels != pad_id).sum())
+            last["batch"] = inputs, w
             yield mx.array(inputs), mx.array(labels), mx.array(w), head_positions(model, w, bound)
 
     model.train()
@@ -607,7 +610,7 @@ def _train(cfg, log, stack):
                 what = "the loss is not finite" if s[1] > 0 or not np.isfinite(s[1]) else \
                     "every token weight is 0 (Σw = 0), so the loss Σw·ℓ/Σw is undefined"
                 if not cfg.skip_nonfinite:
-                    cause = nonfinite_cause(model, trained_id, guide, guide_id, inputs, w) if s[1] > 0 or \
+                    cause = nonfinite_cause(model, trained_id, guide, guide_id, *last["batch"]) if s[1] > 0 or \
                         not np.isfinite(s[1]) else "lower the learning rate or --gamma"
                     raise GiftError(f"step {it}: {what}: {cause}; the last checkpoint is kept "
                                     "(pass --skip-nonfinite to skip such batches)")
