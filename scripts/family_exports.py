@@ -112,8 +112,8 @@ def mlx_config(config):
     num_local_experts -> num_experts. Uses families.translate_config where it exists."""
     from gift_mlx import families
 
-    if hasattr(families, "translate_config"):
-        return families.translate_config(config)
+    if hasattr(families, "translate_config"):  # it returns (the fields mlx-lm must be given beyond config, notes)
+        return {**config, **families.translate_config(config)[0]}
     c = dict(config)
     if c["model_type"] == "qwen3_5_text":  # mlx-lm's qwen3_5 reads a text-only config and its rope_parameters
         return {**c, "model_type": "qwen3_5"}
