@@ -15,13 +15,12 @@ from mlx.utils import tree_flatten
 
 from .data import file_sha256
 from .errors import GiftError
-from .outputs import check_finite, save_tensors, write_json
+from .outputs import LOCK, check_finite, save_tensors, write_json
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
 RUN_RECORD = "gift_run.json"  # written by `gift train` beside the adapter
 LEAVES = ("lora_a", "lora_b", "m")
-LOCK = ".gift.lock"  # outputs.folder_lock's file: a training run holds it while it writes the folder
 MAX_SCALE = 1000  # of lora_parameters.scale (alpha / rank; mlx-lm's default is 20)
 LAYER_PATH = re.compile(r"(?P<stack>.*\blayers)\.(?P<index>\d+)\.(?P<suffix>.+)")  # a module of block N
 

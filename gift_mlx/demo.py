@@ -22,7 +22,7 @@ from .config import COUNT_MAX, SEED_RANGE, TrainConfig, check_value
 from .errors import GiftError, Interrupted
 from .evaluate import evaluate
 from .merge import merge
-from .outputs import RECORD, folder_lock, new_folder, save_tensors, write_bytes, write_json, write_text
+from .outputs import LOCK, RECORD, folder_lock, new_folder, save_tensors, write_bytes, write_json, write_text
 from .pair_check import one_line, pair_check
 from .plot import methods as methods_plot
 from .train import sigterm_as_interrupt, train
@@ -36,7 +36,6 @@ SETTINGS = dict(iters=32, batch_size=32, lora_rank=8, lora_alpha=16.0, learning_
                 seed=0)
 MAX_TOKENS = dict(task=96, retention=64)  # answers are under 80 characters (one token each)
 DEMO_RECORD = "gift_demo.json"  # every file a finished demo wrote (size, mtime): what --force may delete
-LOCK = ".gift.lock"
 
 
 def demo_files(out):

@@ -5,18 +5,15 @@ PEFT stores A as (r, in) and B as (out, r), the transposes of mlx-lm's, under `b
 the instruct model's checkpoint when it is a local folder).
 """
 
-import re
 from pathlib import Path
 
-from .adapters import read_adapter
+from .adapters import LAYER_PATH, read_adapter
 from .errors import GiftError
 from .export import build_record, check_scale, write_card
 from .export_hf import read_checkpoint, tensor_names
 from .families import SWITCH, hf_names
 from .models import model_ref, read_config
 from .outputs import output_folder, save_tensors, write_json
-
-LAYER_PATH = re.compile(r"(?P<stack>.*\blayers)\.(?P<index>\d+)\.(?P<suffix>.+)")
 
 
 def peft_targets(paths):
@@ -58,9 +55,11 @@ def module_paths(adapter, instruct):
     """{mlx-lm module path: transformers module path} of every adapted layer."""
     experts = [p for p in adapter.layers if SWITCH.search(p)]
     if experts:
-        raise GiftError(f"{adapter.path}: adapts the MoE experts ({experts[0]}, ...): PEFT's LoRA adapts linear "
-                        "modules, and transformers holds an MoE layer's experts as one fused parameter, so gift "
-                        "cannot write it for PEFT; use `gift merge --format hf`")
+        raise GiftError(f"{adapter.path}: adapts the MoE experts ({experts[0]}, ...): transformers holds an MoE "
+                        "layer's experts as fused 3-D parameters (experts.gate_up_proj, experts.down_proj), which "
+                        "PEFT's LoRA on modules does not reach and gift does not write for PEFT's "
+                        "target_parameters; use `gift merge --format hf`, or train with "
+                        "lora_keys that leave out mlp.switch_mlp.*")
     local = instruct is not None and Path(instruct).is_dir()
     model_type = read_config(instruct).get("model_type") if local else None
     checkpoint = read_checkpoint(instruct) if local else None

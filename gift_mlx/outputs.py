@@ -27,6 +27,7 @@ from .errors import GiftError
 
 RECORD = "gift_export.json"  # the provenance record of a merged model or exported adapter: marks gift's outputs
 NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
+LOCK = ".gift.lock"  # folder_lock's file: a run holds it while it writes the folder
 
 
 # ---- names ----
@@ -208,7 +209,7 @@ def new_folder(path, owned=False, keep=lambda: False, label=None):
                 _remove(missing[-1])
             elif owned:
                 for p in _list(path):
-                    if p.name not in before and p.name != ".gift.lock":  # the lock goes with its holder
+                    if p.name not in before and p.name != LOCK:  # the lock goes with its holder
                         _remove(p)
         raise
 
@@ -232,8 +233,8 @@ def process_alive(pid):
 
 @contextmanager
 def folder_lock(folder, what="run"):
-    """Hold `<folder>/.gift.lock` for the block (path_lock)."""
-    with path_lock(Path(folder) / ".gift.lock", folder, what):
+    """Hold `<folder>/.gift.lock` (LOCK) for the block (path_lock)."""
+    with path_lock(Path(folder) / LOCK, folder, what):
         yield
 
 

@@ -177,9 +177,11 @@ FAMILY_CONFIGS = {
     "olmo2": dict(rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
     "smollm3": dict(rope_parameters={"rope_type": "default", "rope_theta": 2000000.0}),
     "granite": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}),
-    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+    # the two MoE families with the settings of the released models (Qwen3-30B-A3B: norm_topk_prob; OLMoE-1B-7B:
+    # as many key/value heads as query heads), which llama.cpp's graphs hard-code
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
-    "olmoe": dict(num_experts=4, num_experts_per_tok=2,
+    "olmoe": dict(num_experts=4, num_experts_per_tok=2, num_key_value_heads=4,
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
 }
 # More families for scripts/family_matrix.py (lfm2, qwen3_5_text, gemma3 and olmo3 are in tests/test_families.py

@@ -12,10 +12,7 @@ A column that gift refuses returns the refusal (a GiftError's line) instead of a
 """
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import gift_mlx  # noqa: F401  (BLAS preload)
@@ -58,14 +55,15 @@ def _diff(a, b):
     return float(np.abs(a - b).max())
 
 
-def _work(work):
-    return Path(work) if work else Path(tempfile.mkdtemp(prefix="family-exports-"))
+def _out(work, merged, name):
+    """Where an export is written: `work`, or beside the MLX merged folder."""
+    return str(Path(work or Path(merged).parent) / name)
 
 
 def hf_diff(family, pair, adapter, merged, work=None):
     """`gift merge --format hf` (float32) in transformers vs the MLX merged model."""
     try:
-        out = merge(str(pair[1]), str(adapter), str(_work(work) / f"{family}-hf"), fmt="hf", dtype="float32",
+        out = merge(str(pair[1]), str(adapter), _out(work, merged, f"{family}-hf"), fmt="hf", dtype="float32",
                     force=True, log=quiet)
     except GiftError as e:
         return str(e)
@@ -79,7 +77,7 @@ def peft_diff(family, pair, adapter, merged, work=None):
     from gift_mlx.export_peft import export_peft
 
     try:
-        out = export_peft(str(adapter), str(_work(work) / f"{family}-peft"), instruct=str(pair[1]), force=True)
+        out = export_peft(str(adapter), _out(work, merged, f"{family}-peft"), instruct=str(pair[1]), force=True)
     except GiftError as e:
         return str(e)
     model = PeftModel.from_pretrained(hf_model(pair[1]), str(out)).merge_and_unload()
@@ -93,55 +91,19 @@ def gguf_diff(family, pair, adapter, merged, work=None, gguf_type="f16"):
     except ImportError:
         return None
     try:
-        out = merge(str(pair[1]), str(adapter), str(_work(work) / f"{family}-gguf"), fmt="gguf", gguf_type=gguf_type,
-                    force=True, log=quiet)
+        out = merge(str(pair[1]), str(adapter), _out(work, merged, f"{family}-gguf"), fmt="gguf",
+                    gguf_type=gguf_type, force=True, log=quiet)
     except GiftError as e:
         return str(e)
     llm = llama_cpp.Llama(model_path=str(out / "model.gguf"), logits_all=True, n_ctx=64, verbose=False)
-    llm.eval(TOKENS)
-    return _diff(np.array(llm.scores[: len(TOKENS)]), mlx_logits(merged))
+    try:
+        llm.eval(TOKENS)
+        return _diff(np.array(llm.scores[: len(TOKENS)]), mlx_logits(merged))
+    finally:
+        llm.close()
 
 
 COLUMNS = {"hf": hf_diff, "peft": peft_diff, "gguf": gguf_diff}
-
-
-# ---- until mlx-lm reads transformers 5 configs (families.translate_config, branch `families`) ----
-
-def mlx_config(config):
-    """A transformers-5 config in the fields mlx-lm reads: rope_parameters -> rope_theta (+ rope_scaling),
-    num_local_experts -> num_experts. Uses families.translate_config where it exists."""
-    from gift_mlx import families
-
-    if hasattr(families, "translate_config"):  # it returns (the fields mlx-lm must be given beyond config, notes)
-        return {**config, **families.translate_config(config)[0]}
-    c = dict(config)
-    if c["model_type"] == "qwen3_5_text":  # mlx-lm's qwen3_5 reads a text-only config and its rope_parameters
-        return {**c, "model_type": "qwen3_5"}
-    rope = c.pop("rope_parameters", None) or {}
-    if "full_attention" in rope:  # Gemma 3: one RoPE per attention kind
-        c["rope_theta"] = rope["full_attention"]["rope_theta"]
-        c["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
-    elif rope:
-        c["rope_theta"] = rope["rope_theta"]
-        if "partial_rotary_factor" in rope:
-            c["partial_rotary_factor"] = rope["partial_rotary_factor"]
-        if rope.get("rope_type", "default") != "default":
-            c["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    if "num_local_experts" in c:
-        c.setdefault("num_experts", c["num_local_experts"])
-    return c
-
-
-def mlx_readable(folder, out):
-    """A copy of the model folder `folder` at `out` with its config in mlx-lm's fields (weights linked)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in Path(folder).iterdir():
-        if f.name != "config.json":
-            (out / f.name).symlink_to(f.resolve()) if f.suffix == ".safetensors" else shutil.copy(f, out)
-    config = json.loads((Path(folder) / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps(mlx_config(config)))
-    return out
 
 
 def main(argv=None):
@@ -151,7 +113,7 @@ def main(argv=None):
     p.add_argument("instruct")
     p.add_argument("adapter")
     p.add_argument("merged")
-    p.add_argument("--work", help="where the exports are written (default: a new temporary folder)")
+    p.add_argument("--work", help="where the exports are written (default: beside MERGED)")
     args = p.parse_args(argv)
     for name, column in COLUMNS.items():
         got = column(args.family, (args.base, args.instruct), args.adapter, args.merged, args.work)

@@ -1,9 +1,11 @@
 """The family matrix: for each model family, a tiny base/instruct pair written by transformers (toy.build_hf_pair),
 trained 2 steps with `gift train` and merged with `gift merge`; one row per family, one column per check, each cell
-the max |Δ| the check measured (or why the family fails). README.md's families section holds its table.
+the max |Δ| the check measured (or why the family fails, or gift's refusal). README.md's families section holds
+its table.
 
-A column is a function (family, pair, adapter, merged) -> float or str, in COLUMNS; tests/test_families.py runs
-the same functions and asserts each float is at most TOLERANCE.
+A column is a function (family, pair, adapter, merged) -> float, or str for a refusal, in COLUMNS with the
+tolerance its cell is marked against; the export columns (hf, peft, gguf) are scripts/family_exports.py's.
+tests/test_families.py and tests/test_family_exports.py run the same functions and assert the same tolerances.
 
     python scripts/family_matrix.py [--families llama,qwen3_moe] [--out table.md]
 """
@@ -17,6 +19,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling family_exports.py, also when a test loads us
+from family_exports import gguf_diff, hf_diff, peft_diff  # noqa: E402
+
 from gift_mlx import toy
 from gift_mlx.config import TrainConfig
 from gift_mlx.merge import merge
@@ -24,6 +29,7 @@ from gift_mlx.models import load_model
 from gift_mlx.train import train
 
 TOLERANCE = 1e-4
+GGUF_TOLERANCE = 1e-2  # f16 weights in llama.cpp, which keeps its KV cache in f16 (tests/test_gguf.py's LOGIT_TOL)
 TOKENS = [int(t) for t in np.random.default_rng(0).integers(3, 380, 64)]  # ids inside the toy vocabulary
 FAMILIES = list(toy.FAMILY_CONFIGS)
 MORE = list(toy.MORE_FAMILY_CONFIGS)
@@ -83,22 +89,28 @@ def merged_logits(family, pair, adapter, merged):
 
 
 COLUMNS = [
-    ("MLX vs transformers logits", logits_vs_transformers),
-    ("merged W vs W + scale·BA", merged_weights),
-    ("mlx_lm.load(merged) vs adapter logits", merged_logits),
+    ("MLX vs transformers logits", logits_vs_transformers, TOLERANCE),
+    ("merged W vs W + scale·BA", merged_weights, TOLERANCE),
+    ("mlx_lm.load(merged) vs adapter logits", merged_logits, TOLERANCE),
+    ("--format hf (transformers) vs merged logits", hf_diff, TOLERANCE),
+    ("PEFT merge_and_unload vs merged logits", peft_diff, TOLERANCE),
+    ("--format gguf f16 (llama.cpp) vs merged logits", gguf_diff, GGUF_TOLERANCE),
 ]
 
 
 # ---- the table ----
 
-def cell(value):
+def cell(value, tolerance, root):
+    """A float as 1.2e-07 (✗ above the tolerance), a refusal in its first words, None (not run) as n/a."""
     if isinstance(value, float):
-        return f"{value:.1e}" + ("" if value <= TOLERANCE else " ✗")
-    return str(value)
+        return f"{value:.1e}" + ("" if value <= tolerance else " ✗")
+    if value is None:
+        return "n/a (no llama-cpp-python)"
+    return "refused: " + _short(value, root)
 
 
-def _reason(e, root):
-    return "fails: " + str(e).splitlines()[0].replace(f"{root}/", "")[:100].strip()
+def _short(text, root):
+    return str(text).splitlines()[0].replace(f"{root}/", "")[:100].strip()
 
 
 def row(family, root, data, columns=COLUMNS):
@@ -106,18 +118,18 @@ def row(family, root, data, columns=COLUMNS):
     try:
         built = build(family, root, data)
     except Exception as e:  # reported in the table, not raised: the matrix shows every family
-        return [_reason(e, root)] + ["-"] * (len(columns) - 1)
+        return ["fails: " + _short(e, root)] + ["-"] * (len(columns) - 1)
     cells = []
-    for _, column in columns:
+    for _, column, tolerance in columns:
         try:
-            cells.append(cell(column(family, *built)))
+            cells.append(cell(column(family, *built), tolerance, root))
         except Exception as e:
-            cells.append(_reason(e, root))
+            cells.append("fails: " + _short(e, root))
     return cells
 
 
 def markdown(rows, columns=COLUMNS):
-    lines = ["| family | " + " | ".join(name for name, _ in columns) + " |",
+    lines = ["| family | " + " | ".join(name for name, *_ in columns) + " |",
              "|---|" + "---|" * len(columns)]
     return "\n".join(lines + [f"| {family} | " + " | ".join(cells) + " |" for family, cells in rows])
 

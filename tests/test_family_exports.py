@@ -1,14 +1,14 @@
 """Exports of every model family gift trains: `gift merge --format hf` and `gift export-adapter` give the logits of
-the MLX merged model (float32, ≤ 1e-4), on tiny pairs saved by transformers (toy.build_hf_pair).
+the MLX merged model (float32, ≤ 1e-4), on tiny pairs saved by transformers (toy.build_hf_pair); for the mixtures of
+experts, an adapter `gift train` put on the experts too goes to transformers and llama.cpp, and PEFT refuses it.
 
-Like with like: the MLX merged model is mlx-lm's, merged into the instruct folder with its config in mlx-lm's
-fields (scripts/family_exports.py mlx_readable: transformers 5 writes rope_parameters, which mlx-lm reads only
-through families.translate_config); the HF and PEFT exports are made from the instruct folder as transformers
-saved it, so transformers computes them with the RoPE the config names.
+Every export and the MLX merge are made from the instruct folder as transformers saved it: gift loads it through
+families.translate_config, so mlx-lm and transformers compute the same model.
 """
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -17,7 +17,7 @@ import pytest
 from test_merge import make_adapter
 
 from gift_mlx import export_hf, toy
-from gift_mlx.adapters import Adapter
+from gift_mlx.adapters import Adapter, read_adapter
 from gift_mlx.errors import GiftError
 from gift_mlx.merge import merge
 
@@ -25,10 +25,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-spec = importlib.util.spec_from_file_location("family_exports",
-                                              Path(__file__).parents[1] / "scripts" / "family_exports.py")
-columns = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(columns)
+spec = importlib.util.spec_from_file_location("family_matrix",
+                                              Path(__file__).parents[1] / "scripts" / "family_matrix.py")
+matrix = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(matrix)
+columns = sys.modules["family_exports"]  # the export columns, imported by the matrix from its sibling file
 
 DENSE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "smollm3", "granite"]
 MOE = ["qwen3_moe", "olmoe"]
@@ -49,12 +50,9 @@ def family_case(request, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(family)
     pair = toy.build_hf_pair(root / "pair", family, **OVERRIDES.get(family, {}))
-    base, instruct = (columns.mlx_readable(f, root / "mlx" / f.name) for f in pair)
-    keys = ATTENTION if family in MOE else None  # adapters on the experts: test_hf_export_splits_stacked_experts
-    adapter = make_adapter(base, root / "adapter", instruct, keys=keys, seed=3)
-    merged = merge(str(instruct), str(adapter), str(root / "merged"), log=quiet)
-    config = json.loads((adapter / "adapter_config.json").read_text())  # for the exports: trained on the base as
-    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model": str(pair[0])}))  # saved
+    keys = ATTENTION if family in MOE else None  # adapters on the experts: moe_trained below
+    adapter = make_adapter(pair[0], root / "adapter", pair[1], keys=keys, seed=3)
+    merged = merge(str(pair[1]), str(adapter), str(root / "merged"), log=quiet)
     return family, pair, adapter, merged, root
 
 
@@ -172,9 +170,8 @@ def test_hf_export_keeps_the_shards(tmp_path):
     AutoModelForCausalLM.from_pretrained(str(pair[1])).save_pretrained(sharded, max_shard_size="60KB")
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (sharded / f).write_bytes((pair[1] / f).read_bytes())
-    base, instruct = (columns.mlx_readable(f, tmp_path / "mlx" / f.name) for f in (pair[0], sharded))
-    adapter = make_adapter(base, tmp_path / "adapter", instruct, keys=["self_attn.v_proj"], num_layers=1)
-    merged = merge(str(instruct), str(adapter), str(tmp_path / "merged"), log=quiet)
+    adapter = make_adapter(pair[0], tmp_path / "adapter", sharded, keys=["self_attn.v_proj"], num_layers=1)
+    merged = merge(str(sharded), str(adapter), str(tmp_path / "merged"), log=quiet)
     shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
     assert len(shards) > 2
 
@@ -194,3 +191,64 @@ def test_hf_export_keeps_the_shards(tmp_path):
     assert {v.dtype for v in tensors.values()} == {mx.bfloat16}
     assert index_json["metadata"]["total_size"] == sum(v.nbytes for v in tensors.values())
     assert columns._diff(columns.torch_logits(columns.hf_model(half)), columns.mlx_logits(merged)) < 0.05
+
+
+# ---- mixtures of experts: an adapter `gift train` put on the experts (mlx-lm's stacked switch_mlp) ----
+
+EXPERT_KEYS = {"mlp.switch_mlp.gate_proj", "mlp.switch_mlp.up_proj", "mlp.switch_mlp.down_proj"}
+
+
+@pytest.fixture(scope="module", params=MOE)
+def moe_trained(request, tmp_path_factory):
+    """(family, pair, adapter, MLX merged folder, work folder): `gift train` 2 steps with mlx-lm's default keys,
+    which on an MoE block include the experts' stacked projections, then the MLX merge (family_matrix.build)."""
+    root = tmp_path_factory.mktemp(f"{request.param}-trained")
+    data = toy.write_task_data(root / "data", n_train=8, n_valid=4, n_test=4)
+    return (request.param, *matrix.build(request.param, root, data), root)
+
+
+def test_moe_adapter_trains_the_experts(moe_trained):
+    family, _, adapter, _, _ = moe_trained
+    experts = toy.FAMILY_CONFIGS[family]["num_experts"]
+    layers = read_adapter(adapter).layers
+    stacked = {p.split(".", 3)[-1] for p, t in layers.items() if t["lora_a"].ndim == 3}
+    assert stacked == EXPERT_KEYS
+    for path, t in layers.items():
+        if t["lora_a"].ndim == 3:  # one (r, in) / (out, r) pair per expert, each moved by the 2 steps
+            assert t["lora_a"].shape[0] == t["lora_b"].shape[0] == experts
+            assert all(mx.any(t["lora_b"][e] != 0).item() for e in range(experts)), path
+
+
+def test_moe_hf_export_splits_the_expert_update(moe_trained):
+    """--format hf writes each expert's W_e + scale·B_e A_e into the checkpoint's per-expert tensors (transformers
+    5.25 saves Qwen3-MoE / OLMoE experts one tensor per expert) and transformers computes the MLX merge's logits."""
+    family, pair, adapter, merged, work = moe_trained
+    assert columns.hf_diff(family, pair, adapter, merged, work) <= matrix.TOLERANCE
+    got = mx.load(str(work / f"{family}-hf" / "model.safetensors"))
+    orig = mx.load(str(pair[1] / "model.safetensors"))
+    changed = {k for k in got if not mx.array_equal(got[k], orig[k]).item()}
+    experts = toy.FAMILY_CONFIGS[family]["num_experts"]
+    want = set()
+    for path in read_adapter(adapter).layers:
+        module = path.replace(".switch_mlp.", ".experts.{}.")
+        want |= {f"{module.format(e)}.weight" for e in range(experts)} if "{}" in module else {f"{path}.weight"}
+    assert changed == want and set(got) == set(orig)
+
+
+def test_moe_gguf_export_runs_the_expert_update_in_llama_cpp(moe_trained):
+    pytest.importorskip("llama_cpp")
+    family, pair, adapter, merged, work = moe_trained
+    assert columns.gguf_diff(family, pair, adapter, merged, work) <= matrix.GGUF_TOLERANCE
+
+
+def test_moe_peft_export_of_expert_adapters_is_refused(moe_trained, tmp_path):
+    from click.testing import CliRunner
+
+    from gift_mlx.cli import main
+
+    _, pair, adapter, _, _ = moe_trained
+    r = CliRunner().invoke(main, ["export-adapter", "--adapter-path", str(adapter), "--instruct", str(pair[1]),
+                                  "--format", "peft", "--out", str(tmp_path / "peft")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "adapts the MoE experts" in r.output and "use `gift merge --format hf`" in r.output
+    assert not (tmp_path / "peft").exists()

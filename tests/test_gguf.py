@@ -6,10 +6,8 @@ weights within the precision of its type. Where llama-cpp-python is installed (i
 ~13 min on 2 cores, too long for CI): llama.cpp itself gives the MLX model's next-token logits.
 """
 
-import importlib.util
 import re
 import json
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -25,10 +23,6 @@ from gift_mlx.merge import merge
 from gift_mlx.models import load_model
 
 gguf = pytest.importorskip("gguf")
-spec = importlib.util.spec_from_file_location("family_exports",
-                                              Path(__file__).parents[1] / "scripts" / "family_exports.py")
-columns = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(columns)
 TEXT = "What is 3+4? The answer is 7."
 # max |logit difference| allowed per type (logits here are O(1); llama.cpp keeps its KV cache in f16)
 LOGIT_TOL = {"f32": 5e-3, "f16": 1e-2, "bf16": 6e-2, "q8_0": 1.5e-1}
@@ -39,17 +33,14 @@ HF_FAMILIES = ["llama", "mistral", "qwen3", "gemma2", "gemma3_text", "granite", 
                "olmoe"]
 # Llama 3.x RoPE that the test's few tokens feel: θ = 100 and scaling from 32 positions on, with weights large
 # enough for sharp attention (measured: the MLX logits with and without the scaling differ by 0.9, vs 1e-2 allowed).
-# SmolLM3 with a layer without RoPE; the two MoE families in the settings llama.cpp's graphs hard-code.
+# SmolLM3 with a layer without RoPE. (The MoE families' toy configs have the settings llama.cpp's graphs hard-code.)
 OVERRIDES = {
     "llama": {"rope_parameters": {**toy.FAMILY_CONFIGS["llama"]["rope_parameters"], "rope_theta": 100.0,
                                   "original_max_position_embeddings": 32}, "initializer_range": 0.08},
     "smollm3": {"num_hidden_layers": 4},
     "gemma2": {"query_pre_attn_scalar": 16},  # = head_dim, as in Gemma 2 2B/9B
     "gemma3_text": {"query_pre_attn_scalar": 16},
-    "qwen3_moe": {"norm_topk_prob": True},
-    "olmoe": {"num_key_value_heads": 4},
 }
-MOE_KEYS = ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj"]  # adapters on experts: branch `families`
 
 
 def quiet(*_):
@@ -58,22 +49,16 @@ def quiet(*_):
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"] + [f"hf-{f}" for f in HF_FAMILIES])
 def pair_and_lora(request, tmp_path_factory):
-    """(family, instruct, adapter, MLX merged folder). hf-*: a pair saved by transformers 5, merged for MLX into a
-    copy whose config mlx-lm reads (family_exports.mlx_readable); exported to GGUF from the folder as transformers
-    saved it where mlx-lm loads that (hf-llama: Llama 3.x RoPE in rope_parameters), else from the copy."""
+    """(family, instruct, adapter, MLX merged folder). hf-*: a pair saved by transformers 5 (its config read by
+    mlx-lm through families.translate_config); the adapter on every linear layer (the MoE experts too)."""
     family = request.param.removeprefix("hf-")
-    keys = None
     if request.param.startswith("hf-"):
-        root = tmp_path_factory.mktemp(request.param)
-        pair = toy.build_hf_pair(root / "pair", family, **OVERRIDES.get(family, {}))
-        base, readable = (columns.mlx_readable(f, root / "mlx" / f.name) for f in pair)
-        instruct = pair[1] if family in ("llama", "mistral", "qwen3") else readable
-        keys = MOE_KEYS if family.endswith("moe") else None
+        base, instruct = toy.build_hf_pair(tmp_path_factory.mktemp(request.param) / "pair", family,
+                                           **OVERRIDES.get(family, {}))
     else:
         base, instruct = request.getfixturevalue(f"{family}_pair")
-        readable = instruct
-    lora = make_adapter(base, tmp_path_factory.mktemp("lora") / "a", readable, keys=keys)
-    merged = merge(str(readable), str(lora), str(tmp_path_factory.mktemp("m") / "mlx"), log=quiet)
+    lora = make_adapter(base, tmp_path_factory.mktemp("lora") / "a", instruct)
+    merged = merge(str(instruct), str(lora), str(tmp_path_factory.mktemp("m") / "mlx"), log=quiet)
     return family, instruct, lora, merged
 
 
@@ -249,7 +234,7 @@ def test_sentencepiece_tokenizer(family_name, space_prefix, tmp_path):
         (folder / "tokenizer_config.json").write_text(json.dumps({
             "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": toy.CHATML, "bos_token": "<s>",
             "eos_token": "<|im_end|>", "unk_token": "<unk>"}))
-    base, instruct = (columns.mlx_readable(f, tmp_path / "mlx" / f.name) for f in pair)
+    base, instruct = pair
     lora = make_adapter(base, tmp_path / "a", instruct)
     merged = merge(str(instruct), str(lora), str(tmp_path / "m"), log=quiet)
     out = merge(str(instruct), str(lora), str(tmp_path / "g"), fmt="gguf", log=quiet)
@@ -271,7 +256,7 @@ def test_sentencepiece_tokenizer(family_name, space_prefix, tmp_path):
 
 def test_phi3_with_a_gpt2_style_vocabulary_is_refused(tmp_path):
     base, instruct = toy.build_hf_pair(tmp_path / "pair", "phi3")
-    lora = make_adapter(columns.mlx_readable(base, tmp_path / "base"), tmp_path / "a", instruct)
+    lora = make_adapter(base, tmp_path / "a", instruct)
     r = CliRunner().invoke(main, ["merge", "--instruct", str(instruct), "--adapter-path", str(lora), "--out",
                                   str(tmp_path / "o"), "--format", "gguf"])
     assert r.exit_code == 2 and "phi3 with a byte-level BPE tokenizer (Phi-4) is not supported" in r.output
