@@ -168,9 +168,9 @@ FAMILY_CONFIGS = {
     "mistral": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen2": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen3": dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
-    "gemma2": dict(),
+    "gemma2": dict(query_pre_attn_scalar=16),  # = head_dim, as in Gemma 2 2B/9B and Gemma 3
     # one full sliding-window pattern (5 local + 1 global); linear scaling on the global layers as Gemma 3 4B+
-    "gemma3_text": dict(num_hidden_layers=6, rope_parameters={
+    "gemma3_text": dict(num_hidden_layers=6, query_pre_attn_scalar=16, rope_parameters={
         "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
     "phi3": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),

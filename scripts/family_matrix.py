@@ -11,6 +11,7 @@ tests/test_families.py and tests/test_family_exports.py run the same functions a
 """
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -109,8 +110,12 @@ def cell(value, tolerance, root):
     return "refused: " + _short(value, root)
 
 
-def _short(text, root):
-    return str(text).splitlines()[0].replace(f"{root}/", "")[:100].strip()
+def _short(text, root, width=90):
+    """The first words of a message: paths relative to the family's folder, no parentheses, no --format prefix,
+    up to the first ';', at most `width` characters (cut at a word)."""
+    text = str(text).splitlines()[0].replace(f"{root}/", "")
+    text = re.sub(r"--format \w+: ", "", re.sub(r" ?\([^()]*\)", "", text)).split(";")[0].strip()
+    return text if len(text) <= width else text[:width].rsplit(" ", 1)[0] + " …"
 
 
 def row(family, root, data, columns=COLUMNS):

@@ -33,13 +33,12 @@ HF_FAMILIES = ["llama", "mistral", "qwen3", "gemma2", "gemma3_text", "granite", 
                "olmoe"]
 # Llama 3.x RoPE that the test's few tokens feel: θ = 100 and scaling from 32 positions on, with weights large
 # enough for sharp attention (measured: the MLX logits with and without the scaling differ by 0.9, vs 1e-2 allowed).
-# SmolLM3 with a layer without RoPE. (The MoE families' toy configs have the settings llama.cpp's graphs hard-code.)
+# SmolLM3 with a layer without RoPE. (toy.FAMILY_CONFIGS give Gemma and the MoE families the settings that
+# llama.cpp's graphs hard-code.)
 OVERRIDES = {
     "llama": {"rope_parameters": {**toy.FAMILY_CONFIGS["llama"]["rope_parameters"], "rope_theta": 100.0,
                                   "original_max_position_embeddings": 32}, "initializer_range": 0.08},
     "smollm3": {"num_hidden_layers": 4},
-    "gemma2": {"query_pre_attn_scalar": 16},  # = head_dim, as in Gemma 2 2B/9B
-    "gemma3_text": {"query_pre_attn_scalar": 16},
 }
 
 
