@@ -11,6 +11,7 @@ tests/test_families.py and tests/test_family_exports.py run the same functions a
 """
 
 import argparse
+import contextlib
 import re
 import sys
 import tempfile
@@ -43,8 +44,9 @@ def build(family, root, data):
     root = Path(root)
     pair = toy.build_hf_pair(root, family)
     adapter, merged = root / "adapter", root / "merged"
-    train(TrainConfig(base=str(pair[0]), instruct=str(pair[1]), data=str(data), adapter_path=str(adapter), **TRAIN),
-          log=lambda m: None)
+    with contextlib.redirect_stdout(sys.stderr):  # the training's eval line: stdout is the table's
+        train(TrainConfig(base=str(pair[0]), instruct=str(pair[1]), data=str(data), adapter_path=str(adapter),
+                          **TRAIN), log=lambda m: None)
     merge(str(pair[1]), str(adapter), str(merged), log=lambda m: None)
     return pair, adapter, merged
 
