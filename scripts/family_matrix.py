@@ -112,10 +112,10 @@ def cell(value, tolerance, root):
     return "refused: " + _short(value, root)
 
 
-def _short(text, root, width=90):
-    """The first words of a message: paths relative to the family's folder, no parentheses, no --format prefix,
-    up to the first ';', at most `width` characters (cut at a word)."""
-    text = str(text).splitlines()[0].replace(f"{root}/", "")
+def _short(text, root, width=110):
+    """The first words of a message: paths relative to the family's folder, module paths by their last two
+    names, no parentheses, no --format prefix, up to the first ';', at most `width` characters (cut at a word)."""
+    text = re.sub(r"\b(?:\w+\.){2,}(\w+\.\w+)\b", r"…\1", str(text).splitlines()[0].replace(f"{root}/", ""))
     text = re.sub(r"--format \w+: ", "", re.sub(r" ?\([^()]*\)", "", text)).split(";")[0].strip()
     return text if len(text) <= width else text[:width].rsplit(" ", 1)[0] + " …"
 
