@@ -209,7 +209,8 @@ def rope_settings(config):
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")
         name = prefix + ("rope_parameters" if cfg.get("rope_parameters") else "rope_scaling")
         if isinstance(rope, dict) and all(isinstance(v, dict) for v in rope.values()):
-            found += [(f"{name}.{k}", v) for k, v in rope.items()]
+            used = cfg.get("layer_types")  # a layer type no layer has needs no RoPE of its own
+            found += [(f"{name}.{k}", v) for k, v in rope.items() if not isinstance(used, list) or k in used]
         elif isinstance(rope, dict):
             found.append((name, rope))
     return found

@@ -108,6 +108,17 @@ def test_rope_mlx_lm_cannot_build_is_one_error(tmp_path):
         load_model(instruct)
 
 
+
+def test_rope_of_a_layer_type_no_layer_has_is_not_checked():
+    """Gemma 3 with fewer layers than its pattern has only sliding layers: the full-attention RoPE (linear,
+    factor 8) is used by no layer, so it is no reason to refuse the model."""
+    from gift_mlx.families import rope_settings
+
+    config = hf_config("gemma3_text", num_hidden_layers=2, layer_types=["sliding_attention"] * 2,
+                       rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    assert [name for name, _ in rope_settings(config)] == ["rope_parameters.sliding_attention"]
+
 # ---- wrapped and hybrid models ----
 
 def test_add_lora_on_a_wrapped_hybrid_model_loads_in_mlx_lm(tmp_path):
