@@ -44,15 +44,12 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
     from mlx_lm.utils import load
 
     check_model_arg(str(path_or_id))
-    if (Path(str(path_or_id)) / "config.json").is_file():
-        read_config(path_or_id)  # the fields mlx-lm reads, named in one line before its code trips over them
     where, translated = mlx_config_fields(path_or_id)
     try:
         model, tokenizer, config = load(
             str(path_or_id), model_config=translated, adapter_path=adapter_path, lazy=lazy, return_config=True,
             trust_remote_code=trust_remote_code,
         )
-        check_config_fields(config, Path(str(path_or_id)) / "config.json")  # a Hub model's, once fetched
     except GiftError:
         raise
     except Exception as e:  # mlx-lm raises many types; turn them into one line naming the model
@@ -62,14 +59,17 @@ def load_model(path_or_id, adapter_path=None, lazy=False, trust_remote_code=Fals
 
 
 def mlx_config_fields(path_or_id):
-    """(config.json path, the fields mlx-lm must be given beyond it to build the user's model); no fields when
-    the config cannot be read: mlx-lm's load then says why."""
+    """(config.json path, the fields mlx-lm must be given beyond it to build the user's model). The config is
+    read and its fields type-checked here (read_config: one line naming a bad field, before mlx-lm's code trips
+    over it); a model that cannot be fetched, or has no config.json, gets no fields: mlx-lm's load says why."""
     try:
-        where = local_path(path_or_id) / "config.json"
-        config = json.loads(where.read_text())
-    except (GiftError, OSError, ValueError, RecursionError):
+        folder = local_path(path_or_id)
+    except GiftError:
         return path_or_id, {}
-    return where, translate_config(config, where)[0]
+    where = folder / "config.json"
+    if not where.is_file():
+        return where, {}
+    return where, translate_config(read_config(folder), where)[0]
 
 
 def load_tokenizer(path_or_id, chat=False):
@@ -220,13 +220,11 @@ def check_compatible(base_config, instruct_config, base_name="base", instruct_na
 
 def nonfinite_weight(model):
     """The name of the model's first float parameter holding NaN or infinity, else None (reads every weight)."""
-    import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    for name, v in tree_flatten(model.parameters()):
-        if mx.issubdtype(v.dtype, mx.floating) and not mx.isfinite(v).all().item():
-            return name
-    return None
+    from .outputs import nonfinite
+
+    return next(nonfinite(dict(tree_flatten(model.parameters()))), None)
 
 
 def wire_memory():
