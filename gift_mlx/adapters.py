@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .data import file_sha256
+from .data import file_sha256, reject_constant
 from .errors import GiftError
 from .outputs import LOCK, check_finite, save_tensors, write_json
 
@@ -44,7 +44,7 @@ def read_adapter(path, allow_unfinished=False, log=print):
     if not (cfg_file.is_file() and weights_file.is_file()):
         raise GiftError(f"{folder}: not an adapter folder (needs {CONFIG} and {WEIGHTS})")
     try:
-        config = json.loads(cfg_file.read_text(), parse_constant=_no_constant)
+        config = json.loads(cfg_file.read_text(), parse_constant=reject_constant)
         weights = mx.load(str(weights_file))
     except (OSError, ValueError, RuntimeError, RecursionError, OverflowError) as e:
         raise GiftError(f"{folder}: cannot read adapter ({str(e).splitlines()[0]})")
@@ -60,10 +60,6 @@ def read_adapter(path, allow_unfinished=False, log=print):
     check_finite(weights, weights_file)
     check_finished(folder, allow_unfinished, log)
     return Adapter(folder, config, kind, scale, layers)
-
-
-def _no_constant(name):
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _check_config(config, cfg_file):
@@ -223,7 +219,7 @@ def read_run_record(adapter_path):
     """The run record `gift train` left beside the adapter ({} when there is none), its fields type-checked."""
     path = Path(adapter_path) / RUN_RECORD
     try:
-        record = json.loads(path.read_text(), parse_constant=_no_constant) if path.is_file() else {}
+        record = json.loads(path.read_text(), parse_constant=reject_constant) if path.is_file() else {}
     except (OSError, ValueError, RecursionError) as e:
         raise GiftError(f"{path}: cannot read run record ({e})")
     if not isinstance(record, dict):

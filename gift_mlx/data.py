@@ -63,12 +63,12 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-class _NotJSON(ValueError):
+class NotJSON(ValueError):
     pass
 
 
-def _not_json(constant):  # Python reads NaN and Infinity; JSON has neither
-    raise _NotJSON(constant)
+def reject_constant(constant):  # json.loads' parse_constant: Python reads NaN and Infinity; JSON has neither
+    raise NotJSON(f"{constant} is not a JSON value")
 
 
 def read_jsonl(path):
@@ -85,11 +85,11 @@ def read_jsonl(path):
         if not line.strip():
             continue
         try:
-            record = json.loads(line, parse_constant=_not_json)
+            record = json.loads(line, parse_constant=reject_constant)
         except json.JSONDecodeError as e:
             raise GiftError(f"{path}:{n}: malformed JSON ({e.msg})")
-        except _NotJSON as e:
-            raise GiftError(f"{path}:{n}: malformed JSON ({e} is not a JSON value)")
+        except NotJSON as e:
+            raise GiftError(f"{path}:{n}: malformed JSON ({e})")
         except RecursionError:
             raise GiftError(f"{path}:{n}: JSON nested too deeply")
         if not isinstance(record, dict):

@@ -345,12 +345,17 @@ def write_json(path, data):
     return write_text(path, json_text(path, data))
 
 
-def check_finite(tensors, where):
-    """Raise naming the first floating tensor (of a name -> mx.array dict) that holds a NaN or infinity."""
+def nonfinite(tensors):
+    """The names of the floating tensors (of a name -> mx.array dict) that hold a NaN or infinity, lazily: one
+    tensor at a time, so the check's temporaries never exceed one tensor's size."""
     import mlx.core as mx
 
-    # One tensor at a time, so the check's temporaries never exceed one tensor's size.
-    bad = [k for k, v in tensors.items() if mx.issubdtype(v.dtype, mx.inexact) and not mx.isfinite(v).all().item()]
+    return (k for k, v in tensors.items() if mx.issubdtype(v.dtype, mx.inexact) and not mx.isfinite(v).all().item())
+
+
+def check_finite(tensors, where):
+    """Raise naming the first floating tensor (of a name -> mx.array dict) that holds a NaN or infinity."""
+    bad = list(nonfinite(tensors))
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise GiftError(f"{where}: tensor {bad[0]}{more} holds NaN or infinite values; nothing written")
