@@ -645,11 +645,10 @@ def _train(cfg, log, stack):
         # The state after step `done` (validation or a checkpoint of step `done` may have been in flight):
         # the step in flight, if any, is dropped whole.
         restore(model, optimizer, last_good)
+        mark(out, record, "interrupted", rank)
         if done > start and size == 1:  # saving is collective: under mlx.launch the last checkpoint stands
             path = save_checkpoint(out, done, model, optimizer, identity, cfg.keep_checkpoints, world)
-            mark(out, record, "interrupted", rank)
             raise Interrupted(f"saved {path}; run the same command with --resume to continue from step {done}") from None
-        mark(out, record, "interrupted", rank)
         raise
     except BaseException:
         mark(out, record, "interrupted", rank)
