@@ -14,6 +14,7 @@ import mlx.core as mx
 from .errors import GiftError
 from .export import DTYPES, copy_file
 from .families import EXPERT, SWITCH, hf_names
+from .models import inside_model
 from .outputs import save_tensors, write_json
 
 INDEX = "model.safetensors.index.json"
@@ -29,7 +30,8 @@ def read_checkpoint(folder):
     folder = Path(folder)
     try:
         if (folder / INDEX).is_file():
-            shards = sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
+            names = set(json.loads((folder / INDEX).read_text())["weight_map"].values())
+            shards = sorted(str(inside_model(folder, n, folder / INDEX).relative_to(folder)) for n in names)
         elif (folder / SINGLE).is_file():
             shards = [SINGLE]
         else:

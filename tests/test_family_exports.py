@@ -193,6 +193,19 @@ def test_hf_export_keeps_the_shards(tmp_path):
     assert columns._diff(columns.torch_logits(columns.hf_model(half)), columns.mlx_logits(merged)) < 0.05
 
 
+
+def test_hf_export_refuses_a_shard_index_leaving_the_folder(tmp_path):
+    """An index naming a shard outside the instruct folder would merge another model's weights: refused."""
+    base, instruct = toy.build_hf_pair(tmp_path / "pair", "qwen2")
+    adapter = make_adapter(base, tmp_path / "adapter", instruct, keys=["self_attn.v_proj"], num_layers=1)
+    names = list(mx.load(str(instruct / "model.safetensors")))
+    (instruct / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (instruct / export_hf.INDEX).write_text(json.dumps(
+        {"metadata": {}, "weight_map": dict.fromkeys(names, "../elsewhere.safetensors")}))
+    with pytest.raises(GiftError, match=r"model.safetensors.index.json: '../elsewhere.safetensors' lies outside"):
+        merge(str(instruct), str(adapter), str(tmp_path / "o"), fmt="hf", log=quiet)
+    assert not (tmp_path / "o").exists()
+
 # ---- mixtures of experts: an adapter `gift train` put on the experts (mlx-lm's stacked switch_mlp) ----
 
 EXPERT_KEYS = {"mlp.switch_mlp.gate_proj", "mlp.switch_mlp.up_proj", "mlp.switch_mlp.down_proj"}
