@@ -114,7 +114,7 @@ OPTIONS = {
     "seed": (("--seed",), dict(type=int)),
     "steps_per_report": (("--steps-per-report",), dict(type=int)),
     "steps_per_eval": (("--steps-per-eval",), dict(type=int)),
-    "val_batches": (("--val-batches",), dict(type=int, help="-1: the whole validation set.")),
+    "val_batches": (("--val-batches",), dict(type=int, help="-1: the whole validation set; 0: none.")),
     "save_every": (("--save-every",), dict(type=int, help="Steps between checkpoints.")),
     "keep_checkpoints": (("--keep-checkpoints",), dict(type=int, help="Checkpoints kept for --resume.")),
     "resume": (("--resume",), dict(is_flag=True, help="Continue from the latest intact checkpoint.")),

@@ -166,7 +166,7 @@ class TrainConfig:
     # bookkeeping
     steps_per_report: int = bounded(10, 1, COUNT_MAX)
     steps_per_eval: int = bounded(50, 1, COUNT_MAX)
-    val_batches: int = bounded(25, -1, COUNT_MAX)  # -1: the whole validation set
+    val_batches: int = bounded(25, -1, COUNT_MAX)  # -1: the whole validation set; 0: no validation (as mlx_lm.lora)
     save_every: int = bounded(100, 1, COUNT_MAX)
     keep_checkpoints: int = bounded(3, 1, 10_000)  # full-state checkpoints (adapter + optimizer + RNG) kept for --resume
     resume: bool = False  # continue from the latest checkpoint in adapter_path

@@ -556,6 +556,9 @@ def _train(cfg, log, stack):
     bound = target_bound(train_set, pad_lengths)
     batches = micro_batches(train_set, weights["train"], cfg.batch_size, pad_lengths, pad_id, cfg.seed,
                             start=start * cfg.grad_accumulation_steps, rank=rank, size=size)
+    if val_set is not None and cfg.val_batches == 0:
+        log("validation: off (--val-batches 0)")
+        val_set = None
     if val_set is not None and len(val_set) < cfg.batch_size:
         log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
         val_set = None

@@ -404,7 +404,7 @@ def gift_train_args(base, instruct, data, p, iters, adapter, scores):
             "--lora-alpha", p["alpha"], "--lora-dropout", 0.05, "--num-layers", -1, "--batch-size", p["batch_size"],
             "--iters", iters, "--learning-rate", "2e-4", "--warmup-ratio", 0.1, "--weight-decay", 0.0,
             "--max-seq-length", p["max_seq_length"], "--seed", 0, "--steps-per-report", 1,
-            "--steps-per-eval", 10**6, "--val-batches", 1, "--save-every", 10**6]
+            "--steps-per-eval", 10**6, "--val-batches", 0, "--save-every", 10**6, "--overwrite"]
 
 
 def run_gift_train(name, work, base, instruct, data, p, iters, replay, extra=(), env=None, scores="scores"):
@@ -461,12 +461,18 @@ SMOKE_SHAPE = dict(model_type="qwen2", hidden_size=64, num_hidden_layers=2, inte
                    rope_theta=1000000.0, torch_dtype="bfloat16")
 
 
+def on_cpu():
+    import mlx.core as mx
+
+    return mx.default_device() == mx.cpu
+
+
 def work_folder(work, label):
     """The scratch folder (made), and the OpenBLAS library the same-BLAS comparison preloads into the peer."""
     work = Path(work or f"/tmp/bench_train-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
     work.mkdir(parents=True, exist_ok=True)
     openblas = next((c for c in OPENBLAS_CANDIDATES if os.path.exists(c)), None)
-    if openblas is None:
+    if openblas is None and on_cpu():
         sys.exit("no OpenBLAS found (apt-get install libopenblas0-pthread): the same-BLAS comparison needs one")
     return work, openblas
 
@@ -560,6 +566,28 @@ def run_decode(name, work, model, n=8, max_tokens=32):
     return {**info, **json.loads(record.read_text())}
 
 
+def pair_record(peer, gift, gift_log):
+    """One alternating pair of float32 runs: whole-process wall time, time per step, memory; and the pair
+    check's cost inside that gift run (seconds, or 0.0 when it was read from the cache)."""
+    m = re.search(r"^pair: .*\[(cached|[\d.]+ s)\]", Path(gift_log).read_text(errors="replace"), re.MULTILINE)
+    check = None if m is None else 0.0 if m.group(1) == "cached" else float(m.group(1).split()[0])
+    step = lambda r: (r["warm"] or {}).get("s_per_step")  # noqa: E731
+    return {"peer_wall_s": peer["wall_s"], "gift_wall_s": gift["wall_s"], "peer_s_per_step": step(peer),
+            "gift_s_per_step": step(gift), "peer_maxrss_gb": peer["maxrss_gb"], "gift_maxrss_gb": gift["maxrss_gb"],
+            "peer_peak_gb": peer["peak_memory_gb"], "gift_peak_gb": gift["peak_memory_gb"], "pair_check_s": check}
+
+
+def gpu_name():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        out = ""
+    import mlx.core as mx
+
+    return f"{mx.default_device()} ({out or 'GPU'})"
+
+
 def one_step_summary(run, steps):
     """A run of a single step (bfloat16 on CPU: minutes per step): that step, compilation included."""
     if run.get("warm") is None and steps:
@@ -604,7 +632,11 @@ def main_shape(args, shape):
         return
     train_ds, replay = gift_stream(data, folders["instruct", "float32"], p, p["iters"])
     blas = {"before": gift_doctor(clean_env())}
-    runs, no_pair = {}, ["--no-pair-check"]
+    runs, pairs = {}, []
+    # gift's pair check runs as in a user's run, cached by the models' files: in a fresh cache here, so the
+    # first gift run pays it and the later ones read the cache (each run's cost is parsed from its log)
+    cache = work / "pair-cache"
+    shutil.rmtree(cache, ignore_errors=True)
 
     def peer(name, base, iters, blas_path):
         r, steps = run_peer(name, work, base, data, p, iters, blas_path)
@@ -612,16 +644,22 @@ def main_shape(args, shape):
         runs[name]["_steps"] = steps
 
     def gift(name, base, instruct, iters, scores, extra=()):
-        r, steps = run_gift_train(name, work, base, instruct, data, p, iters, replay[:iters], extra=[*no_pair, *extra],
-                                  scores=scores)
+        r, steps = run_gift_train(name, work, base, instruct, data, p, iters, replay[:iters], extra=extra,
+                                  scores=scores, env=clean_env(GIFT_CACHE_DIR=str(cache)))
         runs[name] = one_step_summary(r, steps) if iters == 1 else r
         runs[name]["_steps"] = steps
 
     if "f32" in variants:
         b, i = folders["base", "float32"], folders["instruct", "float32"]
-        peer("peer-f32", b, p["iters"], openblas)
         runs["score-f32"] = run_gift_score("score-f32", work, i, data, p, train_ds, scores="scores-f32")
-        gift("gift-f32", b, i, p["iters"], "scores-f32")
+        for k in range(args.pairs):  # alternating order: peer, gift / gift, peer / ...
+            names = {"peer": "peer-f32" + (f"-{k + 1}" if k else ""), "gift": "gift-f32" + (f"-{k + 1}" if k else "")}
+            for who in (("peer", "gift") if k % 2 == 0 else ("gift", "peer")):
+                if who == "peer":
+                    peer(names["peer"], b, p["iters"], openblas)
+                else:
+                    gift(names["gift"], b, i, p["iters"], "scores-f32")
+            pairs.append(pair_record(runs[names["peer"]], runs[names["gift"]], work / f"{names['gift']}.log"))
         if not args.no_online:
             gift("gift-online-f32", b, i, p["iters"], "scores-f32", ["--online-scores"])
         runs["decode-f32"] = run_decode("decode-f32", work, i)
@@ -646,11 +684,11 @@ def main_shape(args, shape):
         "shape": shape, "config": config, "profile": p, "variants": variants, "build_s": build_s,
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "command": shlex.join(["python", "scripts/bench_train.py", *sys.argv[1:]]), "machine": machine(),
-        "gpu": "not available in this task (no GPU machine was lent); CPU only",
+        "gpu": "CPU only" if on_cpu() else gpu_name(),
         "parameters": count_parameters(folders["base", "float32"]), "work": str(work), "openblas": openblas,
         "data": {"rows": len(train_ds), "mean": float(np.mean([len(e.tokens) for e in train_ds.examples])),
                  "max": int(max(len(e.tokens) for e in train_ds.examples))},
-        "blas": blas, "runs": runs, "processes": PROCESSES, "warmup_steps": warmup_steps(p["iters"]),
+        "blas": blas, "runs": runs, "pairs": pairs, "processes": PROCESSES, "warmup_steps": warmup_steps(p["iters"]),
     }
     res["wall_s"] = time.perf_counter() - started
     res["load"] = (load_start, os.getloadavg()[0])
@@ -707,6 +745,8 @@ def main():
     ap.add_argument("--q4-iters", type=int, help="with --shape: steps of the 4-bit (QLoRA) runs")
     ap.add_argument("--batch-size", type=int, help="with --shape: micro-batch rows (default 2)")
     ap.add_argument("--max-seq-length", type=int, help="with --shape: rows cut to this many tokens (default 256)")
+    ap.add_argument("--pairs", type=int, default=1,
+                    help="with --shape: float32 runs of mlx_lm.lora and gift, this many alternating pairs (medians reported)")
     ap.add_argument("--build-only", action="store_true", help="with --shape: build the models and data, run nothing")
     ap.add_argument("--no-online", action="store_true", help="with --shape: skip the --online-scores run")
     ap.add_argument("--peer-q4-iters", type=int, default=1, help="with --peer-q4: steps of mlx_lm.lora's QLoRA run")
@@ -761,7 +801,7 @@ def main():
     res = {
         "mode": mode, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "command": shlex.join(["python", "scripts/bench_train.py", *sys.argv[1:]]), "machine": machine(),
-        "gpu": "not available in this task (no GPU machine was lent); CPU only",
+        "gpu": "CPU only" if on_cpu() else gpu_name(),
         "profile": p, "parameters": count_parameters(base), "vocab": vocab, "work": str(work), "openblas": openblas,
         "data": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean()),
                  "target_share": targets_n / int(lengths.sum())},

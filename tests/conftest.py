@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import gift_mlx  # noqa: F401  (preloads the optimized BLAS before mlx.core is imported)
@@ -8,7 +10,10 @@ import pytest
 # every command, has its own tests (test_cli.py).
 os.environ.setdefault("GIFT_BLAS_WARN", "0")
 # gift train caches pair-check results in the user's cache dir: the tests keep theirs apart.
-os.environ.setdefault("GIFT_CACHE_DIR", tempfile.mkdtemp(prefix="gift-test-cache-"))
+if "GIFT_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="gift-test-cache-")
+    os.environ["GIFT_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # not one folder left in /tmp per session
 
 from gift_mlx import toy
 

@@ -95,7 +95,7 @@ def test_non_finite_loss_stops_or_skips(tmp_path, llama_pair, task_data, monkeyp
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, llama_pair, task_data, sig):
     base, instruct = llama_pair
     out = tmp_path / "run"
-    proc = subprocess.Popen(gift(*args(base, instruct, task_data, out, 400)),
+    proc = subprocess.Popen(gift(*args(base, instruct, task_data, out, 2000)),  # far from done when signalled
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not list(out.glob("checkpoint-[0-9]*[0-9].safetensors")) and time.time() < deadline and proc.poll() is None:

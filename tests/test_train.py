@@ -234,3 +234,15 @@ def test_cached_and_computed_scores_give_the_same_adapter_with_dropout(tmp_path,
     assert a.keys() == b.keys()
     for k in a:
         assert np.array_equal(np.array(a[k]), np.array(b[k])), k
+
+
+def test_val_batches_zero_turns_validation_off(tmp_path, llama_pair, task_data):
+    """--val-batches 0 means no validation, as in mlx_lm.lora (it was the whole validation set, like -1)."""
+    base, instruct = llama_pair
+    lines = []
+    record = train(TrainConfig(base=str(base), instruct=str(instruct), data=str(task_data), adapter_path=str(tmp_path / "a"),
+                               iters=2, val_batches=0, **FAST), log=lines.append)
+    rows = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert "validation: off (--val-batches 0)" in lines
+    assert not [r for r in rows if "val_loss" in r] and [r for r in rows if "loss" in r]
+    assert "val_loss" not in record["final"]
