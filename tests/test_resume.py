@@ -23,6 +23,11 @@ def args(base, instruct, data, out, iters):
             "--grad-accumulation-steps", 2, "--steps-per-eval", 1000]
 
 
+def default_signal(sig):
+    signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+
+
 def gift(*a):
     return [sys.executable, "-m", "gift_mlx", "train", *map(str, a)]
 
@@ -95,8 +100,11 @@ def test_non_finite_loss_stops_or_skips(tmp_path, llama_pair, task_data, monkeyp
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, llama_pair, task_data, sig):
     base, instruct = llama_pair
     out = tmp_path / "run"
-    proc = subprocess.Popen(gift(*args(base, instruct, task_data, out, 2000)),  # far from done when signalled
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The child starts as from a terminal: the signal neither ignored nor blocked. A disposition this process
+    # inherited or a test before set (SIG_IGN, as a shell gives its background jobs) would pass on through exec,
+    # and Python keeps an ignored SIGINT ignored.
+    proc = subprocess.Popen(gift(*args(base, instruct, task_data, out, 400)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: default_signal(sig))
     deadline = time.time() + 240
     while not list(out.glob("checkpoint-[0-9]*[0-9].safetensors")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
