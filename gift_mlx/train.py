@@ -490,6 +490,12 @@ def _train(cfg, log, stack):
             + (f", {ds.truncated} truncated to {cfg.max_seq_length}" if ds.truncated else "")
             + (f", {ds.dropped} dropped (no target left)" if ds.dropped else ""))
     train_set, val_set = data["train"], data.get("valid")
+    if val_set is not None and cfg.val_batches == 0:
+        log("validation: off (--val-batches 0)")
+        val_set = None
+    if val_set is not None and len(val_set) < cfg.batch_size:
+        log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
+        val_set = None
     global_batch = cfg.batch_size * cfg.grad_accumulation_steps
     if len(train_set) < cfg.batch_size:
         raise GiftError(f"batch_size: {cfg.batch_size} is more than the {len(train_set)} training rows")
@@ -524,9 +530,10 @@ def _train(cfg, log, stack):
             out.mkdir(parents=True, exist_ok=True)
     identity = {"settings": settings_hash(cfg), "data": data_hash(data), "models": models_hash(cfg)}
     if guide_id and not cfg.online_scores:
-        scores = ensure_scores(data, cfg.scores_path or out / "scores", guide_id, role,
+        used = {"train": train_set, **({"valid": val_set} if val_set is not None else {})}  # no unused split scored
+        scores = ensure_scores(used, cfg.scores_path or out / "scores", guide_id, role,
                                lambda: load_guide(guide_id, cfg.trust_remote_code, log), log)
-        weights = {s: [token_weights(q, cfg.floor, cfg.gamma) for q in scores[s]] for s in data}
+        weights = {s: [token_weights(q, cfg.floor, cfg.gamma) for q in scores[s]] for s in used}
 
     guide = guide_stream = blas_threads = None
     if guide_id and cfg.online_scores:
@@ -556,12 +563,6 @@ def _train(cfg, log, stack):
     bound = target_bound(train_set, pad_lengths)
     batches = micro_batches(train_set, weights["train"], cfg.batch_size, pad_lengths, pad_id, cfg.seed,
                             start=start * cfg.grad_accumulation_steps, rank=rank, size=size)
-    if val_set is not None and cfg.val_batches == 0:
-        log("validation: off (--val-batches 0)")
-        val_set = None
-    if val_set is not None and len(val_set) < cfg.batch_size:
-        log(f"validation: skipped ({len(val_set)} rows < batch_size {cfg.batch_size})")
-        val_set = None
     final = truncate_metrics(out / "metrics.jsonl", start) if rank == 0 and start else {}
     record = {
         "gift_mlx": __version__, "mlx": mx.__version__, "status": "running", "method": cfg.method,

@@ -246,3 +246,5 @@ def test_val_batches_zero_turns_validation_off(tmp_path, llama_pair, task_data):
     assert "validation: off (--val-batches 0)" in lines
     assert not [r for r in rows if "val_loss" in r] and [r for r in rows if "loss" in r]
     assert "val_loss" not in record["final"]
+    scores = tmp_path / "a" / "scores"  # the instruct model scores only the split the run uses
+    assert (scores / "train-instruct.safetensors").is_file() and not (scores / "valid-instruct.safetensors").exists()
