@@ -274,3 +274,22 @@ def test_training_check_is_cached_by_the_files(llama_pair, tmp_path, monkeypatch
     save_file({k: v * 2 for k, v in t.items()}, str(shard_file))  # the instruct model changed
     changed = check_for_training(str(base), str(inst), log=lines.append)
     assert not lines[4].endswith("[cached]") and changed["overall"] != first["overall"]
+
+
+def test_a_file_cut_short_while_it_is_read_is_named(llama_pair, tmp_path):
+    """The headers are checked against the file's size when opened; a file that shrinks afterwards (another
+    process rewriting it) gives an error naming it, not a short array summed as if whole."""
+    from gift_mlx.models import read_config
+    from gift_mlx.pair_check import Weights, tensor_sums
+    base = copy_model(llama_pair[0], tmp_path / "b")
+    bw = Weights(base, read_config(base), "base b")
+    iw = Weights(llama_pair[1], read_config(llama_pair[1]), "instruct i")
+    name = max(bw.names, key=bw.order)  # the last tensor of the file
+    with open(base / "model.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 4)
+    try:
+        with pytest.raises(GiftError, match=rf"^{re.escape(str(base / 'model.safetensors'))}: cannot read weights "
+                                            r"\(the file ended early"):
+            tensor_sums(bw, iw, name)
+    finally:
+        bw.close(), iw.close()
