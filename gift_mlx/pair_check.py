@@ -144,7 +144,7 @@ class Reader:
 
 
 class Weights:
-    """A model's tensors from their safetensors headers: float tensors read through memory maps, quantized
+    """A model's tensors from their safetensors headers: float tensors read chunk by chunk (Reader), quantized
     (packed) ones loaded lazily by MLX and dequantized per block of rows."""
 
     def __init__(self, folder, config, label):

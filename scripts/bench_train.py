@@ -251,8 +251,16 @@ def padding_shares(data_dir, instruct, p, gift_ds):
 # Running one configuration.
 
 
+# OPENBLAS_THREAD_TIMEOUT as the user started this script: importing gift_mlx here sets it (blas.py), and
+# mlx_lm.lora must run as it would for that user unless --peer-blas-timeout gives it gift's setting.
+USER_BLAS_TIMEOUT = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+PEER_ENV = {}
+
+
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GIFT_BLAS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GIFT_BLAS", "OPENBLAS_THREAD_TIMEOUT")}
+    if USER_BLAS_TIMEOUT is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = USER_BLAS_TIMEOUT
     env.update(extra)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
@@ -366,7 +374,7 @@ def run_peer(name, work, base, data, p, iters, openblas):
            "--batch-size", p["batch_size"], "--iters", iters, "--learning-rate", "2e-4",
            "--max-seq-length", p["max_seq_length"], "--steps-per-report", 1, "--steps-per-eval", 10**6,
            "--val-batches", 0, "--save-every", 10**6, "--seed", 0, "--adapter-path", out]
-    env = clean_env(**({"LD_PRELOAD": openblas} if openblas else {}))
+    env = clean_env(**({"LD_PRELOAD": openblas, **PEER_ENV} if openblas else {}))
     info, text = run(name, cmd, env, work / f"{name}.log")
     rec = json.loads(record.read_text())
     reports = rec["train"]
@@ -723,7 +731,9 @@ def machine():
     dirty = git("status", "--porcelain", "--", "gift_mlx")
     return {"cpu": cpu, "nproc": os.cpu_count(), "memory_gib": mem, "os": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(), "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__,
-            "device": str(mx.default_device()), "commit": commit + (" (gift_mlx/ with uncommitted changes)" if dirty else "")}
+            "device": str(mx.default_device()), "commit": commit + (" (gift_mlx/ with uncommitted changes)" if dirty else ""),
+            "peer_blas_env": " ".join(f"{k}={v}" for k, v in PEER_ENV.items()) or f"OPENBLAS_THREAD_TIMEOUT="
+                             f"{USER_BLAS_TIMEOUT or 'unset (OpenBLAS default)'}; gift sets 4 for itself"}
 
 
 def main():
@@ -749,11 +759,15 @@ def main():
                     help="with --shape: float32 runs of mlx_lm.lora and gift, this many alternating pairs (medians reported)")
     ap.add_argument("--build-only", action="store_true", help="with --shape: build the models and data, run nothing")
     ap.add_argument("--no-online", action="store_true", help="with --shape: skip the --online-scores run")
+    ap.add_argument("--peer-blas-timeout", action="store_true",
+                    help="give mlx_lm.lora's OpenBLAS gift's OPENBLAS_THREAD_TIMEOUT=4 (gift_mlx/blas.py) too")
     ap.add_argument("--peer-q4-iters", type=int, default=1, help="with --peer-q4: steps of mlx_lm.lora's QLoRA run")
     ap.add_argument("--peer-q4", nargs="*", metavar="SHAPE",
                     help="with --shape: also run mlx_lm.lora on the 4-bit model, at these shapes (none named: all); MLX's "
                          "CPU 4-bit matmul with bfloat16 activations is very slow")
     args = ap.parse_args()
+    if args.peer_blas_timeout:
+        PEER_ENV["OPENBLAS_THREAD_TIMEOUT"] = "4"
     if args.shape:
         for shape in dict.fromkeys(args.shape):  # each once
             main_shape(args, shape)

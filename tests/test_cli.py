@@ -86,6 +86,21 @@ def test_a_missing_gift_blas_warns_once_per_command(llama_pair):
     assert "GIFT_BLAS=/nonexistent/libopenblas.so.0: no such file" in r.stdout
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS preload is Linux's")
+def test_the_preloaded_openblas_gets_a_short_spin_unless_the_user_set_one():
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when it loads, so the preload sets it first (blas.py); a value the
+    user gave is kept, and GIFT_BLAS=0 (no preload) leaves the environment alone."""
+    def timeout_seen(**env):
+        base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "GIFT_BLAS")}
+        code = "import os, gift_mlx; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **env})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+    assert timeout_seen() == "4"
+    assert timeout_seen(OPENBLAS_THREAD_TIMEOUT="10") == "10"
+    assert timeout_seen(GIFT_BLAS="0") == "None"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the slow-BLAS warning is for Linux CPU")
 def test_slow_matmuls_warn_with_the_install_hint(monkeypatch):
     from gift_mlx import blas, doctor
