@@ -103,6 +103,15 @@ def read_header(path):
     return 8 + n, header
 
 
+def read_into(fd, buf, offset):
+    """Bytes read from fd at offset into buf: os.preadv (Linux, macOS 11+), else os.pread and a copy."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buf], offset)
+    data = os.pread(fd, len(buf), offset)
+    buf[: len(data)] = np.frombuffer(data, np.uint8)
+    return len(data)
+
+
 class Reader:
     """f(i, j): elements i:j of one float tensor as a flat array of `dtype`, read from the file.
 
@@ -121,7 +130,7 @@ class Reader:
     def __call__(self, i, j):
         x = self._buffer("raw", j - i, self.raw_dtype)
         try:
-            got = os.preadv(self.fd, [x.view(np.uint8)], self.start + i * x.itemsize)
+            got = read_into(self.fd, x.view(np.uint8), self.start + i * x.itemsize)
         except OSError as e:
             raise GiftError(f"{self.path}: cannot read weights ({e.strerror or e})")
         if got != x.nbytes:

@@ -185,8 +185,12 @@ def copy_model(src, dst, change=None, dtype=None):
     return dst
 
 
-def test_bfloat16_and_float16_models_match_numpy(llama_pair, tmp_path):
-    """bfloat16 is read as its 16 bits shifted into float32: the figures are those of the cast values."""
+@pytest.mark.parametrize("preadv", [True, False], ids=["preadv", "pread"])
+def test_bfloat16_and_float16_models_match_numpy(llama_pair, tmp_path, monkeypatch, preadv):
+    """bfloat16 is read as its 16 bits shifted into float32: the figures are those of the cast values; the same
+    with the os.pread fallback of a Python without os.preadv."""
+    if not preadv:
+        monkeypatch.delattr("os.preadv", raising=False)
     for dtype in (mx.bfloat16, mx.float16):
         name = str(dtype).split(".")[-1]
         base = copy_model(llama_pair[0], tmp_path / f"b{name}", dtype=dtype)
