@@ -147,7 +147,7 @@ class Reader:
     def _buffer(self, key, n, dtype):
         """A reused buffer of n elements (a chunk stays in the cache between calls)."""
         buf = self.buffers.get(key)
-        if buf is None or len(buf) < n or buf.dtype != dtype:
+        if buf is None or len(buf) < n:
             buf = self.buffers[key] = np.empty(n, dtype)
         return buf[:n]
 

@@ -729,11 +729,11 @@ def machine():
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO, check=False).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD")
     dirty = git("status", "--porcelain", "--", "gift_mlx")
+    peer = PEER_ENV.get("OPENBLAS_THREAD_TIMEOUT", USER_BLAS_TIMEOUT)
     return {"cpu": cpu, "nproc": os.cpu_count(), "memory_gib": mem, "os": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(), "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__,
             "device": str(mx.default_device()), "commit": commit + (" (gift_mlx/ with uncommitted changes)" if dirty else ""),
-            "peer_blas_env": " ".join(f"{k}={v}" for k, v in PEER_ENV.items()) or f"OPENBLAS_THREAD_TIMEOUT="
-                             f"{USER_BLAS_TIMEOUT or 'unset (OpenBLAS default)'}; gift sets 4 for itself"}
+            "peer_blas_env": f"OPENBLAS_THREAD_TIMEOUT={peer or 'unset (OpenBLAS default)'}; gift's: {USER_BLAS_TIMEOUT or 4}"}
 
 
 def main():
