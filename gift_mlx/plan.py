@@ -7,8 +7,9 @@ weights get no gradient. Memory (`peak_bytes`): weights + LoRA state + what auto
 the LM head's logits, with per-element coefficients fitted to MLX's measured peak (mx.get_peak_memory) of
 training steps on small qwen2 models (ACT); time (`seconds`): the FLOPs at the matmul rate measured now, plus
 the element-wise values that cost about an exp each (`elementwise_per_token`: SiLU, attention softmax, dropout
-masks, the vocabulary softmax) at the exp rate measured now, × ELEMENT_COST. Both are checked against the
-benchmark's measured runs in docs/benchmarks.md.
+masks, the vocabulary softmax) at the exp rate measured now, × ELEMENT_COST; where gift_mlx.fastmath applies
+(a CPU, float32) its SiLU and masks cost less and keep less (FAST_COST, FAST_SAVED). Both are checked against
+the benchmark's measured runs in docs/benchmarks.md.
 """
 
 import dataclasses
@@ -41,6 +42,12 @@ ACT = {"hidden": 87.8, "ffn": 31.3, "attention": 4.7, "logits": 16.1, "logits_ch
 # 0.5B-shape float32 training run of docs/benchmarks.md (2026-11-27, the matmuls taken at the measured rate);
 # the 1.5B shape and the other runs of the same command are the check.
 ELEMENT_COST = 1.4
+# With gift_mlx.fastmath (CPU training in float32): the cost of a SiLU value and of a dropout-mask value relative
+# to the above (fitted to the 0.5B-shape runs of docs/benchmarks.md, 2026-12-07), and the bytes per token
+# autodiff no longer keeps: SiLU's sigmoid (4 per FFN unit) and float32 dropout masks that became booleans
+# (3 per LoRA input: 6 of hidden size and one of FFN size per layer; measured 0.24 + 0.37 GB at 0.5B).
+FAST_COST = {"silu": 0.3, "mask": 0.8}
+FAST_SAVED = {"hidden": 18.0, "ffn": 7.0}
 # The process beyond MLX's buffers (Python, MLX, tokenizer, compiled kernels): max RSS − MLX peak measured
 # -0.05..+0.11 GB (scripts/bench_plan.py, 2026-12-04; the 0.5B runs of docs/benchmarks.md): gift plan's
 # figure is the max RSS it expects.
@@ -102,14 +109,17 @@ def flops_per_token(s, seq, rank=0, kind="train", grad_checkpoint=False, head_sh
     return forward + backward + ((linear + attention + lora) if grad_checkpoint else 0)
 
 
-def elementwise_per_token(s, seq, kind="train", grad_checkpoint=False, head_share=1.0):
+def elementwise_per_token(s, seq, kind="train", grad_checkpoint=False, head_share=1.0, fast=False):
     """Element-wise values per token that cost about an exp each: SiLU, the attention softmax over `seq` keys
     (MLX's CPU attention forms all seq × seq scores), forward and backward when training, the LoRA inputs'
-    dropout masks (training), and the softmax over the vocabulary where logits are needed (head_share)."""
-    block = s.ffn + s.heads * seq
-    if kind == "train":
-        block = (3 if grad_checkpoint else 2) * block + 6 * s.hidden + s.ffn
-    return s.layers * block + s.vocab * head_share
+    dropout masks (training), and the softmax over the vocabulary where logits are needed (head_share).
+    fast: inside `gift train` on a CPU in float32, with gift_mlx.fastmath's SiLU and dropout (FAST_COST)."""
+    passes = (3 if grad_checkpoint else 2) if kind == "train" else 1
+    silu, softmax = passes * s.ffn, passes * s.heads * seq
+    masks = 6 * s.hidden + s.ffn if kind == "train" else 0
+    if fast:
+        silu, masks = FAST_COST["silu"] * silu, FAST_COST["mask"] * masks
+    return s.layers * (silu + softmax + masks) + s.vocab * head_share
 
 
 def seconds(flops, elements, gflops, exp_rate, streams=1):
@@ -133,13 +143,15 @@ def lora_params(s, rank, layers=None):
 
 
 def peak_bytes(s, batch, seq, rank, grad_checkpoint=False, compute_bytes=4, guide=None, logits_budget=2**24,
-               target_share=1.0):
+               target_share=1.0, fast=False):
     """MLX's estimated peak during training: weights, LoRA (parameter, gradient, accumulated gradient, AdamW's
     two moments: 5 × float32), activations kept for the backward, logits (chunked: of the target positions
-    only); the guide's weights with online scoring."""
+    only); the guide's weights with online scoring. fast: with gift_mlx.fastmath (FAST_SAVED)."""
     n = batch * seq
     scale = compute_bytes / 4  # ACT was fitted in float32
-    layer = ACT["hidden"] * s.hidden + ACT["ffn"] * s.ffn + ACT["attention"] * s.heads * seq
+    saved = FAST_SAVED if fast else {"hidden": 0, "ffn": 0}
+    layer = ((ACT["hidden"] - saved["hidden"]) * s.hidden + (ACT["ffn"] - saved["ffn"]) * s.ffn
+             + ACT["attention"] * s.heads * seq)
     if grad_checkpoint:  # only the blocks' inputs stay; one block's activations are rebuilt at a time
         act = n * (s.layers * ACT["checkpoint"] * s.hidden + layer)
     else:
@@ -196,14 +208,15 @@ def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, exp_
     from .objective import LOGITS_BUDGET
 
     s, cb = as_computed(s, device, memory)
+    fast = device == "cpu" and cb == 4  # gift_mlx.fastmath applies
     peak = peak_bytes(s, batch, seq, rank, grad_checkpoint, cb, guide=s if online else None,
-                      target_share=target_share) + OVERHEAD
+                      target_share=target_share, fast=fast) + OVERHEAD
     share = target_share if batch * seq * s.vocab > LOGITS_BUDGET else 1.0
     flops = flops_per_token(s, seq, rank, "train", grad_checkpoint, share)
-    elements = elementwise_per_token(s, seq, "train", grad_checkpoint, share)
+    elements = elementwise_per_token(s, seq, "train", grad_checkpoint, share, fast)
     if online:  # the guide's forward; its head on the targets too
         flops += flops_per_token(s, seq, kind="forward", head_share=share)
-        elements += elementwise_per_token(s, seq, "forward", head_share=share)
+        elements += elementwise_per_token(s, seq, "forward", head_share=share)  # on its own stream, as fitted
     epoch = tokens_per_epoch * seconds(flops, elements, gflops, exp_rate)
     scoring = tokens_per_epoch * seconds(flops_per_token(s, seq, kind="forward", head_share=target_share),
                                          elementwise_per_token(s, seq, "forward", head_share=target_share),

@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tqdm import tqdm
 
-from . import __version__, adapters, blas, plot
+from . import __version__, adapters, blas, fastmath, plot
 from .config import TrainConfig
 from .data import batch_order, collate, file_sha256, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
@@ -545,6 +545,8 @@ def _train(cfg, log, stack):
             guide_stream, blas_threads = mx.new_stream(mx.cpu), max(1, blas.cores() // 2)
     if cfg.grad_checkpoint:
         checkpoint_layers(model)
+    fastmath.cpu_dropout(model)
+    stack.enter_context(fastmath.cpu_activations(model, guide))
     # Building a model (scoring, a guide) draws from MLX's global generator; reseeding here makes the
     # dropout masks depend on (seed, rank) alone, so cached and freshly computed scores give one adapter.
     mx.random.seed(dropout_seed(cfg.seed, rank))

@@ -254,8 +254,9 @@ def shape_efficiency(res):
         share = 1.0 if every_head else x["targets"] / x["tokens"]
         return x["tokens"] * plan.flops_per_token(s, x["shape"][1], rank if kind == "train" else 0, kind, head_share=share)
 
-    def elements(s, x, kind):  # gift_plan's element-wise count of a step (head on the targets)
-        return x["tokens"] * plan.elementwise_per_token(s, x["shape"][1], kind, head_share=x["targets"] / x["tokens"])
+    def elements(s, x, kind, fast=False):  # gift_plan's element-wise count of a step (head on the targets)
+        return x["tokens"] * plan.elementwise_per_token(s, x["shape"][1], kind, head_share=x["targets"] / x["tokens"],
+                                                        fast=fast)
 
     for name, r in res["runs"].items():
         bits = 4 if name.endswith("q4") else 0
@@ -285,9 +286,11 @@ def shape_efficiency(res):
                 s, cb = plan.as_computed(s, "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
                 seq = max(x["shape"][1] for x in steps)
                 share = sum(x["targets"] for x in steps) / sum(x["tokens"] for x in steps)
+                fast = cb == 4  # gift_mlx.fastmath on a CPU in float32, as plan.estimate
                 peak = plan.peak_bytes(s, p["batch_size"], seq, p["rank"], compute_bytes=cb,
-                                       guide=s if "online" in name else None, target_share=share)
-                el = sum(elements(s, x, "train") + (elements(s, x, "forward") if "online" in name else 0) for x in counted)
+                                       guide=s if "online" in name else None, target_share=share, fast=fast)
+                el = sum(elements(s, x, "train", fast) + (elements(s, x, "forward") if "online" in name else 0)
+                         for x in counted)
                 est_s = plan.seconds(f, el, matmul or 1, exps) / len(counted)
                 out[name].update(plan_peak_gb=peak / 1e9, plan_s_per_step=est_s)
         out[name]["efficiency_every_head"] = (out[name].get("gflops_every_head", out[name]["gflops"]) / matmul

@@ -64,3 +64,16 @@ def test_time_is_the_matmuls_at_their_rate_plus_the_elementwise_work_at_the_exp_
     assert plan.elementwise_per_token(s, 256, "forward") < e  # no backward, no dropout masks
     assert plan.seconds(f, e, 200, 1e8) == pytest.approx(f / 200e9 + plan.ELEMENT_COST * e / 1e8)
     assert plan.seconds(0, e, 200, 1e8, streams=2) == pytest.approx(plan.ELEMENT_COST * e / 2e8)
+
+
+def test_fastmath_training_counts_its_cheaper_silu_and_masks_and_the_arrays_it_does_not_keep():
+    s = plan.Shape.from_config(plan.SHAPES["qwen2.5-0.5b"])
+    slow, fast = plan.elementwise_per_token(s, 256), plan.elementwise_per_token(s, 256, fast=True)
+    cut = s.layers * ((1 - plan.FAST_COST["silu"]) * 2 * s.ffn + (1 - plan.FAST_COST["mask"]) * (6 * s.hidden + s.ffn))
+    assert slow - fast == pytest.approx(cut)
+    saved = plan.peak_bytes(s, 2, 256, 16) - plan.peak_bytes(s, 2, 256, 16, fast=True)
+    assert saved == pytest.approx(512 * s.layers * (plan.FAST_SAVED["hidden"] * s.hidden + plan.FAST_SAVED["ffn"] * s.ffn))
+    on_cpu = plan.estimate(s, 2, 256, 16, 512, "cpu", 64e9, 200, 1e8)
+    on_gpu = plan.estimate(s, 2, 256, 16, 512, "gpu", 64e9, 200, 1e8)  # bfloat16 there: mlx-lm's own functions
+    assert on_cpu.compute_bytes == 4 and on_gpu.compute_bytes == 2
+    assert on_cpu.peak_gb * 1e9 == pytest.approx(plan.peak_bytes(s, 2, 256, 16, fast=True) + plan.OVERHEAD)
