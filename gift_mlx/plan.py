@@ -163,6 +163,11 @@ def peak_bytes(s, batch, seq, rank, grad_checkpoint=False, compute_bytes=4, guid
     return total
 
 
+def uses_fastmath(device, compute_bytes):
+    """Whether `gift train` computes with gift_mlx.fastmath here: on a CPU, in float32."""
+    return device == "cpu" and compute_bytes == 4
+
+
 def as_computed(s, device, memory):
     """(shape, bytes per value) as gift computes: on a CPU a half-precision or quantized model becomes float32
     when the copy fits in 0.4 of the memory (models.cpu_float32); otherwise the weights stay as they are."""
@@ -208,7 +213,7 @@ def estimate(s, batch, seq, rank, tokens_per_epoch, device, memory, gflops, exp_
     from .objective import LOGITS_BUDGET
 
     s, cb = as_computed(s, device, memory)
-    fast = device == "cpu" and cb == 4  # gift_mlx.fastmath applies
+    fast = uses_fastmath(device, cb)
     peak = peak_bytes(s, batch, seq, rank, grad_checkpoint, cb, guide=s if online else None,
                       target_share=target_share, fast=fast) + OVERHEAD
     share = target_share if batch * seq * s.vocab > LOGITS_BUDGET else 1.0

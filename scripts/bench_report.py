@@ -286,7 +286,7 @@ def shape_efficiency(res):
                 s, cb = plan.as_computed(s, "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
                 seq = max(x["shape"][1] for x in steps)
                 share = sum(x["targets"] for x in steps) / sum(x["tokens"] for x in steps)
-                fast = cb == 4  # gift_mlx.fastmath on a CPU in float32, as plan.estimate
+                fast = plan.uses_fastmath("cpu", cb)
                 peak = plan.peak_bytes(s, p["batch_size"], seq, p["rank"], compute_bytes=cb,
                                        guide=s if "online" in name else None, target_share=share, fast=fast)
                 el = sum(elements(s, x, "train", fast) + (elements(s, x, "forward") if "online" in name else 0)
