@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save
 from tqdm import tqdm
 
-from . import __version__, blas
+from . import __version__, blas, heap
 from .data import collate
 from .errors import GiftError
 from .models import check_vocab, cpu_float32, load_model, local_path, read_config, wire_memory
@@ -194,7 +194,7 @@ def ensure_scores(datasets, scores_dir, model_id, role, load_model_fn, log=print
             todo[split] = meta
     if todo:
         # Made before the work (an unusable path fails at once), and removed again if the work fails.
-        with new_folder(scores_dir) if world.rank() == 0 else contextlib.nullcontext():
+        with new_folder(scores_dir) if world.rank() == 0 else contextlib.nullcontext(), heap.kept():
             model = load_model_fn()
             wire_memory()
             for split, meta in todo.items():

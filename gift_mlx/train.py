@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tqdm import tqdm
 
-from . import __version__, adapters, blas, fastmath, plot
+from . import __version__, adapters, blas, fastmath, heap, plot
 from .config import TrainConfig
 from .data import batch_order, collate, file_sha256, fit_pad_lengths, load_data
 from .errors import GiftError, Interrupted
@@ -444,7 +444,7 @@ def train(cfg: TrainConfig, log=print):
     Under mlx.launch, every process takes its share of each micro-batch and rank 0 alone writes and logs.
     The adapter folder is locked for the run (outputs.folder_lock).
     """
-    with contextlib.ExitStack() as stack, sigterm_as_interrupt():
+    with contextlib.ExitStack() as stack, sigterm_as_interrupt(), heap.kept():
         return _train(cfg, log, stack)
 
 

@@ -28,7 +28,8 @@ def run_lines(res):
     return [f"- Command: `{res['command']}`",
             f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, {m['os']}, device {m['device']}; "
             f"Python {m['python']}, mlx {m['mlx']}, mlx-lm {m['mlx_lm']}; gift-mlx at {m['commit']}",
-            f"- GPU: {res['gpu']}"] + ([f"- mlx_lm.lora's OpenBLAS: {m['peer_blas_env']}"] if "peer_blas_env" in m else [])
+            f"- GPU: {res['gpu']}"] + ([f"- mlx_lm.lora's OpenBLAS: {m['peer_blas_env']}"] if "peer_blas_env" in m else []) \
+        + ([f"- gift's malloc: {m['gift_heap']}"] if "gift_heap" in m else [])
 
 
 def report(res):

@@ -733,7 +733,9 @@ def machine():
     return {"cpu": cpu, "nproc": os.cpu_count(), "memory_gib": mem, "os": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(), "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__,
             "device": str(mx.default_device()), "commit": commit + (" (gift_mlx/ with uncommitted changes)" if dirty else ""),
-            "peer_blas_env": f"OPENBLAS_THREAD_TIMEOUT={peer or 'unset (OpenBLAS default)'}; gift's: {USER_BLAS_TIMEOUT or 4}"}
+            "peer_blas_env": f"OPENBLAS_THREAD_TIMEOUT={peer or 'unset (OpenBLAS default)'}; gift's: {USER_BLAS_TIMEOUT or 4}",
+            "gift_heap": ("off (GIFT_KEEP_FREED=0)" if os.environ.get("GIFT_KEEP_FREED") == "0" else
+                          "freed memory kept in the process while training and scoring (gift_mlx/heap.py)")}
 
 
 def main():
