@@ -4,7 +4,7 @@ MLX's CPU allocator is plain malloc, with no buffer cache (the Metal and CUDA al
 large blocks back to the kernel when they are freed (munmap, heap trimming), so each training step gets its
 activations and gradients as fresh pages, and the kernel zeroes every page on first touch: at the
 Qwen2.5-1.5B shape 0.17-0.26 M page faults and 1.3-2.3 s of system time per 21 s step. Inside `kept()`, malloc
-serves every block from its heaps (M_MMAP_MAX 0) and never trims them (M_TRIM_THRESHOLD -1), so a
+serves every block from its heaps (M_MMAP_MAX 0) and never trims them (M_TRIM_THRESHOLD ~2^64), so a
 step reuses the memory of the step before. On the way out the static defaults come back and malloc_trim
 returns the free memory to the kernel.
 
@@ -18,6 +18,8 @@ import platform
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}  # glibc's values (static from here on)
+# mallopt takes an int and glibc reads the threshold as a size_t: -2^31 is 2^64 - 2^31, never reached, and far
+# enough from 2^64 that glibc adding a page or two to it cannot wrap around.
 _KEEP = {_M_TRIM_THRESHOLD: -2**31, _M_MMAP_MAX: 0}
 _depth = 0  # kept() nests: only the outermost sets and restores
 
