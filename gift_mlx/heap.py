@@ -40,19 +40,14 @@ def _set(libc, options):
 def kept():
     """While inside, memory freed by this process stays in malloc's heaps for the next allocation."""
     global _depth
-    libc = _libc()
-    if libc is None or _depth:
-        _depth += 1
-        try:
-            yield
-        finally:
-            _depth -= 1
-        return
-    _set(libc, _KEEP)
+    libc = None if _depth else _libc()
+    if libc:
+        _set(libc, _KEEP)
     _depth += 1
     try:
         yield
     finally:
         _depth -= 1
-        _set(libc, _DEFAULTS)
-        libc.malloc_trim(ctypes.c_size_t(0))
+        if libc:
+            _set(libc, _DEFAULTS)
+            libc.malloc_trim(ctypes.c_size_t(0))
