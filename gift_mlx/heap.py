@@ -31,6 +31,11 @@ def _libc():
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+def available():
+    """Whether `kept()` changes anything in this process (glibc, and not GIFT_KEEP_FREED=0)."""
+    return _libc() is not None
+
+
 def _set(libc, options):
     for option, value in options.items():
         libc.mallopt(ctypes.c_int(option), ctypes.c_int(value))

@@ -722,6 +722,8 @@ def machine():
     import mlx.core as mx
     import mlx_lm
 
+    from gift_mlx import heap
+
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
@@ -734,8 +736,8 @@ def machine():
             "python": platform.python_version(), "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__,
             "device": str(mx.default_device()), "commit": commit + (" (gift_mlx/ with uncommitted changes)" if dirty else ""),
             "peer_blas_env": f"OPENBLAS_THREAD_TIMEOUT={peer or 'unset (OpenBLAS default)'}; gift's: {USER_BLAS_TIMEOUT or 4}",
-            "gift_heap": ("off (GIFT_KEEP_FREED=0)" if os.environ.get("GIFT_KEEP_FREED") == "0" else
-                          "freed memory kept in the process while training and scoring (gift_mlx/heap.py)")}
+            "gift_heap": ("freed memory kept in the process while training and scoring (gift_mlx/heap.py)"
+                          if heap.available() else "as the system's (gift_mlx/heap.py off: GIFT_KEEP_FREED=0 or not glibc)")}
 
 
 def main():

@@ -49,6 +49,8 @@ def test_nested_and_switched_off(monkeypatch):
             pass
         faults_of_churn(rounds=1)
         assert faults_of_churn() < 1000  # leaving the inner one kept the outer one's settings
+    assert heap.available()
     monkeypatch.setenv("GIFT_KEEP_FREED", "0")
+    assert not heap.available()
     with heap.kept():
         assert faults_of_churn() > 1000
